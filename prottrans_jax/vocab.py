@@ -1,0 +1,174 @@
+"""Protein vocabularies with the exact ids of the released ProtTrans tokenizers.
+
+Both are `seqio.Vocabulary` subclasses, so they work in Python and inside
+tf.data pipelines. A protein is one token per residue: there is no subword
+merging, so a fixed character table reproduces the released tokenizers
+(ProtT5's sentencepiece model, ProtBert's `vocab.txt`) without loading them.
+
+Input may be written as the released pipelines expect ("M K T ...") or plain
+("MKT..."): whitespace is ignored. Letters are upper-cased. The rare residues
+U (selenocysteine), Z, O (pyrrolysine), B and the ambiguous J map to X before
+lookup, as the released models were trained; anything else that is not a
+vocabulary letter becomes the unknown token.
+"""
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+# Residues the released models saw as themselves; all other letters map to X.
+RARE_RESIDUES = "UZOBJ"
+
+# ProtT5 (sentencepiece) order, ids 3..27 (from the released tokenizer).
+_PROTT5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
+# ProtBert / ProtBert-BFD `vocab.txt` order, ids 5..29.
+_PROTBERT_RESIDUES = "LAGVESIKRDTPNQFYMHCWXUBZO"
+
+_IGNORED = -1  # Lookup value of whitespace: dropped, not tokenized.
+
+
+def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
+  """A byte -> token id table (whitespace -> _IGNORED, non-residues -> unk)."""
+  table = np.full(256, unk_id, dtype=np.int32)
+  for letter, token_id in residue_ids.items():
+    table[ord(letter)] = token_id
+    table[ord(letter.lower())] = token_id
+  for letter in RARE_RESIDUES:
+    table[ord(letter)] = residue_ids["X"]
+    table[ord(letter.lower())] = residue_ids["X"]
+  for space in " \t\r\n":
+    table[ord(space)] = _IGNORED
+  return table
+
+
+class _CharacterVocabulary(seqio.Vocabulary):
+  """One token per residue character, with fixed special ids below/above."""
+
+  def __init__(self, residue_offset: int, residues: str,
+               special_tokens: Sequence[str], unk_id: int, eos_id: int | None,
+               extra_ids: int = 0):
+    self._special_tokens = tuple(special_tokens)
+    self._residue_ids = {r: residue_offset + i for i, r in enumerate(residues)}
+    self._unk_id = unk_id
+    self._eos_id = eos_id
+    self._lookup = _build_lookup(self._residue_ids, unk_id)
+    self._id_to_piece = list(self._special_tokens) + list(residues)
+    super().__init__(extra_ids=extra_ids)
+
+  # --- seqio.Vocabulary interface -------------------------------------------
+
+  @property
+  def eos_id(self) -> int | None:
+    return self._eos_id
+
+  @property
+  def unk_id(self) -> int:
+    return self._unk_id
+
+  @property
+  def _base_vocab_size(self) -> int:
+    return len(self._id_to_piece)
+
+  def _encode(self, s: str) -> Sequence[int]:
+    data = np.frombuffer(s.encode("utf-8"), dtype=np.uint8)
+    ids = self._lookup[data]
+    # A multi-byte UTF-8 character is one unknown symbol, not several.
+    is_continuation = (data & 0xC0) == 0x80
+    return ids[(ids != _IGNORED) & ~is_continuation].tolist()
+
+  def _decode(self, ids: Iterable[int]) -> str:
+    return "".join(self._piece(int(i)) for i in ids)
+
+  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
+    lookup = tf.constant(self._lookup)
+    ragged_input = s.shape.rank != 0
+    byte_values = tf.strings.unicode_decode(s, "UTF-8", errors="replace",
+                                            replacement_char=0xFFFD)
+    byte_values = tf.minimum(byte_values, 255)  # Non-ASCII -> a non-residue slot.
+    if ragged_input:
+      ids = tf.ragged.map_flat_values(tf.gather, lookup, byte_values)
+      return tf.ragged.boolean_mask(ids, ids != _IGNORED)
+    ids = tf.gather(lookup, byte_values)
+    return tf.boolean_mask(ids, ids != _IGNORED)
+
+  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
+    # seqio has already replaced ids outside the base vocabulary by unk.
+    pieces = tf.constant([self._piece(i) for i in range(self._base_vocab_size)])
+    return tf.strings.reduce_join(tf.gather(pieces, ids), axis=-1)
+
+  def __eq__(self, other) -> bool:
+    return (type(self) is type(other) and
+            self._id_to_piece == other._id_to_piece and
+            self._extra_ids == other._extra_ids)
+
+  # --- helpers ----------------------------------------------------------------
+
+  def _piece(self, token_id: int) -> str:
+    """The text of one id; padding decodes to nothing."""
+    if token_id == self.pad_id:
+      return ""
+    return self._id_to_piece[token_id]
+
+  @property
+  def residue_ids(self) -> dict[str, int]:
+    """Residue letter -> id, for the letters the vocabulary holds."""
+    return dict(self._residue_ids)
+
+
+class ProtT5Vocabulary(_CharacterVocabulary):
+  """The ProtT5 tokenizer's ids: `<pad>` 0, `</s>` 1, `<unk>` 2, residues 3..27.
+
+  100 sentinels sit at the top (`<extra_id_k>` = 127 - k), exactly as
+  sentencepiece + T5's extra ids place them; ProtT5's denoising objective
+  uses the single sentinel `<extra_id_0>` (id 127) as its mask token.
+  """
+
+  NUM_SENTINELS = 100
+
+  def __init__(self):
+    super().__init__(
+        residue_offset=3, residues=_PROTT5_RESIDUES,
+        special_tokens=("<pad>", "</s>", "<unk>"), unk_id=2, eos_id=1,
+        extra_ids=self.NUM_SENTINELS)
+
+  @property
+  def mask_id(self) -> int:
+    """`<extra_id_0>`, the id ProtT5's pre-training replaced residues with."""
+    return self.vocab_size - 1
+
+  def _piece(self, token_id: int) -> str:
+    if token_id == self.eos_id:
+      return ""  # Decoded proteins are plain residue strings.
+    return super()._piece(token_id)
+
+
+class ProtBertVocabulary(_CharacterVocabulary):
+  """ProtBert / ProtBert-BFD `vocab.txt`: `[PAD]` 0, `[UNK]` 1, `[CLS]` 2,
+  `[SEP]` 3, `[MASK]` 4, residues 5..29.
+
+  `[SEP]` plays seqio's end-of-sequence role, so `add_eos=True` closes an
+  example the way BERT does; `[CLS]` is added by the MLM preprocessor.
+  """
+
+  PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
+
+  def __init__(self):
+    super().__init__(
+        residue_offset=5, residues=_PROTBERT_RESIDUES,
+        special_tokens=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+        unk_id=self.UNK_ID, eos_id=self.SEP_ID)
+
+  @property
+  def mask_id(self) -> int:
+    return self.MASK_ID
+
+  @property
+  def cls_id(self) -> int:
+    return self.CLS_ID
+
+  def _piece(self, token_id: int) -> str:
+    if token_id in (self.CLS_ID, self.SEP_ID):
+      return ""
+    return super()._piece(token_id)
