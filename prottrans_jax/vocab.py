@@ -18,6 +18,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 # Residues the released models saw as themselves; all other letters map to X.
 RARE_RESIDUES = "UZOBJ"
 

@@ -1,0 +1,296 @@
+"""Transformer building blocks shared by the models (T5 1.0 conventions).
+
+Every parameter carries logical axis names (`nn.with_logical_partitioning`)
+and the main activations are constrained with logical names, so one set of
+partitioning rules (prottrans_jax/partitioning.py) places them on any mesh.
+Parameters live in `param_dtype`; activations are computed in `dtype`;
+attention logits, softmax and RMS statistics are float32.
+"""
+import math
+from typing import Optional
+
+from flax import linen as nn
+from flax import struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Added to the logits of masked keys. Finite (not -inf) so a query with no
+# visible key (a padding row) gives a uniform softmax instead of NaN.
+_MASKED_LOGIT = -1e10
+
+# T5 1.0 initialisers (as in T5X's examples network): fan-in scaled normals for
+# the projections; unit normal for the embedding, which T5 does not rescale.
+default_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+mlp_kernel_init = nn.initializers.variance_scaling(
+    1.0, "fan_in", "truncated_normal")
+embedding_init = nn.initializers.normal(stddev=1.0)
+relpos_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def query_kernel_init(head_dim: int):
+  """T5 has no 1/sqrt(d_kv) at run time: it is folded into the query init."""
+  def init(key, shape, dtype=jnp.float32):
+    return default_kernel_init(key, shape, dtype) / np.sqrt(head_dim).astype(dtype)
+  return init
+
+
+class RMSNorm(nn.Module):
+  """T5's layer norm: scale only, no mean subtraction, no bias."""
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        (x.shape[-1],), self.param_dtype)
+    # Statistics in float32 whatever the activation dtype: bf16 squares lose
+    # too much precision over a 1024-wide row.
+    x = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x), axis=-1, keepdims=True)
+    y = (x * jax.lax.rsqrt(variance + self.epsilon)).astype(self.dtype)
+    return y * scale.astype(self.dtype)
+
+
+class Dense(nn.Module):
+  """A bias-free projection of the last axis; kernel stored (in, out)."""
+  features: int
+  kernel_axes: tuple[str, str]
+  kernel_init: nn.initializers.Initializer = default_kernel_init
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+        (x.shape[-1], self.features), self.param_dtype)
+    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding, also used transposed for the tied output logits."""
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
+        (self.num_embeddings, self.features), self.param_dtype)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """Float32 logits of `x` against every embedding row."""
+    # The vocabulary is tiny (128), so float32 here costs nothing and keeps
+    # the loss exact under bf16 activations.
+    return jnp.einsum("...d,vd->...v", x.astype(jnp.float32),
+                      self.embedding.astype(jnp.float32))
+
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+  """T5's bucket of `key_position - query_position` (int32 in [0, num_buckets)).
+
+  Half the buckets hold exact small distances, the other half logarithmically
+  wider ranges up to `max_distance`; beyond it everything shares the last
+  bucket. Bidirectional stacks spend half the buckets on each direction;
+  unidirectional (causal) ones only see keys at or before the query.
+  The float32 arithmetic is written in the same order as Hugging Face's so
+  that bucket boundaries agree exactly.
+  """
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets += (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  max_exact = num_buckets // 2
+  log_ratio = (jnp.log(distance.astype(jnp.float32) / max_exact)
+               / np.float32(math.log(max_distance / max_exact))
+               * (num_buckets - max_exact))
+  # Distance 0 gives log(0) = -inf; it is never selected (distance < max_exact)
+  # but must not reach the int cast as -inf, hence the clip.
+  if_large = max_exact + jnp.clip(log_ratio, 0, num_buckets).astype(relative_position.dtype)
+  if_large = jnp.minimum(if_large, num_buckets - 1)
+  return buckets + jnp.where(distance < max_exact, distance, if_large)
+
+
+class RelativePositionBias(nn.Module):
+  """One (heads, buckets) table per stack, shared by all its layers.
+
+  Returns the table rather than a bias tensor: attention builds the bias for
+  any block of queries from positions (`AttentionBias`), so a long sequence
+  never needs an L x L x heads tensor.
+  """
+  num_heads: int
+  num_buckets: int
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    return self.param(
+        "rel_embedding",
+        nn.with_logical_partitioning(relpos_init, ("heads", "relpos_buckets")),
+        (self.num_heads, self.num_buckets), self.param_dtype)
+
+
+@struct.dataclass
+class AttentionBias:
+  """What each query may see, kept as per-position vectors.
+
+  `for_queries` turns it into the additive float32 bias of any block of
+  queries, so full attention and chunked attention share one definition of
+  masking and relative positions.
+  """
+  q_valid: jax.Array  # [B, Lq] bool: query is a real token
+  kv_valid: jax.Array  # [B, Lk] bool: key is a real token
+  q_segment_ids: Optional[jax.Array] = None  # [B, Lq]: packed example ids
+  kv_segment_ids: Optional[jax.Array] = None  # [B, Lk]
+  rel_table: Optional[jax.Array] = None  # [heads, buckets]; None: no position bias
+  causal: bool = struct.field(pytree_node=False, default=False)
+  bidirectional: bool = struct.field(pytree_node=False, default=True)
+  max_distance: int = struct.field(pytree_node=False, default=128)
+
+  def for_queries(self, q_index: jax.Array, q_valid: jax.Array,
+                  q_segment_ids: Optional[jax.Array]) -> jax.Array:
+    """Bias [B, heads or 1, q, Lk] for queries at sequence indices `q_index` [q]."""
+    kv_index = jnp.arange(self.kv_valid.shape[1])
+    mask = q_valid[:, :, None] & self.kv_valid[:, None, :]
+    if q_segment_ids is not None:
+      mask &= q_segment_ids[:, :, None] == self.kv_segment_ids[:, None, :]
+    if self.causal:
+      mask &= q_index[None, :, None] >= kv_index[None, None, :]
+    bias = jnp.where(mask, 0.0, _MASKED_LOGIT).astype(jnp.float32)[:, None]
+    if self.rel_table is not None:
+      # Relative positions are index differences: inside one packed segment
+      # they equal the differences of the per-example positions.
+      buckets = relative_position_bucket(
+          kv_index[None, :] - q_index[:, None], bidirectional=self.bidirectional,
+          num_buckets=self.rel_table.shape[1], max_distance=self.max_distance)
+      position_bias = jnp.take(self.rel_table.astype(jnp.float32), buckets, axis=1)
+      bias = bias + position_bias[None]
+    return bias
+
+  def full(self) -> jax.Array:
+    """Bias [B, heads or 1, Lq, Lk] for all queries."""
+    return self.for_queries(jnp.arange(self.q_valid.shape[1]), self.q_valid,
+                            self.q_segment_ids)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          bias: jax.Array, *, dropout_rate: float = 0.0,
+                          dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+  """Softmax(q k^T + bias) v, unscaled (T5); [B, q, H, D] in value's dtype."""
+  logits = jnp.einsum("bqhd,bkhd->bhqk", query, key,
+                      preferred_element_type=jnp.float32) + bias
+  weights = jax.nn.softmax(logits, axis=-1)
+  if dropout_rng is not None and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, weights.shape)
+    weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+  return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(value.dtype), value)
+
+
+def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                      bias: AttentionBias, chunk_size: int, *,
+                      dropout_rate: float = 0.0,
+                      dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+  """`dot_product_attention` one block of `chunk_size` queries at a time.
+
+  Peak memory is O(chunk_size x Lk) per head instead of O(Lq x Lk): the bias
+  of each block is built from positions inside the loop. Queries are padded
+  to a whole number of blocks; the padding rows are masked and dropped.
+  """
+  batch, q_len = query.shape[:2]
+  num_chunks = -(-q_len // chunk_size)
+  pad = num_chunks * chunk_size - q_len
+
+  def blocks(x, fill=0):
+    """[B, Lq, ...] -> [num_chunks, B, chunk_size, ...]."""
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+    x = x.reshape((batch, num_chunks, chunk_size) + x.shape[2:])
+    return jnp.moveaxis(x, 1, 0)
+
+  has_segments = bias.q_segment_ids is not None
+  xs = (jnp.arange(num_chunks), blocks(query), blocks(bias.q_valid, False),
+        blocks(bias.q_segment_ids) if has_segments else None)
+
+  def one_chunk(args):
+    index, q_block, valid_block, segment_block = args
+    q_index = index * chunk_size + jnp.arange(chunk_size)
+    rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
+    return dot_product_attention(
+        q_block, key, value, bias.for_queries(q_index, valid_block, segment_block),
+        dropout_rate=dropout_rate, dropout_rng=rng)
+
+  out = jax.lax.map(one_chunk, xs)  # [num_chunks, B, chunk_size, H, D]
+  out = jnp.moveaxis(out, 0, 1).reshape((batch, num_chunks * chunk_size) + out.shape[3:])
+  return out[:, :q_len]
+
+
+class MultiHeadAttention(nn.Module):
+  """Multi-head attention with T5's layout: (in, heads*head_dim) kernels.
+
+  Above `long_sequence_threshold` queries, attention runs chunk by chunk
+  (`chunked_attention`); below it, in one piece, which is faster.
+  """
+  num_heads: int
+  head_dim: int
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+  dropout_rate: float = 0.0
+  chunk_size: int = 1024
+  long_sequence_threshold: int = 2048
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, bias: AttentionBias,
+               deterministic: bool = True) -> jax.Array:
+    joined = self.num_heads * self.head_dim
+
+    def project(name, x, init):
+      y = Dense(joined, ("embed", "joined_kv"), init, self.dtype,
+                self.param_dtype, name=name)(x)
+      y = y.reshape(y.shape[:2] + (self.num_heads, self.head_dim))
+      return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
+
+    query = project("query", inputs_q, query_kernel_init(self.head_dim))
+    key = project("key", inputs_kv, default_kernel_init)
+    value = project("value", inputs_kv, default_kernel_init)
+
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    if query.shape[1] > self.long_sequence_threshold:
+      out = chunked_attention(query, key, value, bias, self.chunk_size,
+                              dropout_rate=self.dropout_rate, dropout_rng=dropout_rng)
+    else:
+      out = dot_product_attention(query, key, value, bias.full(),
+                                  dropout_rate=self.dropout_rate, dropout_rng=dropout_rng)
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
+    out = out.reshape(out.shape[:2] + (joined,))
+    return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), default_kernel_init,
+                 self.dtype, self.param_dtype, name="out")(out)
+
+
+class MlpBlock(nn.Module):
+  """T5 1.0 feed-forward: wi -> ReLU -> dropout -> wo (not gated)."""
+  d_ff: int
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    h = Dense(self.d_ff, ("embed", "mlp"), mlp_kernel_init, self.dtype,
+              self.param_dtype, name="wi")(x)
+    h = nn.relu(h)
+    h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
+    h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return Dense(x.shape[-1], ("mlp", "embed"), mlp_kernel_init, self.dtype,
+                 self.param_dtype, name="wo")(h)

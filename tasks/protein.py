@@ -1,0 +1,90 @@
+"""Pre-training tasks: one per corpus and objective.
+
+Names are `{corpus}_{objective}`:
+- objectives: `prott5_denoise` (ProtT5) and `protbert_mlm` (ProtBert,
+  ProtAlbert, ProtElectra's generator);
+- corpora: `swissprot_sample` (bundled in the package: works with no setup,
+  no data dir, no download).
+
+Every task has "train" and "validation" splits, assigned by a hash of the
+protein id (`prottrans_jax.data.splits`).
+"""
+
+import functools
+
+import seqio
+import tensorflow as tf
+
+from prottrans_jax import vocab as vocab_lib
+from prottrans_jax.data import fasta
+from prottrans_jax.data import preprocessors
+from prottrans_jax.data import sample_corpus
+from prottrans_jax.data import splits
+
+# 12 of the 100 sample proteins: enough to measure masked-residue accuracy.
+SAMPLE_VALIDATION_FRACTION = 0.1
+
+PROTT5_OUTPUT_FEATURES = {
+    "inputs": seqio.Feature(vocab_lib.ProtT5Vocabulary(), add_eos=True),
+    "targets": seqio.Feature(vocab_lib.ProtT5Vocabulary(), add_eos=True),
+}
+# [CLS]/[SEP] are added by the preprocessors, so seqio adds no EOS.
+PROTBERT_OUTPUT_FEATURES = {
+    "inputs": seqio.Feature(vocab_lib.ProtBertVocabulary(), add_eos=False),
+    "targets": seqio.Feature(vocab_lib.ProtBertVocabulary(), add_eos=False),
+    "loss_weights": seqio.Feature(
+        seqio.PassThroughVocabulary(size=2, eos_id=None), add_eos=False),
+}
+
+PROTT5_PREPROCESSORS = (
+    preprocessors.sequence_to_targets,
+    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+    functools.partial(preprocessors.crop_targets, reserved_tokens=1),
+    preprocessors.prott5_denoise,
+    seqio.preprocessors.append_eos_after_trim,
+)
+PROTBERT_PREPROCESSORS = (
+    preprocessors.sequence_to_targets,
+    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+    functools.partial(preprocessors.crop_targets, reserved_tokens=2),
+    preprocessors.add_cls_and_sep,
+    preprocessors.bert_mask,
+)
+
+
+def fasta_source(path: str, validation_fraction: float,
+                 policy: fasta.FastaPolicy = fasta.FastaPolicy()
+                 ) -> seqio.FunctionDataSource:
+  """A data source over one small FASTA file read into memory.
+
+  For corpora that do not fit in memory, build the TFDS dataset instead.
+  """
+
+  def dataset_fn(split: str, shuffle_files: bool, seed=None):
+    del shuffle_files, seed  # One file; seqio shuffles examples itself.
+    records = [r for r in fasta.read_fasta(path, policy)
+               if splits.split_of(r.id, validation_fraction) == split]
+    return tf.data.Dataset.from_tensor_slices({
+        "id": [r.id for r in records],
+        "sequence": [r.sequence for r in records],
+    })
+
+  return seqio.FunctionDataSource(
+      dataset_fn, splits=(splits.TRAIN, splits.VALIDATION))
+
+
+def register_objectives(corpus: str, source: seqio.DataSource) -> None:
+  """Registers `{corpus}_prott5_denoise` and `{corpus}_protbert_mlm`."""
+  seqio.TaskRegistry.add(
+      f"{corpus}_prott5_denoise", source=source,
+      preprocessors=PROTT5_PREPROCESSORS,
+      output_features=PROTT5_OUTPUT_FEATURES)
+  seqio.TaskRegistry.add(
+      f"{corpus}_protbert_mlm", source=source,
+      preprocessors=PROTBERT_PREPROCESSORS,
+      output_features=PROTBERT_OUTPUT_FEATURES)
+
+
+register_objectives(
+    "swissprot_sample",
+    fasta_source(sample_corpus.FASTA_PATH, SAMPLE_VALIDATION_FRACTION))
