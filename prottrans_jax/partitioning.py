@@ -15,6 +15,7 @@ multi-host run reproduce a single-host one and makes resuming on a different
 topology exact.
 """
 
+import contextlib
 import dataclasses
 from typing import Any, Mapping, Sequence
 
@@ -128,6 +129,18 @@ class PartitionConfig:
   def rules(self) -> LogicalRules:
     return logical_axis_rules(self.parameter_partitioning_dims,
                               tuple(map(tuple, self.additional_rules)))
+
+
+@contextlib.contextmanager
+def activate(mesh: jax.sharding.Mesh, rules: LogicalRules):
+  """Mesh and rules in effect while model code is traced.
+
+  The models constrain activations by logical name
+  (`nn.with_logical_constraint`); those names resolve against this mesh and
+  these rules.
+  """
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
 
 
 def logical_shardings(logical_specs: Any, mesh: jax.sharding.Mesh,

@@ -1,3 +1,13 @@
 """SeqIO task registrations. `import tasks` registers every task by name."""
 
+import seqio
+
 from tasks import protein  # pylint: disable=unused-import
+
+
+def get_task(name: str) -> seqio.Task:
+  """The registered task `name`, or a ValueError listing what is registered."""
+  if name not in seqio.TaskRegistry.names():
+    known = ", ".join(sorted(seqio.TaskRegistry.names()))
+    raise ValueError(f"unknown task {name!r}; registered tasks: {known}")
+  return seqio.get_mixture_or_task(name)

@@ -158,10 +158,12 @@ class AttentionBias:
   bidirectional: bool = struct.field(pytree_node=False, default=True)
   max_distance: int = struct.field(pytree_node=False, default=128)
 
-  def for_queries(self, q_index: jax.Array, q_valid: jax.Array,
+  def for_queries(self, q_start: jax.Array, q_valid: jax.Array,
                   q_segment_ids: Optional[jax.Array]) -> jax.Array:
-    """Bias [B, heads or 1, q, Lk] for queries at sequence indices `q_index` [q]."""
-    kv_index = jnp.arange(self.kv_valid.shape[1])
+    """Bias [B, heads or 1, q, Lk] of the queries at indices q_start + [0, q)."""
+    q_len, kv_len = q_valid.shape[1], self.kv_valid.shape[1]
+    q_index = q_start + jnp.arange(q_len)
+    kv_index = jnp.arange(kv_len)
     mask = q_valid[:, :, None] & self.kv_valid[:, None, :]
     if q_segment_ids is not None:
       mask &= q_segment_ids[:, :, None] == self.kv_segment_ids[:, None, :]
@@ -169,19 +171,23 @@ class AttentionBias:
       mask &= q_index[None, :, None] >= kv_index[None, None, :]
     bias = jnp.where(mask, 0.0, _MASKED_LOGIT).astype(jnp.float32)[:, None]
     if self.rel_table is not None:
-      # Relative positions are index differences: inside one packed segment
-      # they equal the differences of the per-example positions.
+      # A block of queries sees only q_len + kv_len - 1 distinct offsets
+      # key - query: bucket and look those up once, then spread them over the
+      # block (bucketing every (q, k) pair would cost a log per pair).
+      # Offsets are index differences: inside one packed segment they equal
+      # the differences of the per-example positions.
+      offsets = jnp.arange(q_len + kv_len - 1) - (q_len - 1) - q_start
       buckets = relative_position_bucket(
-          kv_index[None, :] - q_index[:, None], bidirectional=self.bidirectional,
+          offsets, bidirectional=self.bidirectional,
           num_buckets=self.rel_table.shape[1], max_distance=self.max_distance)
-      position_bias = jnp.take(self.rel_table.astype(jnp.float32), buckets, axis=1)
-      bias = bias + position_bias[None]
+      by_offset = jnp.take(self.rel_table.astype(jnp.float32), buckets, axis=1)
+      spread = jnp.arange(kv_len)[None, :] - jnp.arange(q_len)[:, None] + (q_len - 1)
+      bias = bias + jnp.take(by_offset, spread, axis=1)[None]
     return bias
 
   def full(self) -> jax.Array:
     """Bias [B, heads or 1, Lq, Lk] for all queries."""
-    return self.for_queries(jnp.arange(self.q_valid.shape[1]), self.q_valid,
-                            self.q_segment_ids)
+    return self.for_queries(0, self.q_valid, self.q_segment_ids)
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
@@ -223,10 +229,10 @@ def chunked_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
   def one_chunk(args):
     index, q_block, valid_block, segment_block = args
-    q_index = index * chunk_size + jnp.arange(chunk_size)
     rng = None if dropout_rng is None else jax.random.fold_in(dropout_rng, index)
     return dot_product_attention(
-        q_block, key, value, bias.for_queries(q_index, valid_block, segment_block),
+        q_block, key, value,
+        bias.for_queries(index * chunk_size, valid_block, segment_block),
         dropout_rate=dropout_rate, dropout_rng=rng)
 
   out = jax.lax.map(one_chunk, xs)  # [num_chunks, B, chunk_size, H, D]
