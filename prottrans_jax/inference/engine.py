@@ -1,0 +1,171 @@
+"""The embedding engine: proteins in, per-residue or per-protein vectors out.
+
+How it stays fast:
+- proteins are sorted by length and batched by a residue budget, padded to a
+  few bucket lengths, so the encoder compiles a handful of times
+  (`batching.py`);
+- the jitted encoder runs data-parallel over every local device (batch rows
+  on the `data` mesh axis) and model-parallel with `num_partitions` > 1,
+  using the same logical-axis rules as training;
+- dispatch is asynchronous: the next batch is tokenized and sent while the
+  device computes the current one, and results are fetched one batch late;
+- per-protein means are taken on the device, so only [B, d] comes back.
+
+Per-residue output has exactly one row per residue: the special tokens the
+model needs (`</s>` for T5) are dropped.
+"""
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Iterator, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from prottrans_jax import partitioning
+from prottrans_jax import vocab as vocab_lib
+from prottrans_jax.data import fasta
+from prottrans_jax.inference import batching
+from prottrans_jax.models import t5
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedSettings:
+  """What to compute and how to lay it out.
+
+  Attributes:
+    per_protein: mean over residues, (d,) per protein, instead of (L, d).
+    dtype: compute dtype of activations ("float32" or "bfloat16").
+    max_residues: padded tokens per batch (memory vs. speed).
+    num_partitions: model-parallel ways; the remaining devices split batches.
+  """
+  per_protein: bool = False
+  dtype: str = "float32"
+  max_residues: int = 16384
+  num_partitions: int = 1
+
+
+def _t5_tokens(sequence: str, vocab=vocab_lib.ProtT5Vocabulary()) -> list[int]:
+  """ProtT5's input: residues then `</s>` (what the released pipeline feeds)."""
+  return vocab.encode(sequence) + [vocab.eos_id]
+
+
+class Embedder:
+  """A loaded encoder, placed on a mesh, ready to embed batches."""
+
+  def __init__(self, config: t5.T5Config, params: Any,
+               settings: EmbedSettings = EmbedSettings(),
+               devices: Sequence[jax.Device] | None = None):
+    self.settings = settings
+    self.config = dataclasses.replace(config, dtype=settings.dtype)
+    self.mesh = partitioning.create_mesh(settings.num_partitions,
+                                         devices=devices)
+    self.rules = partitioning.logical_axis_rules(1)
+    self.data_parallel = self.mesh.shape[partitioning.DATA_AXIS]
+    self._model = t5.T5(self.config)
+    self.params = self._place_encoder_params(params)
+    self._batch_sharding = partitioning.batch_sharding(self.mesh, self.rules)
+    self._encode = jax.jit(self._encode_fn)
+
+  def _place_encoder_params(self, params: Any) -> Any:
+    """Keeps the encoder's parameters (a full model's decoder is not needed)
+    and shards them by the logical-axis rules."""
+    abstract = jax.eval_shape(
+        lambda: self._model.init(jax.random.key(0),
+                                 jnp.ones((1, 8), jnp.int32),
+                                 method=t5.T5.encode))["params"]
+    params = params.get("params", params)
+
+    def take(abstract_tree, tree, path=()):
+      out = {}
+      for key, value in abstract_tree.items():
+        if key not in tree:
+          raise ValueError("checkpoint lacks encoder parameter "
+                           f"{'/'.join(path + (key,))}")
+        out[key] = (take(value, tree[key], path + (key,))
+                    if isinstance(value, dict) else tree[key])
+      return out
+
+    encoder_params = take(nn.unbox(abstract), params)
+    shardings = partitioning.params_shardings(abstract, self.mesh, self.rules)
+    return jax.device_put(encoder_params, shardings)
+
+  def _encode_fn(self, params, tokens, residue_mask):
+    hidden = self._model.apply({"params": params}, tokens,
+                               method=t5.T5.encode).astype(jnp.float32)
+    if not self.settings.per_protein:
+      return hidden
+    weights = residue_mask.astype(jnp.float32)[..., None]
+    return (hidden * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1)
+
+  def _device_batch(self, sequences: Sequence[str], batch: batching.Batch):
+    tokens = np.zeros((batch.rows, batch.length), np.int32)
+    residue_mask = np.zeros((batch.rows, batch.length), bool)
+    for row, sequence in enumerate(sequences):
+      ids = _t5_tokens(sequence)
+      tokens[row, :len(ids)] = ids
+      residue_mask[row, :len(sequence)] = True
+    arrays = partitioning.make_global_batch(
+        {"tokens": tokens, "residue_mask": residue_mask}, self._batch_sharding)
+    return arrays["tokens"], arrays["residue_mask"]
+
+  def embed(self, records: Sequence[fasta.FastaRecord],
+            is_done: Callable[[fasta.FastaRecord], bool] = lambda r: False
+            ) -> Iterator[list[tuple[fasta.FastaRecord, np.ndarray]]]:
+    """Yields, batch by batch, (record, embedding) pairs, longest first.
+
+    Batches are planned over all `records` and a batch whose records are all
+    `is_done` is skipped, so a resumed run computes every remaining protein
+    in exactly the batch it had in an uninterrupted run: same shapes, same
+    kernels, the same numbers bit for bit.
+    """
+    token_lengths = [len(r.sequence) + 1 for r in records]
+    pending = None
+    for batch in batching.plan_batches(token_lengths,
+                                       self.settings.max_residues,
+                                       self.data_parallel):
+      batch_records = [records[i] for i in batch.indices]
+      if all(is_done(r) for r in batch_records):
+        continue
+      tokens, mask = self._device_batch([r.sequence for r in batch_records],
+                                        batch)
+      with partitioning.activate(self.mesh, self.rules):
+        output = self._encode(self.params, tokens, mask)  # Asynchronous.
+      if pending is not None:
+        yield self._collect(*pending)
+      pending = (batch_records, output)
+    if pending is not None:
+      yield self._collect(*pending)
+
+  def _collect(self, batch_records, output):
+    values = np.asarray(jax.device_get(output))
+    if self.settings.per_protein:
+      return [(r, values[i]) for i, r in enumerate(batch_records)]
+    return [(r, values[i, :len(r.sequence)])
+            for i, r in enumerate(batch_records)]
+
+
+def embed_with_progress(embedder: Embedder,
+                        records: Sequence[fasta.FastaRecord],
+                        is_done: Callable[[fasta.FastaRecord], bool],
+                        disable: bool = False
+                        ) -> Iterator[list[tuple[fasta.FastaRecord, np.ndarray]]]:
+  """`Embedder.embed` with a progress bar (residues/s, proteins/s)."""
+  todo = [r for r in records if not is_done(r)]
+  start = time.perf_counter()
+  proteins = 0
+  with tqdm.tqdm(total=sum(len(r.sequence) for r in todo), unit="res",
+                 unit_scale=True, disable=disable, desc="embedding") as bar:
+    for results in embedder.embed(records, is_done):
+      proteins += len(results)
+      elapsed = max(time.perf_counter() - start, 1e-9)
+      bar.set_postfix(proteins=f"{proteins}/{len(todo)}",
+                      proteins_per_s=f"{proteins / elapsed:.1f}", refresh=False)
+      bar.update(sum(len(r.sequence) for r, _ in results))
+      yield results
