@@ -2,13 +2,13 @@
 
 One builder, `protein_fasta`, with a config per corpus:
 
-| config             | input                                              | validation |
-| ------------------ | -------------------------------------------------- | ---------- |
-| `uniref50`         | `<manual_dir>/uniref50.fasta.gz` (or parts)        | 1%         |
-| `uniref100`        | `<manual_dir>/uniref100.fasta.gz` (or parts)       | 1%         |
-| `bfd`              | `<manual_dir>/bfd/*.fasta*` (FASTA parts)          | 1%         |
-| `custom`           | the `fasta_paths` you pass (paths or globs)        | 1%         |
-| `swissprot_sample` | the bundled 100-protein sample, no setup           | 10%        |
+| config             | input                                        | valid. |
+| ------------------ | -------------------------------------------- | ------ |
+| `uniref50`         | `<manual_dir>/uniref50.fasta.gz` (or parts)  | 1%     |
+| `uniref100`        | `<manual_dir>/uniref100.fasta.gz` (or parts) | 1%     |
+| `bfd`              | `<manual_dir>/bfd/*.fasta*` (FASTA parts)    | 1%     |
+| `custom`           | the `fasta_paths` you pass (paths or globs)  | 1%     |
+| `swissprot_sample` | the bundled 100-protein sample, no setup     | 10%    |
 
 Nothing is downloaded: the public FASTA files are large and versioned by
 their publishers, so the user places them (see docs/corpora.md) and a missing
@@ -39,7 +39,6 @@ duplicate-key error does not name the record.
 import contextlib
 import dataclasses
 import os
-import shutil
 import tempfile
 from typing import Iterator, Sequence
 
@@ -80,9 +79,10 @@ def _uniref_config(name: str, paper_size: str) -> ProteinFastaConfig:
       description=(
           f"{name.capitalize().replace('ref', 'Ref')} from UniProt "
           f"({paper_size} sequences in the ProtTrans paper's release). Place "
-          f"{_UNIREF_URL}/{name}/{name}.fasta.gz as <manual_dir>/{name}.fasta.gz"
-          f", or its parts as <manual_dir>/{name}/*.fasta[.gz] to read them in "
-          "parallel with Beam."),
+          f"{_UNIREF_URL}/{name}/{name}.fasta.gz as "
+          f"<manual_dir>/{name}.fasta.gz, or its parts as "
+          f"<manual_dir>/{name}/*.fasta[.gz] to read them in parallel with "
+          "Beam."),
       manual_patterns=(f"{name}/*.fasta*", f"{name}.fasta.gz",
                        f"{name}.fasta"),
   )
@@ -166,6 +166,15 @@ def _duplicate_error(record_id: str, places: Sequence[str]) -> fasta.FastaError:
       "FastaPolicy(duplicate_ids='rename' or 'skip') repairs duplicates.")
 
 
+def _check_not_empty(count: int, split: str, validation_fraction: float):
+  """TFDS cannot write an empty split, and its error does not say why."""
+  if not count:
+    raise ValueError(
+        f"no record falls into the {split!r} split at validation_fraction="
+        f"{validation_fraction}: the corpus is too small for this fraction. "
+        "Build it with a ProteinFastaConfig of a larger validation_fraction.")
+
+
 def _generate_split(paths: Sequence[str], split: str,
                     validation_fraction: float, policy: fasta.FastaPolicy):
   """The generator path: yields (key, example), one process.
@@ -181,6 +190,7 @@ def _generate_split(paths: Sequence[str], split: str,
         raise _duplicate_error(record_id, (seen[record_id], place))
       seen[record_id] = place
       yield record_id, example
+  _check_not_empty(len(seen), split, validation_fraction)
 
 
 def _first_two(groups):
@@ -215,6 +225,10 @@ def _beam_split(paths: Sequence[str], split: str, validation_fraction: float,
          | "FirstTwo" >> beam.CombinePerKey(_first_two)
          | "Duplicates" >> beam.Filter(lambda id_places: len(id_places[1]) > 1)
          | "Fail" >> beam.Map(_raise_duplicate))
+    _ = (records
+         | "Count" >> beam.combiners.Count.Globally()
+         | "NotEmpty" >> beam.Map(_check_not_empty, split=split,
+                                  validation_fraction=validation_fraction))
     return records | "Examples" >> beam.Map(lambda r: (r[0], r[2]))
 
   return beam.ptransform_fn(expand)()
@@ -304,10 +318,11 @@ class ProteinFasta(tfds.core.GeneratorBasedBuilder):
       files = _glob(os.path.join(manual_dir, pattern))
       if files:
         return files
+    expected = ", ".join(
+        os.path.join(manual_dir, p) for p in config.manual_patterns)
     raise FileNotFoundError(
-        f"protein_fasta/{config.name}: none of "
-        f"{', '.join(os.path.join(manual_dir, p) for p in config.manual_patterns)}"
-        f" exists. {config.description} Or pass fasta_paths.")
+        f"protein_fasta/{config.name}: none of {expected} exists. "
+        f"{config.description} Or pass fasta_paths.")
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     files = self._fasta_files(dl_manager)
