@@ -1,0 +1,146 @@
+"""The embedding engine: one row per residue, padding-invariant, device-invariant."""
+
+import dataclasses
+
+import flax.linen as nn
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prottrans_jax.data import fasta
+from prottrans_jax.inference import batching
+from prottrans_jax.inference import engine
+from prottrans_jax.inference import run
+from prottrans_jax.models import t5
+
+CONFIG = dataclasses.replace(t5.T5_CONFIGS["tiny"], dtype="float32")
+RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
+
+
+@pytest.fixture(scope="module")
+def model():
+  variables = t5.T5(CONFIG).init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
+                                 method=t5.T5.encode)
+  return run.LoadedModel("t5", CONFIG, nn.unbox(variables)["params"], "random")
+
+
+def _records(lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  return [fasta.FastaRecord(id=f"p{i}_{n}", description=f"p{i}_{n} test",
+                            sequence="".join(rng.choice(list(RESIDUES), n)),
+                            line=i + 1)
+          for i, n in enumerate(lengths)]
+
+
+def _embed(model, records, **settings):
+  embedder = engine.Embedder(model.config, model.params,
+                             engine.EmbedSettings(**settings))
+  return {r.id: e for results in embedder.embed(records) for r, e in results}
+
+
+def test_bucket_lengths_and_batches_respect_the_budget():
+  assert [batching.bucket_length(n) for n in (1, 16, 17, 513, 2049, 35001)] == [
+      16, 16, 32, 1024, 4096, 36864]
+  batches = list(batching.plan_batches([5, 600, 30, 1000, 31], 2048, 2))
+  assert [b.length for b in batches] == [1024, 32, 16]
+  assert [b.indices for b in batches] == [(3, 1), (4, 2), (0,)]
+  assert all(b.rows == 2 for b in batches)  # Padded to the 2 devices.
+  assert sorted(i for b in batches for i in b.indices) == [0, 1, 2, 3, 4]
+
+
+def test_one_row_per_residue_and_per_protein_is_the_mean(model):
+  lengths = [1, 2, 511, 512, 513, 1000]
+  records = _records(lengths)
+  per_residue = _embed(model, records, max_residues=4096)
+  per_protein = _embed(model, records, max_residues=4096, per_protein=True)
+  for record, n in zip(records, lengths):
+    assert per_residue[record.id].shape == (n, CONFIG.d_model)
+    np.testing.assert_allclose(per_protein[record.id],
+                               per_residue[record.id].mean(axis=0),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_embedding_alone_equals_embedding_in_a_padded_batch(model):
+  records = _records([37, 200, 90, 150, 12])
+  together = _embed(model, records, max_residues=4096)
+  for record in records:
+    alone = _embed(model, [record], max_residues=4096)
+    np.testing.assert_allclose(alone[record.id], together[record.id],
+                               atol=1e-5, rtol=0)
+
+
+def test_eight_devices_give_the_embeddings_of_one(model):
+  records = _records([300, 45, 120, 260, 80, 33, 150, 99, 10])
+  eight = engine.Embedder(model.config, model.params,
+                          engine.EmbedSettings(max_residues=4096))
+  one = engine.Embedder(model.config, model.params,
+                        engine.EmbedSettings(max_residues=4096),
+                        devices=jax.devices()[:1])
+  model_parallel = engine.Embedder(
+      model.config, model.params,
+      engine.EmbedSettings(max_residues=4096, num_partitions=2))
+  assert eight.data_parallel == 8 and one.data_parallel == 1
+  results = [{r.id: e for batch in embedder.embed(records) for r, e in batch}
+             for embedder in (eight, one, model_parallel)]
+  for record in records:
+    np.testing.assert_allclose(results[0][record.id], results[1][record.id],
+                               atol=1e-5, rtol=0)
+    np.testing.assert_allclose(results[2][record.id], results[1][record.id],
+                               atol=1e-5, rtol=0)
+
+
+def test_chunked_attention_equals_full_attention(model):
+  records = _records([700, 333])
+  full = _embed(model, records, max_residues=4096)
+  chunked_model = dataclasses.replace(
+      model, config=dataclasses.replace(CONFIG, long_sequence_threshold=256,
+                                        attention_chunk_size=128))
+  chunked = _embed(chunked_model, records, max_residues=4096)
+  for record in records:
+    np.testing.assert_allclose(chunked[record.id], full[record.id],
+                               atol=1e-5, rtol=0)
+
+
+def test_output_file_layout_and_ids_hdf5_cannot_hold(model, tmp_path):
+  fasta_path = tmp_path / "in.fasta"
+  fasta_path.write_text(">sp|P1/2 first protein\nMKTAYIAKQR\n"
+                        ">v1.2 second\nGSHMLEDPVD\n")
+  output = tmp_path / "out.h5"
+  summary = run.embed_fasta(str(fasta_path), str(output), model,
+                            progress=False)
+  assert summary.embedded == 2
+  with h5py.File(output) as f:
+    assert sorted(f) == ["sp|P1_2", "v1.2"]
+    assert f["sp|P1_2"].attrs["original_id"] == "sp|P1/2 first protein"
+    assert f["v1.2"].shape == (10, CONFIG.d_model)
+    assert f["v1.2"].dtype == np.float32
+
+
+def test_ids_that_collide_after_sanitizing_are_an_error(model, tmp_path):
+  fasta_path = tmp_path / "in.fasta"
+  fasta_path.write_text(">a/b\nMKT\n>a_b\nMKT\n")
+  with pytest.raises(fasta.FastaError, match="'a/b' and 'a_b'"):
+    run.embed_fasta(str(fasta_path), str(tmp_path / "o.h5"), model,
+                    progress=False)
+
+
+def test_existing_output_is_never_overwritten_without_asking(model, tmp_path):
+  fasta_path = tmp_path / "in.fasta"
+  fasta_path.write_text(">a\nMKTAYIAKQR\n")
+  output = tmp_path / "out.h5"
+  with h5py.File(output, "w") as f:
+    f["precious"] = np.arange(3)
+  with pytest.raises(run.h5_writer.OutputError, match="--overwrite"):
+    run.embed_fasta(str(fasta_path), str(output), model, progress=False)
+  with h5py.File(output) as f:
+    assert list(f) == ["precious"]
+  run.embed_fasta(str(fasta_path), str(output), model, progress=False,
+                  overwrite=True)
+  with h5py.File(output) as f:
+    assert list(f) == ["a"]
+  # Other settings on the same file are refused rather than mixed in.
+  with pytest.raises(run.h5_writer.OutputError, match="other settings"):
+    run.embed_fasta(str(fasta_path), str(output), model, progress=False,
+                    settings=engine.EmbedSettings(per_protein=True))
