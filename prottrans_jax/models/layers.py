@@ -171,19 +171,34 @@ class AttentionBias:
       mask &= q_index[None, :, None] >= kv_index[None, None, :]
     bias = jnp.where(mask, 0.0, _MASKED_LOGIT).astype(jnp.float32)[:, None]
     if self.rel_table is not None:
-      # A block of queries sees only q_len + kv_len - 1 distinct offsets
-      # key - query: bucket and look those up once, then spread them over the
-      # block (bucketing every (q, k) pair would cost a log per pair).
-      # Offsets are index differences: inside one packed segment they equal
-      # the differences of the per-example positions.
-      offsets = jnp.arange(q_len + kv_len - 1) - (q_len - 1) - q_start
-      buckets = relative_position_bucket(
-          offsets, bidirectional=self.bidirectional,
-          num_buckets=self.rel_table.shape[1], max_distance=self.max_distance)
-      by_offset = jnp.take(self.rel_table.astype(jnp.float32), buckets, axis=1)
-      spread = jnp.arange(kv_len)[None, :] - jnp.arange(q_len)[:, None] + (q_len - 1)
-      bias = bias + jnp.take(by_offset, spread, axis=1)[None]
+      bias = bias + self._position_bias(q_start, q_len, kv_len)[None]
     return bias
+
+  def _position_bias(self, q_start: jax.Array, q_len: int, kv_len: int) -> jax.Array:
+    """Relative position bias [heads, q_len, kv_len] of one block of queries.
+
+    The block sees fewer than q_len + kv_len distinct offsets key - query, so
+    those are bucketed and looked up once (a log per (q, k) pair or a gather
+    of q_len x kv_len indices is far slower on long inputs). Offsets are
+    index differences; inside one packed segment they equal the differences
+    of the per-example positions.
+    """
+    # One spare offset keeps the row stride below (width - 1) >= kv_len even
+    # for a single query.
+    width = q_len + kv_len
+    # by_offset[:, j] is the bias of offset j - (q_len - 1) - q_start.
+    offsets = jnp.arange(width) - (q_len - 1) - q_start
+    buckets = relative_position_bucket(
+        offsets, bidirectional=self.bidirectional,
+        num_buckets=self.rel_table.shape[1], max_distance=self.max_distance)
+    by_offset = jnp.take(self.rel_table.astype(jnp.float32), buckets, axis=1)
+    # Row q needs by_offset[:, k - q + q_len - 1]: a window sliding left by one
+    # per row. Repeating the row q_len times and re-reading the flat result
+    # with a row stride one shorter (width - 1) shifts each row by exactly
+    # that, with reshapes and slices only.
+    heads = by_offset.shape[0]
+    flat = jnp.tile(by_offset, (1, q_len))[:, q_len - 1:q_len - 1 + q_len * (width - 1)]
+    return flat.reshape(heads, q_len, width - 1)[:, :, :kv_len]
 
   def full(self) -> jax.Array:
     """Bias [B, heads or 1, Lq, Lk] for all queries."""
