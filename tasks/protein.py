@@ -3,8 +3,11 @@
 Names are `{corpus}_{objective}`:
 - objectives: `prott5_denoise` (ProtT5) and `protbert_mlm` (ProtBert,
   ProtAlbert, ProtElectra's generator);
-- corpora: `swissprot_sample` (bundled in the package: works with no setup,
-  no data dir, no download).
+- corpora: `uniref50`, `uniref100`, `bfd` and `custom`, read from the TFDS
+  datasets that `scripts/prepare_corpus.py` builds (`protein_fasta/<corpus>`;
+  point seqio at their data dir with `seqio.set_tfds_data_dir_override` or
+  the trainer's `TFDS_DATA_DIR`), and `swissprot_sample` (bundled in the
+  package: works with no setup, no data dir, no download).
 
 Every task has "train" and "validation" splits, assigned by a hash of the
 protein id (`prottrans_jax.data.splits`).
@@ -20,9 +23,9 @@ from prottrans_jax.data import fasta
 from prottrans_jax.data import preprocessors
 from prottrans_jax.data import sample_corpus
 from prottrans_jax.data import splits
+from prottrans_jax.data import tfds_builder
 
-# 12 of the 100 sample proteins: enough to measure masked-residue accuracy.
-SAMPLE_VALIDATION_FRACTION = 0.1
+TFDS_CORPORA = ("uniref50", "uniref100", "bfd", "custom")
 
 PROTT5_OUTPUT_FEATURES = {
     "inputs": seqio.Feature(vocab_lib.ProtT5Vocabulary(), add_eos=True),
@@ -85,6 +88,14 @@ def register_objectives(corpus: str, source: seqio.DataSource) -> None:
       output_features=PROTBERT_OUTPUT_FEATURES)
 
 
+for _corpus in TFDS_CORPORA:
+  register_objectives(_corpus, seqio.TfdsDataSource(
+      tfds_name=tfds_builder.tfds_name(_corpus),
+      splits=(splits.TRAIN, splits.VALIDATION)))
+
+# The same proteins and split as the TFDS `swissprot_sample` config, read
+# straight from the package so that nothing needs preparing.
 register_objectives(
     "swissprot_sample",
-    fasta_source(sample_corpus.FASTA_PATH, SAMPLE_VALIDATION_FRACTION))
+    fasta_source(sample_corpus.FASTA_PATH,
+                 tfds_builder.CONFIGS["swissprot_sample"].validation_fraction))
