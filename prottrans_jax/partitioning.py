@@ -256,3 +256,16 @@ def make_global_batch(global_batch: Mapping[str, np.ndarray],
     arrays[name] = jax.make_array_from_process_local_data(
         sharding, value[rows], value.shape)
   return arrays
+
+
+def initialize_distributed(coordinator_address: str, num_processes: int,
+                           process_id: int) -> None:
+  """Joins this process to a multi-process run (`jax.distributed`).
+
+  CPU devices need gloo for cross-process collectives; the setting only
+  concerns the CPU backend, so TPU and GPU runs are unaffected.
+  """
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes,
+                             process_id=process_id)

@@ -1,0 +1,81 @@
+"""Gin at the edges: T5X-style `--gin_file` / `--gin.NAME=VALUE` handling.
+
+Library functions take plain arguments; gin files bind them through
+dynamic registration (`from __gin__ import dynamic_registration` and
+`import prottrans_jax.training.trainer as trainer`), so no library module
+depends on gin. Scripts call `parse` and then the configured function.
+"""
+
+import pathlib
+import re
+from typing import Sequence
+
+import gin
+
+# The repository's gin/ directory: `--gin_file=models/prott5_tiny.gin` and
+# `--gin_file=gin/models/prott5_tiny.gin` both resolve (from the repo root).
+GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+_BINDING_FLAG = re.compile(r"^--gin\.(.+)$")
+_MACRO = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+
+
+class GinConfigError(ValueError):
+  """A gin file or binding that cannot configure the run."""
+
+
+def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+  """(argv without them, bindings) from `--gin.NAME=VALUE` arguments.
+
+  absl would reject these as unknown flags, so they are taken out first.
+  """
+  rest, bindings = [], []
+  for arg in argv:
+    match = _BINDING_FLAG.match(arg)
+    if match:
+      bindings.append(match.group(1))
+    else:
+      rest.append(arg)
+  return rest, bindings
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+  """Parses files then bindings; every mistake is a `GinConfigError`.
+
+  Caught here, naming the binding: an unknown configurable or parameter
+  (gin's own check), a macro set on the command line that no gin file
+  defines (a typo gin would otherwise accept silently), a value that does not
+  parse, and a macro left at `%gin.REQUIRED` (e.g. MODEL_DIR).
+  """
+  gin.clear_config()
+  for path in (GIN_DIR, GIN_DIR.parent, pathlib.Path.cwd()):
+    gin.add_config_file_search_path(str(path))
+  try:
+    gin.parse_config_files_and_bindings(list(gin_files), [],
+                                        finalize_config=False)
+  except (ValueError, SyntaxError, IOError) as e:
+    raise GinConfigError(f"in --gin_file: {e}") from e
+  for binding in bindings:
+    macro = _MACRO.match(binding)
+    if macro and "." not in macro.group(1):
+      try:
+        gin.query_parameter("%" + macro.group(1))
+      except ValueError:
+        raise GinConfigError(
+            f"--gin.{binding}: no gin file defines a macro named "
+            f"{macro.group(1)}") from None
+    try:
+      gin.parse_config_files_and_bindings([], [binding],
+                                          finalize_config=False)
+    except (ValueError, SyntaxError) as e:
+      raise GinConfigError(f"--gin.{binding}: {e}") from e
+  try:
+    gin.finalize()
+  except ValueError as e:
+    # gin's wording is "X/macro.value set to `%gin.REQUIRED` but not
+    # subsequently overridden"; say which flag sets it.
+    required = re.match(r"(\w+)/macro\.value", str(e))
+    if required:
+      raise GinConfigError(
+          f"required gin macro {required.group(1)} is not set: pass "
+          f"--gin.{required.group(1)}=...") from e
+    raise GinConfigError(str(e)) from e

@@ -1,0 +1,210 @@
+"""Checkpoints: model config, params-only checkpoints and training state.
+
+Layout of a MODEL_DIR:
+
+  model_config.json          {"model_name": "t5", "config": {...}}
+  checkpoints/<step>/        one Orbax checkpoint per saved step:
+    params/                  the parameter tree (always)
+    opt_state/               optimizer state (training checkpoints only)
+    train_info/              json: step, data position (training only)
+    model_config/            json: the same as model_config.json
+
+Each step directory carries the model config too, so a step directory copied
+elsewhere still restores on its own. A step without `opt_state` is a
+params-only checkpoint (written by a converter or `write_params_checkpoint`):
+training resumes from it with a freshly initialised optimizer, which is how
+fine-tuning from converted weights starts.
+"""
+
+import importlib
+import json
+import pathlib
+from typing import Any
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+MODEL_CONFIG_FILE = "model_config.json"
+CHECKPOINTS_SUBDIR = "checkpoints"
+PARAMS = "params"
+OPT_STATE = "opt_state"
+TRAIN_INFO = "train_info"
+MODEL_CONFIG = "model_config"
+ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG)
+
+# Model family name -> (module, config class). Imported lazily so that
+# reading a checkpoint of one family does not import the others.
+CONFIG_CLASSES = {
+    "t5": ("prottrans_jax.models.t5", "T5Config"),
+}
+
+
+def _config_class(model_name: str) -> type:
+  if model_name not in CONFIG_CLASSES:
+    raise ValueError(f"unknown model_name {model_name!r}; known: "
+                     f"{sorted(CONFIG_CLASSES)}")
+  module, name = CONFIG_CLASSES[model_name]
+  return getattr(importlib.import_module(module), name)
+
+
+def _config_record(model_name: str, config: Any) -> dict[str, Any]:
+  _config_class(model_name)  # Fail early on an unknown family.
+  return {"model_name": model_name, "config": config.to_dict()}
+
+
+def _config_from_record(record: dict[str, Any], source: str) -> tuple[str, Any]:
+  try:
+    model_name = record["model_name"]
+    return model_name, _config_class(model_name).from_dict(record["config"])
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"{source} is not a model config record: {e!r}") from e
+
+
+def save_model_config(model_dir: str | pathlib.Path, model_name: str,
+                      config: Any) -> None:
+  """Writes MODEL_DIR/model_config.json (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  path = pathlib.Path(model_dir)
+  path.mkdir(parents=True, exist_ok=True)
+  record = _config_record(model_name, config)
+  tmp = path / (MODEL_CONFIG_FILE + ".tmp")
+  tmp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+  tmp.replace(path / MODEL_CONFIG_FILE)  # Atomic: never a half-written file.
+
+
+def load_model_config(model_dir: str | pathlib.Path) -> tuple[str, Any]:
+  """(model_name, config) recorded in MODEL_DIR."""
+  path = pathlib.Path(model_dir) / MODEL_CONFIG_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"no {MODEL_CONFIG_FILE} in {model_dir}: not a "
+                            "model directory written by this project")
+  return _config_from_record(json.loads(path.read_text()), str(path))
+
+
+def checkpoint_manager(model_dir: str | pathlib.Path, *,
+                       save_period: int = 1000,
+                       keep: int | None = None,
+                       async_save: bool = True) -> ocp.CheckpointManager:
+  """The Orbax manager of MODEL_DIR/checkpoints.
+
+  Args:
+    model_dir: the run's directory.
+    save_period: `save` writes only on multiples of this step (a forced save
+      writes regardless: the trainer forces one at the end).
+    keep: how many recent checkpoints to keep (None keeps all).
+    async_save: write in the background while training continues.
+  """
+  return ocp.CheckpointManager(
+      pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR,
+      options=ocp.CheckpointManagerOptions(
+          save_interval_steps=save_period, max_to_keep=keep,
+          enable_async_checkpointing=async_save, create=True),
+      item_names=ITEM_NAMES)
+
+
+def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
+         model_name: str, config: Any, opt_state: Any = None,
+         train_info: dict[str, Any] | None = None,
+         force: bool = False) -> bool:
+  """Saves one step; returns whether a save was started.
+
+  Without `opt_state` and `train_info` this writes a params-only checkpoint.
+  """
+  items = {PARAMS: ocp.args.StandardSave(params),
+           MODEL_CONFIG: ocp.args.JsonSave(_config_record(model_name, config))}
+  if opt_state is not None:
+    items[OPT_STATE] = ocp.args.StandardSave(opt_state)
+  if train_info is not None:
+    items[TRAIN_INFO] = ocp.args.JsonSave(train_info)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def write_params_checkpoint(model_dir: str | pathlib.Path, params: Any,
+                            step: int = 0, model_name: str = "t5",
+                            config: Any = None) -> pathlib.Path:
+  """A params-only checkpoint in MODEL_DIR plus its model_config.json.
+
+  Returns the step directory. Training started on this MODEL_DIR fine-tunes
+  from these params (fresh optimizer state, step counting on from `step`).
+  """
+  if config is None:
+    raise ValueError("write_params_checkpoint needs the model config")
+  save_model_config(model_dir, model_name, config)
+  manager = checkpoint_manager(model_dir, async_save=False)
+  save(manager, step, params=params, model_name=model_name, config=config,
+       force=True)
+  manager.wait_until_finished()
+  manager.close()
+  return pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR / str(step)
+
+
+def has_optimizer_state(manager: ocp.CheckpointManager, step: int) -> bool:
+  return (pathlib.Path(manager.directory) / str(step) / OPT_STATE).exists()
+
+
+def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
+                        abstract_params: Any,
+                        abstract_opt_state: Any = None
+                        ) -> dict[str, Any]:
+  """Restores a step's items onto the given abstract (sharded) targets.
+
+  `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings; pass
+  `abstract_opt_state=None` for a params-only checkpoint.
+  """
+  items = {PARAMS: ocp.args.StandardRestore(abstract_params)}
+  if abstract_opt_state is not None:
+    items[OPT_STATE] = ocp.args.StandardRestore(abstract_opt_state)
+    items[TRAIN_INFO] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return {name: restored[name] for name in items}
+
+
+def step_directory(path: str | pathlib.Path) -> pathlib.Path:
+  """A step directory from a MODEL_DIR (latest step) or a step directory."""
+  path = pathlib.Path(path).absolute()
+  if (path / PARAMS).is_dir():
+    return path
+  checkpoints = path / CHECKPOINTS_SUBDIR
+  steps = sorted(int(p.name) for p in checkpoints.glob("*")
+                 if p.name.isdigit() and (p / PARAMS).is_dir()) if (
+                     checkpoints.is_dir()) else []
+  if not steps:
+    raise FileNotFoundError(
+        f"no checkpoint at {path}: expected a MODEL_DIR with "
+        f"{CHECKPOINTS_SUBDIR}/<step>/{PARAMS} or a step directory")
+  return checkpoints / str(steps[-1])
+
+
+def checkpoint_model_config(path: str | pathlib.Path) -> tuple[str, Any]:
+  """(model_name, config) of a checkpoint (MODEL_DIR: its latest step)."""
+  step_dir = step_directory(path)
+  config_path = step_dir / MODEL_CONFIG
+  if not config_path.is_dir():
+    raise FileNotFoundError(f"{step_dir} has no {MODEL_CONFIG} item")
+  record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(config_path)
+  return _config_from_record(record, str(config_path))
+
+
+def restore_params(path: str | pathlib.Path, shardings: Any = None
+                   ) -> tuple[str, Any, Any]:
+  """(model_name, config, params) from a MODEL_DIR or one step's directory.
+
+  A MODEL_DIR restores its latest step. Params land on `shardings` (a tree
+  matching the params) when given, else on the first local device.
+  """
+  step_dir = step_directory(path)
+  model_name, config = checkpoint_model_config(step_dir)
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(step_dir / PARAMS).item_metadata.tree
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree_util.tree_map(lambda _: device, metadata)
+  target = jax.tree_util.tree_map(
+      lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+      metadata, shardings)
+  params = checkpointer.restore(step_dir / PARAMS, target)
+  logging.info("restored params of %s from %s", model_name, step_dir)
+  return model_name, config, params
+

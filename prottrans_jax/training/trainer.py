@@ -1,0 +1,307 @@
+"""The training loop and the evaluation run (what scripts/train.py and
+scripts/eval.py call, with arguments bound by gin).
+
+A run owns a MODEL_DIR: model_config.json, config.gin (the configuration the
+run started with), checkpoints/, and TensorBoard summaries in train/ and
+eval/. Started again on the same MODEL_DIR, a run restores the latest
+checkpoint and its data position and continues as if never stopped.
+"""
+
+import pathlib
+import time
+from typing import Any, Callable, Iterable, Mapping
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from prottrans_jax import partitioning
+from prottrans_jax.models import t5
+from prottrans_jax.training import checkpoints
+from prottrans_jax.training import inputs
+from prottrans_jax.training import mfu
+from prottrans_jax.training import optimizers
+from prottrans_jax.training import steps
+from prottrans_jax.training import train_state as train_state_lib
+
+MODEL_NAME = "t5"
+CONFIG_FILE = "config.gin"
+
+
+def _init_fn(model: nn.Module) -> Callable[[jax.Array], Any]:
+  """Boxed params of `model`; shapes do not depend on the dummy length."""
+  tokens = jnp.ones((1, 8), jnp.int32)
+  return lambda key: model.init(key, tokens, tokens)["params"]
+
+
+def _abstract(tree: Any, shardings: Any) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree, shardings)
+
+
+# Marks a summary as a scalar for TensorBoard's scalars dashboard. Written
+# with the generic `tf.summary.write`, which, unlike `tf.summary.scalar`,
+# does not need the tensorboard package installed.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+class _Summaries:
+  """TensorBoard scalars in MODEL_DIR/<name>, written by process 0 only."""
+
+  def __init__(self, model_dir: pathlib.Path, name: str):
+    self._writer = (tf.summary.create_file_writer(str(model_dir / name))
+                    if jax.process_index() == 0 else None)
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if self._writer is None:
+      return
+    with self._writer.as_default():
+      for name, value in scalars.items():
+        tf.summary.write(name, tf.constant(value, tf.float32), step=step,
+                         metadata=_SCALAR_METADATA)
+    self._writer.flush()
+
+
+def run_eval(eval_step: Callable, params: Any,
+             batches: Iterable[inputs.Batch],
+             batch_sharding: jax.sharding.Sharding) -> dict[str, float]:
+  """Loss, perplexity and masked-residue accuracy over `batches`."""
+  totals = None
+  for batch in batches:
+    sums = eval_step(params, partitioning.make_global_batch(batch,
+                                                            batch_sharding))
+    totals = sums if totals is None else jax.tree_util.tree_map(
+        jnp.add, totals, sums)
+  if totals is None:
+    raise ValueError("the evaluation split yielded no batches")
+  return steps.eval_metrics(jax.device_get(totals))
+
+
+def _format(metrics: Mapping[str, float]) -> str:
+  return " ".join(f"{k} {v:.6g}" for k, v in metrics.items())
+
+
+def _restore_or_init(*, manager, layout, init, tx, seed: int,
+                     initial_checkpoint: str | None
+                     ) -> tuple[train_state_lib.TrainState, int]:
+  """The state to start from and the number of batches already consumed."""
+  abstract = _abstract(layout.abstract_state, layout.shardings)
+  step = manager.latest_step()
+  if step is not None and checkpoints.has_optimizer_state(manager, step):
+    restored = checkpoints.restore_train_items(
+        manager, step, abstract_params=abstract.params,
+        abstract_opt_state=abstract.opt_state)
+    info = restored[checkpoints.TRAIN_INFO]
+    state = train_state_lib.TrainState(
+        step=jax.device_put(jnp.int32(info["step"]), layout.shardings.step),
+        params=restored[checkpoints.PARAMS],
+        opt_state=restored[checkpoints.OPT_STATE])
+    logging.info("restored step %d from %s", step, manager.directory)
+    return state, int(info["batches_consumed"])
+  if step is not None:
+    params = checkpoints.restore_train_items(
+        manager, step, abstract_params=abstract.params)[checkpoints.PARAMS]
+    logging.info("restored params-only checkpoint at step %d from %s; "
+                 "optimizer state initialised fresh", step, manager.directory)
+    return train_state_lib.state_from_params(params, tx, layout, step), 0
+  if initial_checkpoint:
+    _, _, params = checkpoints.restore_params(
+        initial_checkpoint, shardings=layout.shardings.params)
+    logging.info("initialised params from %s; optimizer state fresh",
+                 initial_checkpoint)
+    return train_state_lib.state_from_params(params, tx, layout, 0), 0
+  return train_state_lib.init_state(init, tx, layout,
+                                    jax.random.key(seed)), 0
+
+
+def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
+          task_feature_lengths: Mapping[str, int], batch_size: int,
+          train_steps: int, learning_rate: optimizers.Schedule,
+          optimizer: optax.GradientTransformation,
+          partition: partitioning.PartitionConfig = (
+              partitioning.PartitionConfig()),
+          loss: steps.LossConfig = steps.LossConfig(),
+          num_microbatches: int = 1, seed: int = 0,
+          checkpoint_period: int = 1000, keep_checkpoints: int | None = None,
+          log_period: int = 100, eval_period: int | None = None,
+          eval_batches: int | None = None,
+          peak_tflops_per_device: float | None = None,
+          initial_checkpoint: str | None = None,
+          describe_config: Callable[[], str] | None = None
+          ) -> dict[str, float]:
+  """Trains to `train_steps` (a total: a resumed run trains the rest).
+
+  Args:
+    model_dir: MODEL_DIR; checkpoints, summaries and configs go here.
+    model_config: the network.
+    task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
+    task_feature_lengths: {"inputs": n, "targets": m}.
+    batch_size: global batch size (examples after packing).
+    train_steps: step to train to.
+    learning_rate: schedule evaluated at the train state's step.
+    optimizer: an `optimizers` transformation (learning rate injected).
+    partition: mesh shape and logical-axis rules.
+    loss: z-loss and loss normalizing factor.
+    num_microbatches: gradient accumulation steps per batch.
+    seed: parameter init, data order and dropout all derive from it.
+    checkpoint_period: save every this many steps (and at the end).
+    keep_checkpoints: how many to keep (None: all).
+    log_period: log and summarise every this many steps (and at the end).
+    eval_period: evaluate on the validation split every this many steps and
+      at the end; None: no evaluation during training.
+    eval_batches: cap on validation batches per evaluation (None: all).
+    peak_tflops_per_device: MFU denominator; default by device kind.
+    initial_checkpoint: params-only start (fine-tuning) when MODEL_DIR has
+      no checkpoint yet: a MODEL_DIR or step directory.
+    describe_config: returns the configuration text written to
+      MODEL_DIR/config.gin at the start (scripts pass gin's operative config).
+
+  Returns:
+    The last logged training metrics, plus `eval/...` ones if evaluated.
+  """
+  model_dir = pathlib.Path(model_dir)
+  if jax.process_index() == 0:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if describe_config is not None:
+      (model_dir / CONFIG_FILE).write_text(describe_config())
+  checkpoints.save_model_config(model_dir, MODEL_NAME, model_config)
+
+  # Measured (on CPU) before the mesh is in effect: the benchmark runs on
+  # one device.
+  peak = mfu.peak_tflops_per_device(peak_tflops_per_device)
+  mesh, rules = partition.mesh(), partition.rules()
+  model = t5.T5(model_config)
+  init = _init_fn(model)
+  with partitioning.activate(mesh, rules):
+    layout = train_state_lib.state_layout(init, optimizer, mesh, rules)
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    manager = checkpoints.checkpoint_manager(model_dir, keep=keep_checkpoints)
+    state, batches_consumed = _restore_or_init(
+        manager=manager, layout=layout, init=init, tx=optimizer, seed=seed,
+        initial_checkpoint=initial_checkpoint)
+    first_step = int(state.step)
+
+    step_fn = steps.make_train_step(
+        model=model, tx=optimizer, schedule=learning_rate, loss_config=loss,
+        dropout_seed=seed, num_microbatches=num_microbatches, layout=layout,
+        batch_sharding=batch_sharding)
+    lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
+    batch_shapes = {
+        name: jax.ShapeDtypeStruct((batch_size, lengths[name.startswith(
+            "decoder")]), jnp.int32, sharding=batch_sharding)
+        for name in _TRAIN_FEATURES}
+    compile_start = time.perf_counter()
+    step_fn = step_fn.lower(
+        _abstract(layout.abstract_state, layout.shardings),
+        batch_shapes).compile()
+    logging.info("train step compiled in %.1fs; mesh %s; params %d",
+                 time.perf_counter() - compile_start, dict(mesh.shape),
+                 sum(x.size for x in jax.tree_util.tree_leaves(
+                     layout.abstract_state.params)))
+    eval_step = steps.make_eval_step(
+        model=model, mask_id=inputs.mask_id(task_name),
+        params_shardings=layout.shardings.params,
+        batch_sharding=batch_sharding) if eval_period else None
+
+    tokens_per_step = batch_size * sum(lengths)
+    flops_per_step = t5.flops_per_token(model_config, *lengths) * (
+        tokens_per_step)
+    train_summaries = _Summaries(model_dir, "train")
+    eval_summaries = _Summaries(model_dir, "eval")
+    batches = inputs.train_batches(task_name, task_feature_lengths,
+                                   batch_size, seed, batches_consumed)
+    last = {}
+    timer, timed_steps = time.perf_counter(), 0
+    for step in range(first_step, train_steps):
+      batch = partitioning.make_global_batch(next(batches), batch_sharding)
+      state, metrics = step_fn(state, batch)
+      batches_consumed += 1
+      timed_steps += 1
+      done = step + 1
+      if done % log_period == 0 or done == train_steps:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        seconds = time.perf_counter() - timer
+        tflops = flops_per_step * timed_steps / seconds / 1e12 / (
+            jax.device_count())
+        metrics.update({
+            "tokens_per_second": tokens_per_step * timed_steps / seconds,
+            "tflops_per_device": tflops,
+            "mfu": tflops / peak,
+        })
+        logging.info(
+            "step %d loss %.6g learning_rate %.4g tokens/s %.1f "
+            "TFLOP/s/device %.4g MFU %.2f%% (%s)", done, metrics["loss"],
+            metrics["learning_rate"], metrics["tokens_per_second"], tflops,
+            100 * metrics["mfu"], _format(metrics))
+        train_summaries.write(done, metrics)
+        last = metrics
+      if done % checkpoint_period == 0 or done == train_steps:
+        checkpoints.save(
+            manager, done, params=state.params, opt_state=state.opt_state,
+            train_info={"step": done, "batches_consumed": batches_consumed},
+            model_name=MODEL_NAME, config=model_config, force=True)
+      if eval_step is not None and (done % eval_period == 0 or
+                                    done == train_steps):
+        evaluated = run_eval(
+            eval_step, state.params,
+            inputs.eval_batches(task_name, task_feature_lengths, batch_size,
+                                max_batches=eval_batches), batch_sharding)
+        logging.info("eval step %d %s", done, _format(evaluated))
+        eval_summaries.write(done, evaluated)
+        last.update({f"eval/{k}": v for k, v in evaluated.items()})
+      if done % log_period == 0:
+        timer, timed_steps = time.perf_counter(), 0
+    manager.wait_until_finished()
+    manager.close()
+  return last
+
+
+# Packed training batches carry these (seqio.EncDecFeatureConverter).
+_TRAIN_FEATURES = ("encoder_input_tokens", "encoder_segment_ids",
+                   "encoder_positions", "decoder_input_tokens",
+                   "decoder_target_tokens", "decoder_loss_weights",
+                   "decoder_segment_ids", "decoder_positions")
+
+
+def evaluate(*, model_dir: str, task_name: str,
+             task_feature_lengths: Mapping[str, int], batch_size: int,
+             partition: partitioning.PartitionConfig = (
+                 partitioning.PartitionConfig()),
+             split: str = "validation", eval_batches: int | None = None,
+             checkpoint: str | None = None) -> dict[str, float]:
+  """Evaluates a checkpoint (default: MODEL_DIR's latest) on a split.
+
+  Reports loss, perplexity, token accuracy, masked-residue accuracy and the
+  most-common-residue baseline; writes them to MODEL_DIR/eval_<split>.
+  """
+  model_dir = pathlib.Path(model_dir)
+  mesh, rules = partition.mesh(), partition.rules()
+  with partitioning.activate(mesh, rules):
+    step_dir = checkpoints.step_directory(checkpoint or model_dir)
+    model_name, config = checkpoints.checkpoint_model_config(step_dir)
+    if model_name != MODEL_NAME:
+      raise ValueError(f"{model_dir} holds a {model_name!r} model; this "
+                       f"evaluation runs {MODEL_NAME!r} models")
+    model = t5.T5(config)
+    shardings = partitioning.params_shardings(
+        jax.eval_shape(_init_fn(model), jax.random.key(0)), mesh, rules)
+    _, _, params = checkpoints.restore_params(step_dir, shardings=shardings)
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    eval_step = steps.make_eval_step(
+        model=model, mask_id=inputs.mask_id(task_name),
+        params_shardings=shardings, batch_sharding=batch_sharding)
+    metrics = run_eval(
+        eval_step, params,
+        inputs.eval_batches(task_name, task_feature_lengths, batch_size,
+                            split=split, max_batches=eval_batches),
+        batch_sharding)
+  logging.info("eval %s of %s: %s", split, step_dir, _format(metrics))
+  _Summaries(model_dir, f"eval_{split}").write(int(step_dir.name), metrics)
+  return metrics
