@@ -6,11 +6,11 @@ we store kernels (in, out) and the table (heads, buckets) once per stack, so
 both are transposes. The token embedding is shared; `lm_head.weight` and the
 stacks' `embed_tokens.weight` are tied copies of `shared.weight`.
 
-`state_dict_to_params` takes any Mapping, so a lazy one (hf_io's reader over
+`param_loaders` takes any Mapping, so a lazy one (hf_io's reader over
 safetensors files) converts a checkpoint one tensor at a time.
 """
 import dataclasses
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -197,58 +197,83 @@ def plan(names: set[str], config: t5.T5Config,
   return mappings, skipped
 
 
-def state_dict_to_params(state_dict: Mapping[str, np.ndarray], config: t5.T5Config,
-                         encoder_only: bool = False, dtype: Optional[np.dtype] = None,
-                         progress: Optional[Any] = None) -> dict[str, Any]:
-  """Hugging Face tensors -> our nested params (numpy), tensor by tensor.
+Loader = params_lib.Loader
 
-  `dtype` casts each tensor (None keeps the checkpoint's dtype, which makes
-  HF -> ours -> HF byte-identical). `progress`, if given, is a tqdm-like
-  object whose `update(1)` is called per tensor.
+
+def param_loaders(state_dict: Mapping[str, np.ndarray], config: t5.T5Config,
+                  encoder_only: bool = False,
+                  dtype: Optional[np.dtype] = None) -> dict[str, Loader]:
+  """Our flat parameter names -> functions that read and convert one tensor.
+
+  Checks the names first (every tensor missing or unmapped is listed); each
+  loader checks its shape. Nothing is read until a loader is called, so with
+  a lazy `state_dict` a checkpoint converts one tensor at a time. `dtype`
+  casts (None keeps the checkpoint's dtype: HF -> ours -> HF is then
+  byte-identical).
   """
   names = set(state_dict.keys())
   mappings, _ = plan(names, config, encoder_only)
   shapes = params_lib.expected_shapes(config, encoder_only)
   shared_source = SHARED_EMBEDDING if SHARED_EMBEDDING in names else next(
       c for c in TIED_COPIES if c in names)
-  flat = {}
-  for m in mappings:
+  tied_copies = [c for c in TIED_COPIES if c in names and c != shared_source
+                 and not (encoder_only and c.startswith("decoder."))]
+
+  def loader(m: TensorMapping) -> Loader:
     source = shared_source if m.hf == SHARED_EMBEDDING else m.hf
-    array = relayout(m, np.asarray(state_dict[source]))
-    params_lib.check_shape(f"{source} ({m.ours})", array, shapes[m.ours])
-    flat[m.ours] = array if dtype is None else array.astype(dtype)
-    if progress is not None:
-      progress.update(1)
-  embedding = state_dict[shared_source]
-  for copy in TIED_COPIES:
-    if copy in names and copy != shared_source and not (encoder_only and copy.startswith("decoder.")):
-      _check_tied_copy(copy, np.asarray(state_dict[copy]), np.asarray(embedding))
-  return params_lib.unflatten(flat)
+
+    def load() -> np.ndarray:
+      array = relayout(m, np.asarray(state_dict[source]))
+      params_lib.check_shape(f"{source} ({m.ours})", array.shape, shapes[m.ours])
+      if source == shared_source:
+        for copy in tied_copies:  # small: vocab x d_model
+          _check_tied_copy(copy, np.asarray(state_dict[copy]), array)
+      return array if dtype is None else array.astype(dtype)
+    return load
+
+  return {m.ours: loader(m) for m in mappings}
 
 
-def iter_hf_tensors(params: Mapping[str, Any], config: t5.T5Config,
-                    encoder_only: bool = False,
-                    dtype: Optional[np.dtype] = None) -> Iterator[tuple[str, np.ndarray]]:
-  """Our params -> (Hugging Face name, array) one tensor at a time.
+def state_dict_to_params(state_dict: Mapping[str, np.ndarray], config: t5.T5Config,
+                         encoder_only: bool = False,
+                         dtype: Optional[np.dtype] = None) -> dict[str, Any]:
+  """A Hugging Face state dict -> our nested params (numpy)."""
+  loaders = param_loaders(state_dict, config, encoder_only, dtype)
+  return params_lib.unflatten({name: load() for name, load in loaders.items()})
+
+
+def hf_loaders(params: Mapping[str, Loader], config: t5.T5Config,
+               encoder_only: bool = False,
+               dtype: Optional[np.dtype] = None) -> dict[str, tuple[tuple[int, ...], Loader]]:
+  """Our flat params (as loaders) -> {HF name: (HF shape, loader)} in order.
 
   Only `shared.weight` is written for the tied embedding: `transformers`
-  re-ties the copies on load. Raises on a missing parameter or a shape that
-  does not match `config`.
+  re-ties the copies on load. Raises on a missing parameter; each loader
+  raises on a shape that does not match `config`.
   """
-  flat = params_lib.flatten(params)
   mappings = tensor_mappings(config, encoder_only)
-  present = set(flat) if not encoder_only else {n for n in flat if not n.startswith("decoder/")}
+  present = {n for n in params if not (encoder_only and n.startswith("decoder/"))}
   params_lib.check_names(present, {m.ours for m in mappings}, "the parameters")
   shapes = params_lib.expected_shapes(config, encoder_only)
-  for m in mappings:
-    array = np.asarray(flat[m.ours])
-    params_lib.check_shape(m.ours, array, shapes[m.ours])
-    array = relayout(m, array)
-    yield m.hf, array if dtype is None else array.astype(dtype)
+
+  def loader(m: TensorMapping) -> Loader:
+    def load() -> np.ndarray:
+      array = np.asarray(params[m.ours]())
+      params_lib.check_shape(m.ours, array.shape, shapes[m.ours])
+      array = relayout(m, array)
+      return array if dtype is None else array.astype(dtype)
+    return load
+
+  def hf_shape(m: TensorMapping) -> tuple[int, ...]:
+    shape = shapes[m.ours]
+    return shape[::-1] if m.transpose else shape
+
+  return {m.hf: (hf_shape(m), loader(m)) for m in mappings}
 
 
 def params_to_state_dict(params: Mapping[str, Any], config: t5.T5Config,
                          encoder_only: bool = False,
                          dtype: Optional[np.dtype] = None) -> dict[str, np.ndarray]:
-  """Our params -> a Hugging Face state dict (numpy, `shared.weight` only)."""
-  return dict(iter_hf_tensors(params, config, encoder_only, dtype))
+  """Our nested params -> a Hugging Face state dict (numpy, `shared.weight` only)."""
+  return {name: load() for name, (_, load) in hf_loaders(
+      params_lib.loaders_of(params), config, encoder_only, dtype).items()}

@@ -4,7 +4,7 @@ Converters work on flat `{"encoder/layers_0/mlp/wi/kernel": array}` dicts
 (T5X's names joined by "/"), one tensor at a time, and only build the nested
 Flax tree at the end.
 """
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flax import linen as nn
 from flax import traverse_util
@@ -19,9 +19,20 @@ class ConversionError(ValueError):
   """A checkpoint does not match the model it is converted to or from."""
 
 
+# Reads one tensor when called: converters hold these, not arrays, so a
+# checkpoint is converted one tensor at a time.
+Loader = Callable[[], np.ndarray]
+
+
 def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
   """Nested (possibly logically boxed) params -> {"a/b/c": array}."""
   return traverse_util.flatten_dict(nn.meta.unbox(dict(params)), sep="/")
+
+
+def loaders_of(params: Mapping[str, Any]) -> dict[str, Callable[[], np.ndarray]]:
+  """In-memory params (nested, or flat "a/b" names) as {flat name: loader}."""
+  flat = flatten(params) if any(isinstance(v, Mapping) for v in params.values()) else params
+  return {name: (lambda a=a: np.asarray(a)) for name, a in flat.items()}
 
 
 def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,10 +55,10 @@ def expected_shapes(config: t5.T5Config, encoder_only: bool = False) -> dict[str
   return {name: tuple(leaf.shape) for name, leaf in flatten(shapes["params"]).items()}
 
 
-def check_shape(name: str, array: np.ndarray, expected: tuple[int, ...]) -> None:
-  if tuple(array.shape) != tuple(expected):
+def check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+  if tuple(shape) != tuple(expected):
     raise ConversionError(
-        f"Shape mismatch for {name}: checkpoint has {tuple(array.shape)}, "
+        f"Shape mismatch for {name}: checkpoint has {tuple(shape)}, "
         f"the model expects {tuple(expected)}")
 
 

@@ -1,0 +1,134 @@
+"""Checkpoint conversion between Hugging Face, native T5X and this project.
+
+Every reader returns `{our flat name: loader}` (see params.Loader); every
+writer pulls tensors through the loaders one at a time. Hugging Face output
+therefore streams end to end (peak memory about one tensor). A native output
+is one Orbax save of the whole tree, so it holds the parameters in memory
+once; reading native checkpoints restores the whole tree too.
+"""
+import os
+import pathlib
+import shutil
+from typing import Optional
+
+import numpy as np
+import tqdm
+
+from prottrans_jax.convert import hf_io
+from prottrans_jax.convert import hf_t5
+from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import t5x
+from prottrans_jax.models import t5
+
+SOURCES = ("hf", "t5x", "native")
+TARGETS = ("native", "hf")
+MODEL_NAME = "t5"
+
+
+def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[bool] = None
+                    ) -> tuple[t5.T5Config, dict[str, params_lib.Loader], bool, Optional[int]]:
+  """(config, loaders, encoder_only, step) of a checkpoint in format `source`.
+
+  `encoder_only=None` keeps what the checkpoint holds (a T5EncoderModel is
+  encoder-only); True drops the decoder.
+  """
+  if not pathlib.Path(input_dir).is_dir():
+    raise FileNotFoundError(f"Input directory does not exist: {input_dir}")
+  if source == "hf":
+    config, loaders, encoder_only = hf_io.read_hf_checkpoint(input_dir, encoder_only)
+    return config, loaders, encoder_only, None
+  if source == "t5x":
+    config, loaders, step = t5x.read_t5x_checkpoint(input_dir, bool(encoder_only))
+    return config, loaders, bool(encoder_only), step
+  if source == "native":
+    # Imported here: the training stack is only needed for native checkpoints.
+    from prottrans_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+    model_name, config, params = checkpoints.restore_params(input_dir)
+    if model_name != MODEL_NAME:
+      raise params_lib.ConversionError(
+          f"{input_dir} holds a {model_name!r} model; only {MODEL_NAME!r} converts")
+    flat = params_lib.flatten(params)
+    has_decoder = any(n.startswith("decoder/") for n in flat)
+    encoder_only = bool(encoder_only) or not has_decoder
+    if encoder_only:
+      flat = {n: a for n, a in flat.items() if not n.startswith("decoder/")}
+    return config, params_lib.loaders_of(flat), encoder_only, None
+  raise ValueError(f"Unknown source format {source!r}; expected one of {SOURCES}")
+
+
+def mapping_lines(source: str, target: str, config: t5.T5Config,
+                  encoder_only: bool) -> list[str]:
+  """One line per tensor: source name -> our name -> target name, shape."""
+  hf_names = {m.ours: m.hf for m in hf_t5.tensor_mappings(config, encoder_only)}
+  name_in = {"hf": hf_names.get, "t5x": lambda n: f"target/{n}", "native": str}
+  name_out = {"hf": hf_names.get, "native": lambda n: f"params/{n}"}
+  return [f"{name_in[source](n)} -> {n} -> {name_out[target](n)} {shape}"
+          for n, shape in params_lib.expected_shapes(config, encoder_only).items()]
+
+
+def _prepare_output(output_dir: pathlib.Path, input_dir: os.PathLike, overwrite: bool) -> None:
+  if output_dir.resolve() == pathlib.Path(input_dir).resolve():
+    raise ValueError("The output directory must differ from the input directory")
+  if output_dir.exists() and any(output_dir.iterdir()):
+    if not overwrite:
+      raise FileExistsError(
+          f"Output directory {output_dir} exists and is not empty; pass "
+          "--overwrite to replace it")
+    shutil.rmtree(output_dir)
+
+
+def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
+                       output_dir: os.PathLike, *, encoder_only: Optional[bool] = None,
+                       dtype: Optional[str] = None, dry_run: bool = False,
+                       overwrite: bool = False,
+                       max_shard_bytes: int = hf_io.DEFAULT_MAX_SHARD_BYTES,
+                       progress: bool = True) -> list[str]:
+  """Converts `input_dir` (format `source`) into `output_dir` (format `target`).
+
+  Args:
+    source: "hf", "t5x" or "native".
+    target: "native" (an Orbax MODEL_DIR our trainer restores) or "hf".
+    encoder_only: None keeps what the input holds; True drops the decoder
+      (the released `prot_t5_xl_half_uniref50-enc` is such an export).
+    dtype: "float32", "float16" or "bfloat16": the exported tensors' dtype
+      for hf (default float32), the parameter dtype for native (default the
+      config's param_dtype).
+    dry_run: only check the input and return the mapping, write nothing.
+    overwrite: replace a non-empty `output_dir`.
+    max_shard_bytes: hf output is sharded above this size.
+    progress: show a progress bar.
+
+  Returns:
+    The mapping lines (dry run) or the paths written.
+  """
+  if target not in TARGETS:
+    raise ValueError(f"Unknown target format {target!r}; expected one of {TARGETS}")
+  if dtype is not None and dtype not in hf_io.EXPORT_DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
+  config, loaders, encoder_only, step = read_checkpoint(source, input_dir, encoder_only)
+  if dry_run:
+    return mapping_lines(source, target, config, encoder_only)
+  output_dir = pathlib.Path(output_dir)
+  _prepare_output(output_dir, input_dir, overwrite)
+  bar = tqdm.tqdm(total=len(loaders), unit="tensor", disable=not progress,
+                  desc=f"{source} -> {target}")
+  if target == "hf":
+    written = hf_io.write_hf_checkpoint(
+        output_dir, loaders, config, encoder_only=encoder_only, dtype=dtype or "float32",
+        max_shard_bytes=max_shard_bytes, on_tensor=lambda _: bar.update(1))
+    bar.close()
+    return [str(p) for p in written]
+
+  from prottrans_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
+  if dtype is not None:
+    config = t5.T5Config.from_dict({**config.to_dict(), "param_dtype": dtype})
+  param_dtype = hf_io.EXPORT_DTYPES[config.param_dtype]
+  flat = {}
+  for name, load in loaders.items():
+    flat[name] = np.asarray(load(), dtype=param_dtype)
+    bar.update(1)
+  bar.close()
+  step_dir = checkpoints.write_params_checkpoint(
+      output_dir, params_lib.unflatten(flat), step=step or 0, model_name=MODEL_NAME,
+      config=config)
+  return [str(step_dir)]

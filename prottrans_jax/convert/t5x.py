@@ -1,0 +1,151 @@
+"""Native T5X checkpoints -> this project's params, without importing t5x.
+
+Two layouts, both holding `target/...` (the parameters, under the same names
+as ours) and `state/step`:
+
+- classic: a msgpack file `checkpoint` (flax serialization) of
+  `{"optimizer": {"target": ..., "state": {"step", "param_states"}}}` whose
+  leaves are small inline arrays or TensorStore specs of zarr folders beside
+  it, named by the tree path joined with dots;
+- Orbax (newer T5X): `state/` is an OCDBT key-value store holding the same
+  dotted zarr folders.
+
+T5X keeps the model's hyper-parameters in gin, not in the checkpoint, so the
+config is read off the parameter shapes (`config_from_shapes`); the
+relative-position max distance is not stored and defaults to T5's 128.
+"""
+import os
+import pathlib
+import re
+from typing import Any, Optional
+
+import flax.serialization
+import numpy as np
+import tensorstore as ts
+
+from prottrans_jax.convert import params as params_lib
+from prottrans_jax.models import t5
+
+MSGPACK_FILE = "checkpoint"
+ORBAX_STATE_DIR = "state"
+_TARGET = "target"
+_STEP = "state.step"
+
+
+def checkpoint_directory(path: os.PathLike) -> pathlib.Path:
+  """`path` itself if it is one checkpoint, else its latest `checkpoint_<step>`."""
+  path = pathlib.Path(path)
+  if not path.is_dir():
+    raise FileNotFoundError(f"T5X checkpoint directory does not exist: {path}")
+  if (path / MSGPACK_FILE).is_file() or (path / ORBAX_STATE_DIR).is_dir():
+    return path
+  steps = sorted((int(m.group(1)), p) for p in path.iterdir()
+                 if (m := re.fullmatch(r"checkpoint_(\d+)", p.name)))
+  if not steps:
+    raise FileNotFoundError(
+        f"{path} is not a T5X checkpoint: no {MSGPACK_FILE} file, no "
+        f"{ORBAX_STATE_DIR}/ folder and no checkpoint_<step> folders")
+  return steps[-1][1]
+
+
+def _read(spec: dict) -> np.ndarray:
+  return np.asarray(ts.open(spec, open=True).result().read().result())
+
+
+def _classic_arrays(directory: pathlib.Path) -> dict[str, Any]:
+  """Dotted names -> inline arrays or zarr specs (paths made local)."""
+  tree = flax.serialization.msgpack_restore((directory / MSGPACK_FILE).read_bytes())
+  optimizer = tree["optimizer"]
+  out = {}
+
+  def walk(node, prefix):
+    if isinstance(node, dict) and "driver" not in node:
+      for key, child in node.items():
+        walk(child, f"{prefix}.{key}")
+    elif isinstance(node, dict):
+      # The folder's name is the last component of its path, wherever the
+      # spec keeps it (`kvstore.path`, or top-level `path` in old ones) and
+      # whatever bucket it names: the folder is beside the msgpack file.
+      path = node.get("kvstore", {}).get("path") or node["path"]
+      folder = path.rstrip("/").split("/")[-1]
+      out[prefix] = {"driver": node["driver"],
+                     "kvstore": {"driver": "file", "path": str(directory / folder)}}
+    else:
+      out[prefix] = np.asarray(node)
+
+  walk(optimizer["target"], _TARGET)
+  walk(optimizer["state"]["step"], _STEP)
+  return out
+
+
+def _orbax_arrays(directory: pathlib.Path) -> dict[str, Any]:
+  base = {"driver": "ocdbt", "base": f"file://{(directory / ORBAX_STATE_DIR).absolute()}/"}
+  keys = ts.KvStore.open(base).result().list().result()
+  out = {}
+  for key in keys:
+    key = key.decode()
+    for marker, driver in (("/.zarray", "zarr"), ("/zarr.json", "zarr3")):
+      if key.endswith(marker):
+        name = key[:-len(marker)]
+        out[name] = {"driver": driver, "kvstore": {**base, "path": name + "/"}}
+  return out
+
+
+def config_from_shapes(shapes: dict[str, tuple[int, ...]], **overrides: Any) -> t5.T5Config:
+  """The T5Config of a T5 1.0 parameter tree, from its names and shapes."""
+  try:
+    vocab_size, d_model = shapes["token_embedder/embedding"]
+    num_heads, num_buckets = shapes["encoder/relpos_bias/rel_embedding"]
+    joined = shapes["encoder/layers_0/attention/query/kernel"][1]
+    d_ff = shapes["encoder/layers_0/mlp/wi/kernel"][1]
+  except KeyError as e:
+    raise params_lib.ConversionError(
+        f"Not a T5 1.0 network: parameter {e} is missing") from e
+
+  def num_layers(stack):
+    return len({m.group(1) for n in shapes if (m := re.match(rf"{stack}/layers_(\d+)/", n))})
+
+  fields = dict(vocab_size=vocab_size, d_model=d_model, num_heads=num_heads,
+                d_kv=joined // num_heads, d_ff=d_ff,
+                num_encoder_layers=num_layers("encoder"),
+                num_decoder_layers=num_layers("decoder"),
+                relative_attention_num_buckets=num_buckets)
+  fields.update(overrides)
+  return t5.T5Config.from_dict(fields)
+
+
+def read_t5x_checkpoint(directory: os.PathLike, encoder_only: bool = False,
+                        **config_overrides: Any
+                        ) -> tuple[t5.T5Config, dict[str, params_lib.Loader], Optional[int]]:
+  """(config, {our name: loader}, step) of a T5X checkpoint.
+
+  `directory` is one checkpoint (`checkpoint_<step>`) or a T5X model dir
+  (its latest checkpoint). Arrays are read when their loader is called.
+  `step` is the optimizer step (None if the checkpoint has none).
+  """
+  directory = checkpoint_directory(directory)
+  arrays = (_classic_arrays(directory) if (directory / MSGPACK_FILE).is_file()
+            else _orbax_arrays(directory))
+  prefix = _TARGET + "."
+  sources = {name[len(prefix):].replace(".", "/"): source
+             for name, source in arrays.items() if name.startswith(prefix)}
+  if encoder_only:
+    sources = {n: s for n, s in sources.items() if not n.startswith("decoder/")}
+
+  def shape_of(source):
+    return tuple(source.shape) if isinstance(source, np.ndarray) else tuple(
+        ts.open(source, open=True).result().shape)
+
+  shapes = {name: shape_of(source) for name, source in sources.items()}
+  config = config_from_shapes(shapes, **config_overrides)
+  expected = params_lib.expected_shapes(config, encoder_only)
+  params_lib.check_names(set(shapes), set(expected), f"the T5X checkpoint {directory}")
+  for name, shape in shapes.items():
+    params_lib.check_shape(f"{_TARGET}/{name}", shape, expected[name])
+
+  def loader(source):
+    return (lambda: source) if isinstance(source, np.ndarray) else (lambda: _read(source))
+
+  step = int(loader(arrays[_STEP])()) if _STEP in arrays else None
+  return config, {name: loader(source) for name, source in sources.items()}, step
+

@@ -1,0 +1,52 @@
+r"""Converts ProtT5 checkpoints between Hugging Face, native T5X and this project.
+
+  python scripts/convert_checkpoint.py --from hf --to native \
+      --input /path/prot_t5_xl_uniref50 --output /path/model_dir
+  python scripts/convert_checkpoint.py --from native --to hf --encoder_only \
+      --dtype float16 --input /path/model_dir --output /path/hf_export
+
+All logic lives in prottrans_jax.convert.convert_checkpoint.
+"""
+import sys
+
+from absl import app
+from absl import flags
+
+from prottrans_jax.convert import convert
+from prottrans_jax.convert import hf_io
+
+flags.DEFINE_enum("from", None, convert.SOURCES, "Input format.")
+flags.DEFINE_enum("to", None, convert.TARGETS, "Output format.")
+flags.DEFINE_string("input", None, "Input checkpoint directory.")
+flags.DEFINE_string("output", None, "Output directory (must not exist or be empty).")
+flags.DEFINE_bool("encoder_only", False,
+                  "Keep only the embedding and the encoder (T5EncoderModel). "
+                  "Encoder-only inputs stay encoder-only without it.")
+flags.DEFINE_enum("dtype", None, sorted(hf_io.EXPORT_DTYPES),
+                  "Tensor dtype of the output (hf default float32; native "
+                  "default the model's param_dtype).")
+flags.DEFINE_bool("dry_run", False, "Check the input and list the mapping; write nothing.")
+flags.DEFINE_bool("overwrite", False, "Replace a non-empty output directory.")
+flags.DEFINE_integer("max_shard_mb", hf_io.DEFAULT_MAX_SHARD_BYTES // 2**20,
+                     "Hugging Face output is sharded above this size (MiB).")
+for _name in ("from", "to", "input", "output"):
+  flags.mark_flag_as_required(_name)
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  try:
+    result = convert.convert_checkpoint(
+        FLAGS["from"].value, FLAGS.to, FLAGS.input, FLAGS.output,
+        encoder_only=True if FLAGS.encoder_only else None, dtype=FLAGS.dtype,
+        dry_run=FLAGS.dry_run, overwrite=FLAGS.overwrite,
+        max_shard_bytes=FLAGS.max_shard_mb * 2**20)
+  except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
+    # ConversionError is a ValueError: a clear message, no traceback.
+    sys.exit(f"convert_checkpoint: error: {e}")
+  print("\n".join(result))
+
+
+if __name__ == "__main__":
+  app.run(main)
