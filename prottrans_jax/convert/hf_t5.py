@@ -172,6 +172,11 @@ def hf_config_from_t5(config: t5.T5Config, *, architecture_name: str = "T5ForCon
 # ----------------------------------------------------------- state dicts
 
 
+def _hf_shape(m: TensorMapping, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
+  """The Hugging Face shape of a tensor, from our parameter shapes."""
+  return shapes[m.ours][::-1] if m.transpose else shapes[m.ours]
+
+
 def _check_tied_copy(name: str, copy: np.ndarray, shared: np.ndarray) -> None:
   if copy.shape != shared.shape or not np.array_equal(copy, shared):
     raise ConversionError(
@@ -223,8 +228,9 @@ def param_loaders(state_dict: Mapping[str, np.ndarray], config: t5.T5Config,
     source = shared_source if m.hf == SHARED_EMBEDDING else m.hf
 
     def load() -> np.ndarray:
-      array = relayout(m, np.asarray(state_dict[source]))
-      params_lib.check_shape(f"{source} ({m.ours})", array.shape, shapes[m.ours])
+      array = np.asarray(state_dict[source])
+      params_lib.check_shape(source, array.shape, _hf_shape(m, shapes))
+      array = relayout(m, array)
       if source == shared_source:
         for copy in tied_copies:  # small: vocab x d_model
           _check_tied_copy(copy, np.asarray(state_dict[copy]), array)
@@ -264,11 +270,7 @@ def hf_loaders(params: Mapping[str, Loader], config: t5.T5Config,
       return array if dtype is None else array.astype(dtype)
     return load
 
-  def hf_shape(m: TensorMapping) -> tuple[int, ...]:
-    shape = shapes[m.ours]
-    return shape[::-1] if m.transpose else shape
-
-  return {m.hf: (hf_shape(m), loader(m)) for m in mappings}
+  return {m.hf: (_hf_shape(m, shapes), loader(m)) for m in mappings}
 
 
 def params_to_state_dict(params: Mapping[str, Any], config: t5.T5Config,

@@ -1,0 +1,212 @@
+"""Checkpoint conversion: Hugging Face and native T5X in, Hugging Face and native out."""
+from functools import partial
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from prottrans_jax.convert import convert
+from prottrans_jax.convert import hf_io
+from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import t5x
+from prottrans_jax.models import t5
+from prottrans_jax.training import checkpoints
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# A real protein fragment + eos, and a shorter one padded (ProtT5 ids).
+TOKENS = np.array([[19, 4, 7, 9, 5, 9, 14, 3, 3, 6, 4, 3, 4, 21, 5, 14, 6, 1],
+                   [19, 6, 4, 7, 13, 3, 10, 14, 11, 17, 1, 0, 0, 0, 0, 0, 0, 0]])
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> pathlib.Path:
+  """A tiny random ProtT5-architecture model saved by transformers."""
+  config = transformers.T5Config(
+      vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
+      num_decoder_layers=2, feed_forward_proj="relu", dropout_rate=0.0,
+      decoder_start_token_id=0)
+  torch.manual_seed(0)
+  model = transformers.T5ForConditionalGeneration(config).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if "layer_norm" in name:
+        p.uniform_(0.5, 1.5)
+  path = tmp_path_factory.mktemp("hf")
+  model.save_pretrained(path)
+  return path
+
+
+def hf_outputs(model_dir, encoder_class=transformers.T5EncoderModel):
+  """HF encoder output and teacher-forced logits of a saved model (float32)."""
+  with torch.no_grad():
+    ids, mask = torch.tensor(TOKENS), torch.tensor(TOKENS > 0)
+    encoder, info = encoder_class.from_pretrained(model_dir, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    encoded = encoder.float().eval()(input_ids=ids, attention_mask=mask).last_hidden_state
+    if encoder_class is not transformers.T5EncoderModel:
+      return encoded.numpy(), None
+    full = transformers.T5ForConditionalGeneration.from_pretrained(model_dir).eval()
+    logits = full(input_ids=ids, attention_mask=mask,
+                  decoder_input_ids=ids[:, :6] * 0 + 3).logits
+  return encoded.numpy(), logits.numpy()
+
+
+def our_outputs(config, params):
+  model = t5.T5(config)
+  encoded = jax.jit(partial(model.apply, method=t5.T5.encode))({"params": params}, TOKENS)
+  logits = None
+  if "decoder" in params:
+    logits = jax.jit(model.apply)({"params": params}, TOKENS, TOKENS[:, :6] * 0 + 3)
+  return np.asarray(encoded, np.float32), None if logits is None else np.asarray(logits)
+
+
+def test_hf_to_native_to_hf_round_trip(hf_dir, tmp_path):
+  expected_encoded, expected_logits = hf_outputs(hf_dir)
+  convert.convert_checkpoint("hf", "native", hf_dir, tmp_path / "native", progress=False)
+  model_name, config, params = checkpoints.restore_params(tmp_path / "native")
+  assert model_name == "t5" and config.d_model == 32
+  config = t5.T5Config.from_dict({**config.to_dict(), "dtype": "float32"})
+  encoded, logits = our_outputs(config, params)
+  valid = TOKENS > 0
+  np.testing.assert_array_less(np.abs(encoded - expected_encoded)[valid], 1e-5)
+  np.testing.assert_array_less(np.abs(logits - expected_logits), 1e-5)
+
+  # Back to HF, sharded: from_pretrained finds every weight and nothing else.
+  written = convert.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "hf",
+                                       max_shard_bytes=40_000, progress=False)
+  assert (tmp_path / "hf" / hf_io.SAFETENSORS_INDEX) in map(pathlib.Path, written)
+  encoded_back, logits_back = hf_outputs(tmp_path / "hf")
+  np.testing.assert_array_equal(encoded_back, expected_encoded)
+  np.testing.assert_array_equal(logits_back, expected_logits)
+  # The sharded layout reads back tensor for tensor.
+  original = hf_io.LazyStateDict(hf_dir)
+  for name, array in hf_io.LazyStateDict(tmp_path / "hf").items():
+    assert array.tobytes() == original[name].tobytes(), name
+
+
+def test_half_precision_encoder_only_export(hf_dir, tmp_path):
+  convert.convert_checkpoint("hf", "hf", hf_dir, tmp_path / "enc", encoder_only=True,
+                             dtype="float16", progress=False)
+  exported = json.loads((tmp_path / "enc" / "config.json").read_text())
+  assert exported["architectures"] == ["T5EncoderModel"]
+  state = hf_io.LazyStateDict(tmp_path / "enc")
+  assert all(state[n].dtype == np.float16 for n in state)
+  assert not any(n.startswith("decoder.") for n in state)
+
+  with torch.no_grad():
+    encoder, info = transformers.T5EncoderModel.from_pretrained(
+        tmp_path / "enc", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert encoder.dtype == torch.float16
+    theirs = encoder.eval()(input_ids=torch.tensor(TOKENS),
+                            attention_mask=torch.tensor(TOKENS > 0)).last_hidden_state
+  config, loaders, encoder_only, _ = convert.read_checkpoint("hf", tmp_path / "enc")
+  assert encoder_only
+  config = t5.T5Config.from_dict({**config.to_dict(), "dtype": "float16"})
+  ours, _ = our_outputs(config, params_lib.unflatten({n: f() for n, f in loaders.items()}))
+  valid = TOKENS > 0
+  np.testing.assert_allclose(ours[valid], theirs.float().numpy()[valid], atol=2e-2, rtol=2e-2)
+
+
+def test_pytorch_bin_input(hf_dir, tmp_path):
+  state = {n: torch.from_numpy(a.copy()) for n, a in hf_io.LazyStateDict(hf_dir).items()}
+  torch.save(state, tmp_path / hf_io.TORCH_FILE)
+  (tmp_path / hf_io.CONFIG_FILE).write_text((hf_dir / hf_io.CONFIG_FILE).read_text())
+  _, from_bin, _ = hf_io.read_hf_checkpoint(tmp_path)
+  _, from_safetensors, _ = hf_io.read_hf_checkpoint(hf_dir)
+  for name, load in from_safetensors.items():
+    np.testing.assert_array_equal(from_bin[name](), load())
+
+
+@pytest.mark.parametrize("layout", ["t5x_msgpack_zarr", "t5x_orbax"])
+def test_t5x_checkpoint_reproduces_its_encoder_output(shared_data, layout):
+  root = shared_data / "t5x_checkpoint"
+  config, loaders, step = t5x.read_t5x_checkpoint(root / layout, dtype="float32")
+  assert step == 20
+  assert (config.d_model, config.num_heads, config.d_kv, config.d_ff) == (32, 4, 8, 64)
+  params = params_lib.unflatten({n: f() for n, f in loaders.items()})
+  reference = np.load(root / "params.npz")
+  for name, array in params_lib.flatten(params).items():
+    np.testing.assert_array_equal(array, reference[f"target/{name}"])
+
+  io = np.load(root / "encoder_io.npz")
+  model = t5.T5(config)
+  encoded = jax.jit(partial(model.apply, method=t5.T5.encode))(
+      {"params": params}, io["input_ids"])
+  np.testing.assert_array_less(np.abs(encoded - io["encoder_last_hidden_state"]), 1e-5)
+  logits = jax.jit(model.apply)({"params": params}, io["input_ids"], io["decoder_input_ids"],
+                                io["decoder_target_ids"])
+  np.testing.assert_array_less(np.abs(logits - io["logits"]), 1e-4)
+
+
+def test_t5x_to_native_keeps_the_step(shared_data, tmp_path):
+  written = convert.convert_checkpoint(
+      "t5x", "native", shared_data / "t5x_checkpoint" / "t5x_msgpack_zarr",
+      tmp_path / "native", progress=False)
+  assert pathlib.Path(written[0]).name == "20"
+
+
+def _rewrite(hf_dir, out, edit_state=None, edit_config=None):
+  out.mkdir()
+  state = dict(hf_io.LazyStateDict(hf_dir))
+  if edit_state:
+    edit_state(state)
+  safetensors.numpy.save_file(state, out / hf_io.SAFETENSORS_FILE, metadata={"format": "pt"})
+  config = json.loads((hf_dir / hf_io.CONFIG_FILE).read_text())
+  if edit_config:
+    edit_config(config)
+  (out / hf_io.CONFIG_FILE).write_text(json.dumps(config))
+  return out
+
+
+def test_clear_errors(hf_dir, tmp_path):
+  bad_shape = _rewrite(hf_dir, tmp_path / "shape", lambda s: s.update(
+      {"encoder.block.1.layer.1.DenseReluDense.wi.weight": np.zeros((65, 32), np.float32)}))
+  with pytest.raises(params_lib.ConversionError,
+                     match=r"encoder.block.1.layer.1.DenseReluDense.wi.weight.*\(65, 32\).*\(64, 32\)"):
+    convert.convert_checkpoint("hf", "native", bad_shape, tmp_path / "o1", progress=False)
+
+  missing = _rewrite(hf_dir, tmp_path / "missing", lambda s: s.pop(
+      "decoder.block.0.layer.0.SelfAttention.k.weight"))
+  with pytest.raises(params_lib.ConversionError,
+                     match="missing.*decoder.block.0.layer.0.SelfAttention.k.weight"):
+    convert.convert_checkpoint("hf", "hf", missing, tmp_path / "o2", dry_run=True)
+
+  unknown = _rewrite(hf_dir, tmp_path / "arch", edit_config=lambda c: c.update(
+      architectures=["T5ForSequenceClassification"]))
+  with pytest.raises(params_lib.ConversionError, match="T5ForSequenceClassification"):
+    convert.convert_checkpoint("hf", "native", unknown, tmp_path / "o3")
+
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    convert.convert_checkpoint("hf", "native", tmp_path / "nowhere", tmp_path / "o4")
+
+  (tmp_path / "taken").mkdir()
+  (tmp_path / "taken" / "keep.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match="--overwrite"):
+    convert.convert_checkpoint("hf", "hf", hf_dir, tmp_path / "taken", progress=False)
+  assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_script_dry_run_and_error(hf_dir, tmp_path):
+  script = [sys.executable, str(REPO_ROOT / "scripts" / "convert_checkpoint.py")]
+  env = {"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"}
+  ok = subprocess.run(script + ["--from=hf", "--to=hf", f"--input={hf_dir}",
+                                f"--output={tmp_path / 'out'}", "--dry_run"],
+                      capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+  assert ok.returncode == 0, ok.stderr
+  assert ("encoder.block.0.layer.0.SelfAttention.q.weight -> encoder/layers_0/attention/"
+          "query/kernel -> encoder.block.0.layer.0.SelfAttention.q.weight (32, 32)") in ok.stdout
+  assert not (tmp_path / "out").exists()
+
+  bad = subprocess.run(script + ["--from=t5x", "--to=native", f"--input={tmp_path / 'none'}",
+                                 f"--output={tmp_path / 'out'}"],
+                       capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
+  assert bad.returncode != 0
+  assert "does not exist" in bad.stderr and "Traceback" not in bad.stderr
