@@ -3,14 +3,16 @@
 Every reader returns `{our flat name: loader}` (see params.Loader); every
 writer pulls tensors through the loaders one at a time. Hugging Face output
 therefore streams end to end (peak memory about one tensor). A native output
-is one Orbax save of the whole tree, so it holds the parameters in memory
-once; reading native checkpoints restores the whole tree too.
+is one Orbax save of the whole tree: the parameters are held once, plus
+Orbax's own copies while it writes (bench/convert_memory.py measures it);
+reading a native checkpoint restores the whole tree too.
 """
 import os
 import pathlib
 import shutil
 from typing import Optional
 
+import jax
 import numpy as np
 import tqdm
 
@@ -125,7 +127,9 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
   param_dtype = hf_io.EXPORT_DTYPES[config.param_dtype]
   flat = {}
   for name, load in loaders.items():
-    flat[name] = np.asarray(load(), dtype=param_dtype)
+    # On the device one tensor at a time (the host copy is freed at once):
+    # Orbax copies numpy leaves again while saving, jax arrays less.
+    flat[name] = jax.device_put(np.asarray(load(), dtype=param_dtype))
     bar.update(1)
   bar.close()
   step_dir = checkpoints.write_params_checkpoint(
