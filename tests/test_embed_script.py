@@ -1,0 +1,168 @@
+"""scripts/embed.py end to end: checkpoints in, HDF5 out, killed and resumed."""
+
+import gzip
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import flax.linen as nn
+import h5py
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prottrans_jax.data import fasta
+from prottrans_jax.data import sample_corpus
+from prottrans_jax.inference import loading
+from prottrans_jax.inference import run
+from prottrans_jax.models import t5
+from prottrans_jax.training import checkpoints
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+EMBED = REPO / "scripts" / "embed.py"
+CONFIG = t5.T5_CONFIGS["tiny"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+  """A MODEL_DIR holding a params-only checkpoint of a random tiny ProtT5."""
+  params = nn.unbox(t5.T5(CONFIG).init(
+      jax.random.key(1), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
+  ))["params"]
+  path = tmp_path_factory.mktemp("model")
+  checkpoints.write_params_checkpoint(path, params, step=7, config=CONFIG)
+  return path
+
+
+@pytest.fixture(scope="module")
+def mixed_lengths_fasta(tmp_path_factory):
+  """Real proteins spanning five length buckets (five compilations)."""
+  records = list(fasta.read_fasta(sample_corpus.FASTA_PATH))
+  chosen = []
+  for low, high in ((1025, 2048), (513, 1024), (257, 512), (129, 256),
+                    (1, 128)):
+    chosen += [r for r in records if low <= len(r.sequence) <= high][:3]
+  path = tmp_path_factory.mktemp("fasta") / "mixed.fasta"
+  path.write_text("".join(f">{r.description}\n{r.sequence}\n" for r in chosen))
+  return path, len(chosen)
+
+
+def _embed_command(fasta_path, output, model_dir, *extra):
+  return [sys.executable, str(EMBED), f"--input={fasta_path}",
+          f"--output={output}", f"--checkpoint_dir={model_dir}",
+          "--max_residues=2048", "--noprogress", *extra]
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+              XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+
+def _count(path):
+  try:
+    with h5py.File(path, "r", locking=False) as f:
+      return len(f)
+  except (OSError, FileNotFoundError):
+    return 0
+
+
+def test_killed_run_resumes_to_the_uninterrupted_file(
+    model_dir, mixed_lengths_fasta, tmp_path):
+  fasta_path, total = mixed_lengths_fasta
+  straight = tmp_path / "straight.h5"
+  subprocess.run(_embed_command(fasta_path, straight, model_dir), env=_env(),
+                 check=True, capture_output=True, timeout=600)
+
+  resumed = tmp_path / "resumed.h5"
+  process = subprocess.Popen(_embed_command(fasta_path, resumed, model_dir),
+                             env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while _count(resumed) == 0 and process.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.02)
+  # The next batch needs a new compilation: the kill lands in the middle.
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  written_before_restart = _count(resumed)
+  assert 0 < written_before_restart < total
+  result = subprocess.run(_embed_command(fasta_path, resumed, model_dir),
+                          env=_env(), check=True, capture_output=True,
+                          text=True, timeout=600)
+  assert f"{written_before_restart} already there" in result.stdout
+
+  with h5py.File(straight) as a, h5py.File(resumed) as b:
+    assert sorted(a) == sorted(b) and len(a) == total
+    for name in a:
+      np.testing.assert_array_equal(a[name][()], b[name][()])
+      assert a[name].attrs["original_id"] == b[name].attrs["original_id"]
+
+
+def test_script_reports_bad_input_by_record_and_exits_nonzero(
+    model_dir, tmp_path):
+  fasta_path = tmp_path / "dup.fasta"
+  fasta_path.write_text(">P1 one\nMKTAYIAKQR\n>P1 again\nMKTAYIAKQR\n")
+  result = subprocess.run(
+      _embed_command(fasta_path, tmp_path / "o.h5", model_dir), env=_env(),
+      capture_output=True, text=True, timeout=600)
+  assert result.returncode != 0
+  assert "duplicate id 'P1'" in result.stderr
+  assert not (tmp_path / "o.h5").exists()
+
+  missing = subprocess.run(
+      _embed_command(fasta_path, tmp_path / "o.h5", tmp_path / "no_model"),
+      env=_env(), capture_output=True, text=True, timeout=600)
+  assert missing.returncode != 0
+  assert "no checkpoint at" in missing.stderr and "no_model" in missing.stderr
+
+
+def test_checkpoint_dir_or_step_dir_load_the_same_model(model_dir):
+  from_model_dir = loading.from_checkpoint(str(model_dir))
+  from_step_dir = loading.from_checkpoint(str(model_dir / "checkpoints" / "7"))
+  assert from_model_dir.config == from_step_dir.config == CONFIG
+  assert from_model_dir.source.endswith("checkpoints/7")
+
+
+@pytest.mark.parametrize("content, message", [
+    (">a\n>b\nMKT\n", "record 'a' has no sequence"),
+    (">a\nMK1T\n", "record 'a' has characters outside"),
+    ("MKT\n>a\nMKT\n", "sequence data before the first header"),
+    ("", "no FASTA records"),
+])
+def test_bad_fasta_kinds_are_errors_naming_the_record(
+    model_dir, tmp_path, content, message):
+  fasta_path = tmp_path / "bad.fasta"
+  fasta_path.write_text(content)
+  model = loading.from_checkpoint(str(model_dir))
+  with pytest.raises(fasta.FastaError, match=message):
+    run.embed_fasta(str(fasta_path), str(tmp_path / "o.h5"), model,
+                    progress=False)
+
+
+def test_repairs_are_applied_and_rare_letters_embed_as_x(model_dir, tmp_path):
+  fasta_path = tmp_path / "repair.fasta"
+  fasta_path.write_text(">a\n>b\nMKJU-T\n>c\nMKXXT\n")
+  model = loading.from_checkpoint(str(model_dir))
+  run.embed_fasta(str(fasta_path), str(tmp_path / "o.h5"), model,
+                  policy=fasta.FastaPolicy(empty_records="skip",
+                                           invalid_characters="remove"),
+                  progress=False)
+  with h5py.File(tmp_path / "o.h5") as f:
+    assert sorted(f) == ["b", "c"]
+    np.testing.assert_allclose(f["b"][()], f["c"][()], atol=1e-6)
+
+
+def test_truncated_gzip_is_an_error(model_dir, tmp_path):
+  data = gzip.compress(b"".join(b">p%d\n%s\n" % (i, b"MKTAYIAKQR" * 40)
+                                for i in range(300)))
+  fasta_path = tmp_path / "cut.fasta.gz"
+  fasta_path.write_bytes(data[:len(data) // 2])
+  model = loading.from_checkpoint(str(model_dir))
+  with pytest.raises(fasta.FastaError, match="truncated"):
+    run.embed_fasta(str(fasta_path), str(tmp_path / "o.h5"), model,
+                    progress=False)
+  assert not (tmp_path / "o.h5").exists()
