@@ -71,6 +71,19 @@ T5_CONFIGS: dict[str, T5Config] = {
 }
 
 
+def _encoder_layer_multiply_adds(config: T5Config, length: int) -> int:
+  """Multiply-adds of one encoder layer over `length` positions."""
+  d, joined = config.d_model, config.num_heads * config.d_kv
+  return (length * (4 * d * joined + 2 * d * config.d_ff)  # q, k, v, out; wi, wo
+          + 2 * length * length * joined)  # q k^T and weights @ v
+
+
+def encoder_forward_flops(config: T5Config, length: int) -> float:
+  """FLOPs of one encoder forward pass over `length` tokens (embedding)."""
+  return 2.0 * config.num_encoder_layers * _encoder_layer_multiply_adds(
+      config, length)
+
+
 def flops_per_token(config: T5Config, encoder_length: int, decoder_length: int) -> float:
   """Training FLOPs (forward + backward) per token position of one example.
 
@@ -85,8 +98,7 @@ def flops_per_token(config: T5Config, encoder_length: int, decoder_length: int) 
   """
   d, joined, d_ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
   le, ld = encoder_length, decoder_length
-  encoder_layer = (le * (4 * d * joined + 2 * d * d_ff)  # q, k, v, out; wi, wo
-                   + 2 * le * le * joined)  # q k^T and weights @ v
+  encoder_layer = _encoder_layer_multiply_adds(config, le)
   decoder_layer = (ld * (4 * d * joined + 2 * d * d_ff)  # self-attention; mlp
                    + ld * 2 * d * joined  # cross-attention query and out
                    + le * 2 * d * joined  # cross-attention key and value
