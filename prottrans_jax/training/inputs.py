@@ -12,6 +12,7 @@ import seqio
 import tensorflow as tf
 
 Batch = dict[str, np.ndarray]
+EVAL_SEED = 0
 
 
 def train_batches(task_name: str, feature_lengths: Mapping[str, int],
@@ -33,11 +34,15 @@ def eval_batches(task_name: str, feature_lengths: Mapping[str, int],
                  batch_size: int, split: str = "validation",
                  max_batches: int | None = None) -> Iterator[Batch]:
   """Unpacked batches of a split, one pass; the last one padded with rows of
-  zeros (zero loss weight), so every example counts exactly once."""
+  zeros (zero loss weight), so every example counts exactly once.
+
+  The seed is fixed so that random preprocessing (which residues are
+  masked) is the same in every evaluation.
+  """
   ds = seqio.get_dataset(
       task_name, dict(feature_lengths),
       seqio.EncDecFeatureConverter(pack=False), dataset_split=split,
-      shuffle=False, num_epochs=1)
+      shuffle=False, num_epochs=1, seed=EVAL_SEED)
   ds = ds.batch(batch_size)
   if max_batches is not None:
     ds = ds.take(max_batches)

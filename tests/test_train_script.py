@@ -1,0 +1,134 @@
+"""scripts/train.py in subprocesses: stop and resume, two processes, gin errors.
+
+Runs use the tiny model with dropout on (pretrain.gin's DROPOUT_RATE), so
+dropout masks must also be reproduced by a resumed run and by two processes.
+"""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from prottrans_jax.training import checkpoints
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "train.py"
+BASE_ARGS = (
+    "--gin_file=gin/models/prott5_tiny.gin",
+    "--gin_file=gin/runs/pretrain.gin",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.NUM_PARTITIONS=2",
+    "--gin.LEARNING_RATE=0.01",
+    "--gin.trainer.train.log_period=1",
+    "--gin.trainer.train.eval_period=None",
+)
+TIMEOUT = 600
+
+
+def _env(device_count):
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={device_count}"
+  env["JAX_PLATFORMS"] = "cpu"
+  return env
+
+
+def _train(model_dir, train_steps, *extra, device_count=8, check=True):
+  result = subprocess.run(
+      [sys.executable, str(SCRIPT), *BASE_ARGS,
+       f"--gin.MODEL_DIR='{model_dir}'", f"--gin.TRAIN_STEPS={train_steps}",
+       *extra],
+      cwd=REPO, env=_env(device_count), capture_output=True, text=True,
+      timeout=TIMEOUT, check=False)
+  if check and result.returncode:
+    raise AssertionError(f"train.py failed:\n{result.stderr[-5000:]}")
+  return result
+
+
+def _losses(model_dir):
+  """{step: loss} from the TensorBoard summaries, over all event files."""
+  losses = {}
+  for path in sorted((pathlib.Path(model_dir) / "train").glob("events.*")):
+    for event in tf.compat.v1.train.summary_iterator(str(path)):
+      for value in event.summary.value:
+        if value.tag == "loss":
+          losses[event.step] = float(tf.make_ndarray(value.tensor))
+  return losses
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  model_dir = tmp_path_factory.mktemp("straight")
+  _train(model_dir, 6)
+  return model_dir
+
+
+def test_resumed_run_equals_uninterrupted_run(straight_run, tmp_path):
+  first = _train(tmp_path, 3)
+  assert "restored step" not in first.stderr
+  second = _train(tmp_path, 6)
+  assert "restored step 3 " in second.stderr
+  straight, resumed = _losses(straight_run), _losses(tmp_path)
+  assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
+  for step in (4, 5, 6):
+    assert resumed[step] == straight[step], step
+  _, _, straight_params = checkpoints.restore_params(straight_run)
+  _, _, resumed_params = checkpoints.restore_params(tmp_path)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed_params,
+                         straight_params)
+  # What the run was configured with is in MODEL_DIR.
+  assert "TRAIN_STEPS = 6" in (tmp_path / "config.gin").read_text()
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_reproduce_one_process(straight_run, tmp_path):
+  """2 processes x 4 devices, each feeding its half of every batch."""
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          [sys.executable, str(SCRIPT), *BASE_ARGS,
+           f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TRAIN_STEPS=3",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}"],
+          cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  errors = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
+  for p, err in zip(procs, errors):
+    assert p.returncode == 0, err[-5000:]
+  assert "'data': 4, 'model': 2" in errors[0]
+  straight, multi = _losses(straight_run), _losses(tmp_path)
+  assert sorted(multi) == [1, 2, 3]
+  for step in (1, 2, 3):
+    np.testing.assert_allclose(multi[step], straight[step], rtol=1e-5)
+
+
+@pytest.mark.parametrize("binding, message", [
+    ("--gin.TRAIN_STEPZ=3", "TRAIN_STEPZ"),
+    ("--gin.trainer.train.batch_sise=3", "batch_sise"),
+])
+def test_gin_typo_exits_nonzero_naming_the_binding(tmp_path, binding,
+                                                   message):
+  result = _train(tmp_path, 3, binding, check=False)
+  assert result.returncode != 0
+  assert message in result.stderr
+
+
+def test_missing_model_dir_exits_nonzero_naming_it():
+  result = subprocess.run(
+      [sys.executable, str(SCRIPT), *BASE_ARGS, "--gin.TRAIN_STEPS=3"],
+      cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=TIMEOUT,
+      check=False)
+  assert result.returncode != 0
+  assert "MODEL_DIR" in result.stderr
