@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from prottrans_jax import partitioning
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
@@ -53,6 +54,12 @@ _INVALID = flags.DEFINE_enum(
 _DUPLICATES = flags.DEFINE_enum("duplicate_ids", "error",
                                 ["error", "rename", "skip"], "Repeated ids.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, to embed with "
+    "several hosts (jax.distributed); every process gets the same flags.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in all.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index; "
+                                   "process 0 writes the output.")
 
 flags.mark_flags_as_required(["input", "output"])
 flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
@@ -61,6 +68,9 @@ flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
 
 def main(argv):
   del argv
+  if _COORDINATOR.value:
+    partitioning.initialize_distributed(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   try:
     model = (loading.from_checkpoint(_CHECKPOINT.value) if _CHECKPOINT.value
              else loading.from_hf(_HF.value))
@@ -79,9 +89,10 @@ def main(argv):
           ValueError) as e:
     sys.exit(f"embed.py: error: {e}")
   logging.info("%s", summary)
-  print(f"{_OUTPUT.value}: {summary.embedded} proteins embedded "
-        f"({summary.residues} residues), {summary.already_done} already there, "
-        f"{summary.proteins} in {_INPUT.value}")
+  if _PROCESS_ID.value == 0:
+    print(f"{_OUTPUT.value}: {summary.embedded} proteins embedded "
+          f"({summary.residues} residues), {summary.already_done} already "
+          f"there, {summary.proteins} in {_INPUT.value}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import gzip
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -166,3 +167,35 @@ def test_truncated_gzip_is_an_error(model_dir, tmp_path):
     run.embed_fasta(str(fasta_path), str(tmp_path / "o.h5"), model,
                     progress=False)
   assert not (tmp_path / "o.h5").exists()
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed_equal_one(model_dir, shared_data,
+                                                      tmp_path):
+  fasta_path = shared_data / "sequences" / "globins45.fasta"
+  single = tmp_path / "single.h5"
+  subprocess.run(_embed_command(fasta_path, single, model_dir), env=_env(),
+                 check=True, capture_output=True, timeout=600)
+  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  address = f"127.0.0.1:{_free_port()}"
+  outputs = [tmp_path / "multi.h5", tmp_path / "process1.h5"]
+  processes = [
+      subprocess.Popen(
+          _embed_command(fasta_path, outputs[i], model_dir,
+                         f"--coordinator_address={address}",
+                         "--num_processes=2", f"--process_id={i}"),
+          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+  assert not outputs[1].exists()  # Only process 0 writes.
+  with h5py.File(single) as a, h5py.File(outputs[0]) as b:
+    assert sorted(a) == sorted(b) and len(a) == 45
+    for name in a:
+      np.testing.assert_allclose(a[name][()], b[name][()], atol=1e-5, rtol=0)

@@ -4,9 +4,11 @@ How it stays fast:
 - proteins are sorted by length and batched by a residue budget, padded to a
   few bucket lengths, so the encoder compiles a handful of times
   (`batching.py`);
-- the jitted encoder runs data-parallel over every local device (batch rows
-  on the `data` mesh axis) and model-parallel with `num_partitions` > 1,
-  using the same logical-axis rules as training;
+- the jitted encoder runs data-parallel over every device (batch rows on the
+  `data` mesh axis) and model-parallel with `num_partitions` > 1, using the
+  same logical-axis rules as training; with `jax.distributed`, every host
+  reads the same input, plans the same batches and feeds only the rows its
+  devices hold;
 - dispatch is asynchronous: the next batch is tokenized and sent while the
   device computes the current one, and results are fetched one batch late;
 - per-protein means are taken on the device, so only [B, d] comes back.
@@ -22,6 +24,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import flax.linen as nn
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import tqdm
@@ -92,7 +95,10 @@ class Embedder:
                     if isinstance(value, dict) else tree[key])
       return out
 
-    encoder_params = take(nn.unbox(abstract), params)
+    # Host copies: with several processes, every process passes the same
+    # values and each keeps the shards of its own devices.
+    encoder_params = jax.tree.map(np.asarray,
+                                  take(nn.unbox(abstract), params))
     shardings = partitioning.params_shardings(abstract, self.mesh, self.rules)
     return jax.device_put(encoder_params, shardings)
 
@@ -144,7 +150,11 @@ class Embedder:
       yield self._collect(*pending)
 
   def _collect(self, batch_records, output):
-    values = np.asarray(jax.device_get(output))
+    if jax.process_count() > 1:
+      # Every process gets the whole batch; process 0 writes it.
+      values = np.asarray(multihost_utils.process_allgather(output, tiled=True))
+    else:
+      values = np.asarray(jax.device_get(output))
     if self.settings.per_protein:
       return [(r, values[i]) for i, r in enumerate(batch_records)]
     return [(r, values[i, :len(r.sequence)])

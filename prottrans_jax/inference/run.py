@@ -4,6 +4,10 @@ import dataclasses
 import logging
 from typing import Any
 
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
@@ -56,27 +60,36 @@ def embed_fasta(input_path: str, output_path: str, model: LoadedModel,
   """
   records = list(fasta.read_fasta(input_path, policy))
   names = _dataset_names(records)
-  writer = h5_writer.EmbeddingWriter(
-      output_path,
-      settings={"model": model.source, "model_name": model.name,
-                "per_protein": settings.per_protein,
-                "compute_dtype": settings.dtype,
-                "output_dtype": output_dtype,
-                "max_residues": settings.max_residues},
-      overwrite=overwrite)
-  existing = writer.existing_names()
-  is_done = lambda record: names[record.id] in existing
-  already_done = sum(1 for r in records if is_done(r))
+  # With several processes (jax.distributed) all compute, process 0 writes.
+  writer = None
+  done = np.zeros(len(records), bool)
+  if jax.process_index() == 0:
+    writer = h5_writer.EmbeddingWriter(
+        output_path,
+        settings={"model": model.source, "model_name": model.name,
+                  "per_protein": settings.per_protein,
+                  "compute_dtype": settings.dtype,
+                  "output_dtype": output_dtype,
+                  "max_residues": settings.max_residues},
+        overwrite=overwrite)
+    existing = writer.existing_names()
+    done = np.array([names[r.id] in existing for r in records], bool)
+  if jax.process_count() > 1:
+    done = np.asarray(multihost_utils.broadcast_one_to_all(done))
+  done_ids = {r.id for r, d in zip(records, done) if d}
+  is_done = lambda record: record.id in done_ids
+  already_done = len(done_ids)
   if already_done:
     logger.info("resuming %s: %d of %d proteins already embedded",
                 output_path, already_done, len(records))
   embedder = engine.Embedder(model.config, model.params, settings)
   embedded = residues = 0
   for results in engine.embed_with_progress(embedder, records, is_done,
-                                            disable=not progress):
+                                            disable=not progress or writer is None):
     new = {names[r.id]: (r.description, array)
            for r, array in results if not is_done(r)}
-    writer.write(new, dtype=output_dtype)
+    if writer is not None:
+      writer.write(new, dtype=output_dtype)
     embedded += len(new)
     residues += sum(len(r.sequence) for r, _ in results if not is_done(r))
   return EmbedSummary(proteins=len(records), already_done=already_done,
