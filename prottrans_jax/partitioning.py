@@ -62,6 +62,12 @@ REPLICATED_RULES: LogicalRules = (
     ("length", None),
     ("relpos_buckets", None),
     ("layers", None),
+    # BERT family: the embedding tables' width, learned positions, token
+    # types and the discriminator's single output (small next to the layers).
+    ("token_embed", None),
+    ("abspos_buckets", None),
+    ("token_types", None),
+    ("classes", None),
 )
 
 

@@ -1,4 +1,9 @@
-"""Transformer building blocks shared by the models (T5 1.0 conventions).
+"""Transformer building blocks shared by the models.
+
+T5 1.0 conventions by default (RMS norms, bias-free projections, unscaled
+attention, ReLU); the BERT family switches on what it differs in (LayerNorm
+with bias, dense biases, 1/sqrt(head_dim) attention scaling, GELU) through
+module fields whose defaults keep T5's behaviour.
 
 Every parameter carries logical axis names (`nn.with_logical_partitioning`)
 and the main activations are constrained with logical names, so one set of
@@ -28,6 +33,22 @@ embedding_init = nn.initializers.normal(stddev=1.0)
 relpos_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
+# Hugging Face's names for the activations of `hidden_act` in config.json.
+# "gelu" is the exact (erf) GELU, "gelu_new" the tanh approximation.
+ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: nn.gelu(x, approximate=True),
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str):
+  if name not in ACTIVATIONS:
+    raise ValueError(f"Unsupported activation {name!r}; known: {sorted(ACTIVATIONS)}")
+  return ACTIVATIONS[name]
+
+
 def query_kernel_init(head_dim: int):
   """T5 has no 1/sqrt(d_kv) at run time: it is folded into the query init."""
   def init(key, shape, dtype=jnp.float32):
@@ -54,32 +75,77 @@ class RMSNorm(nn.Module):
     return y * scale.astype(self.dtype)
 
 
+class LayerNorm(nn.Module):
+  """BERT's layer norm: mean and (biased) variance, scale and bias.
+
+  `axis_name` is the logical name of the normalised axis ("embed" for the
+  residual stream; the factorized embedding of ALBERT/ELECTRA has its own).
+  """
+  epsilon: float = 1e-12
+  axis_name: str = "embed"
+  dtype: jnp.dtype = jnp.float32
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param(
+        "scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+        (features,), self.param_dtype)
+    bias = self.param(
+        "bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)),
+        (features,), self.param_dtype)
+    # Float32 statistics, as in RMSNorm.
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    variance = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(variance + self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
+
+
 class Dense(nn.Module):
-  """A bias-free projection of the last axis; kernel stored (in, out)."""
+  """A projection of the last axis; kernel stored (in, out).
+
+  Bias-free by default (T5); `use_bias` adds a bias on the output axis
+  (BERT family), with the kernel's output logical name.
+  """
   features: int
   kernel_axes: tuple[str, str]
   kernel_init: nn.initializers.Initializer = default_kernel_init
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param(
         "kernel", nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
         (x.shape[-1], self.features), self.param_dtype)
-    return jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = self.param(
+          "bias", nn.with_logical_partitioning(nn.initializers.zeros, self.kernel_axes[-1:]),
+          (self.features,), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class Embed(nn.Module):
-  """Token embedding, also used transposed for the tied output logits."""
+  """Token embedding, also used transposed for the tied output logits.
+
+  `axes` are the logical names of (rows, features): BERT's position and
+  token-type tables and factorized embeddings name theirs differently.
+  """
   num_embeddings: int
   features: int
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  embedding_init: nn.initializers.Initializer = embedding_init
+  axes: tuple[str, str] = ("vocab", "embed")
 
   def setup(self):
     self.embedding = self.param(
-        "embedding", nn.with_logical_partitioning(embedding_init, ("vocab", "embed")),
+        "embedding", nn.with_logical_partitioning(self.embedding_init, self.axes),
         (self.num_embeddings, self.features), self.param_dtype)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -260,6 +326,11 @@ class MultiHeadAttention(nn.Module):
 
   Above `long_sequence_threshold` queries, attention runs chunk by chunk
   (`chunked_attention`); below it, in one piece, which is faster.
+
+  T5 by default: no biases, no run-time 1/sqrt(head_dim) (folded into the
+  query init). The BERT family sets `use_bias`, `scale_queries` (its weights
+  expect the scaling at run time) and `kernel_init` (one init for all four
+  projections).
   """
   num_heads: int
   head_dim: int
@@ -268,6 +339,9 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   chunk_size: int = 1024
   long_sequence_threshold: int = 2048
+  use_bias: bool = False
+  scale_queries: bool = False
+  kernel_init: Optional[nn.initializers.Initializer] = None
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, bias: AttentionBias,
@@ -275,12 +349,14 @@ class MultiHeadAttention(nn.Module):
     joined = self.num_heads * self.head_dim
 
     def project(name, x, init):
-      y = Dense(joined, ("embed", "joined_kv"), init, self.dtype,
-                self.param_dtype, name=name)(x)
+      y = Dense(joined, ("embed", "joined_kv"), self.kernel_init or init, self.dtype,
+                self.param_dtype, self.use_bias, name=name)(x)
       y = y.reshape(y.shape[:2] + (self.num_heads, self.head_dim))
       return nn.with_logical_constraint(y, ("batch", "length", "heads", "kv"))
 
     query = project("query", inputs_q, query_kernel_init(self.head_dim))
+    if self.scale_queries:
+      query = query * jnp.asarray(self.head_dim**-0.5, query.dtype)
     key = project("key", inputs_kv, default_kernel_init)
     value = project("value", inputs_kv, default_kernel_init)
 
@@ -295,23 +371,31 @@ class MultiHeadAttention(nn.Module):
                                   dropout_rate=self.dropout_rate, dropout_rng=dropout_rng)
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "kv"))
     out = out.reshape(out.shape[:2] + (joined,))
-    return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), default_kernel_init,
-                 self.dtype, self.param_dtype, name="out")(out)
+    return Dense(inputs_q.shape[-1], ("joined_kv", "embed"),
+                 self.kernel_init or default_kernel_init, self.dtype,
+                 self.param_dtype, self.use_bias, name="out")(out)
 
 
 class MlpBlock(nn.Module):
-  """T5 1.0 feed-forward: wi -> ReLU -> dropout -> wo (not gated)."""
+  """Feed-forward wi -> activation -> dropout -> wo (not gated).
+
+  T5 1.0 by default (ReLU, no biases); BERT's intermediate/output pair is
+  the same block with `activation="gelu"`, `use_bias` and no inner dropout.
+  """
   d_ff: int
   dropout_rate: float = 0.0
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
+  activation: str = "relu"
+  use_bias: bool = False
+  kernel_init: nn.initializers.Initializer = mlp_kernel_init
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    h = Dense(self.d_ff, ("embed", "mlp"), mlp_kernel_init, self.dtype,
-              self.param_dtype, name="wi")(x)
-    h = nn.relu(h)
+    h = Dense(self.d_ff, ("embed", "mlp"), self.kernel_init, self.dtype,
+              self.param_dtype, self.use_bias, name="wi")(x)
+    h = activation(self.activation)(h)
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    return Dense(x.shape[-1], ("mlp", "embed"), mlp_kernel_init, self.dtype,
-                 self.param_dtype, name="wo")(h)
+    return Dense(x.shape[-1], ("mlp", "embed"), self.kernel_init, self.dtype,
+                 self.param_dtype, self.use_bias, name="wo")(h)

@@ -11,17 +11,18 @@ Token id 0 is padding. Packed inputs (seqio's packing feature converter) carry
 segment ids; a token never attends across segments.
 """
 import dataclasses
-from typing import Any, Optional
+from typing import Optional
 
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
 
+from prottrans_jax.models import configs
 from prottrans_jax.models import layers
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class T5Config:
+class T5Config(configs.DictConfig):
   """Hyper-parameters of a T5 1.0 network (names as in HF's config.json)."""
   vocab_size: int = 128
   d_model: int
@@ -38,21 +39,6 @@ class T5Config:
   param_dtype: str = "float32"
   attention_chunk_size: int = 1024  # queries per chunk in memory-efficient attention
   long_sequence_threshold: int = 2048  # above this length attention runs chunk by chunk
-
-  def to_dict(self) -> dict[str, Any]:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> "T5Config":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-      raise ValueError(f"Unknown T5Config field(s): {', '.join(unknown)}")
-    missing = sorted(f.name for f in dataclasses.fields(cls)
-                     if f.name not in d and f.default is dataclasses.MISSING)
-    if missing:
-      raise ValueError(f"T5Config is missing required field(s): {', '.join(missing)}")
-    return cls(**d)
 
 
 T5_CONFIGS: dict[str, T5Config] = {

@@ -1,0 +1,29 @@
+"""What every model config shares: a frozen dataclass that round-trips a dict.
+
+Checkpoints record `config.to_dict()` (prottrans_jax/training/checkpoints.py)
+and rebuild the config with `from_dict`, which refuses unknown and missing
+fields so that a config written by another version fails loudly.
+"""
+import dataclasses
+from typing import Any, TypeVar
+
+_C = TypeVar("_C", bound="DictConfig")
+
+
+class DictConfig:
+  """Mixin for frozen dataclass configs: `to_dict` / `from_dict`."""
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_dict(cls: type[_C], d: dict[str, Any]) -> _C:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"Unknown {cls.__name__} field(s): {', '.join(unknown)}")
+    missing = sorted(f.name for f in dataclasses.fields(cls)
+                     if f.name not in d and f.default is dataclasses.MISSING)
+    if missing:
+      raise ValueError(f"{cls.__name__} is missing required field(s): {', '.join(missing)}")
+    return cls(**d)
