@@ -1,0 +1,265 @@
+"""Labelled protein sets in the formats the community uses.
+
+Every reader returns `LabeledProtein`s: an id, the sequence, and integer
+labels per task (`-1` = no label, ignored by losses and metrics), so one
+trainer and one set of metrics serve every task.
+
+- NetSurfP-2.0 CSV (CB513, TS115, CASP12, NEW364 and the training set, as
+  ProtTrans used them): `input, dssp3, dssp8, disorder, <set>_mask`, each
+  field a space-separated per-residue list. A residue is scored when it is
+  resolved (`disorder` 1.0) and inside the set's mask (1.0); CB513's mask
+  marks the part of each chain that belongs to the original CB513 domain.
+  The rows have no ids, so they are named `<file stem>_<row number>`.
+- DeepLoc FASTA: header `>ID Location-M|S|U ...`: 10 localization classes
+  and membrane-bound (M) / soluble (S); U (unknown) is no label.
+- The bundled Swiss-Prot sample's annotation TSV: 3-state secondary structure
+  from HELIX/STRAND/TURN features, Swiss-Prot locations mapped onto DeepLoc's
+  classes (`SWISSPROT_LOCATIONS`), membrane M/S.
+"""
+
+import csv
+import dataclasses
+import logging
+import os
+from typing import Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+
+from prottrans_jax.data import fasta
+from prottrans_jax.data import sample_corpus
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -1  # Label of a residue/protein without annotation.
+
+# Task name -> class symbols, in the order of the heads' outputs.
+Q3_CLASSES = ("H", "E", "C")
+Q8_CLASSES = ("H", "G", "I", "E", "B", "T", "S", "C")
+LOCALIZATION_CLASSES = (
+    "Cell.membrane", "Cytoplasm", "Endoplasmic.reticulum", "Golgi.apparatus",
+    "Lysosome/Vacuole", "Mitochondrion", "Nucleus", "Peroxisome", "Plastid",
+    "Extracellular")
+MEMBRANE_CLASSES = ("M", "S")
+TASK_CLASSES: Mapping[str, tuple[str, ...]] = {
+    "q3": Q3_CLASSES, "q8": Q8_CLASSES,
+    "localization": LOCALIZATION_CLASSES, "membrane": MEMBRANE_CLASSES}
+RESIDUE_TASKS = ("q3", "q8")
+PROTEIN_TASKS = ("localization", "membrane")
+
+# DeepLoc marks proteins found in both compartments "Cytoplasm-Nucleus".
+DUAL_LOCATIONS = {"Cytoplasm-Nucleus": "Cytoplasm"}
+
+# Swiss-Prot's first subcellular location -> DeepLoc class. Unlisted
+# locations (e.g. a bare "Membrane", which does not say which one) are no
+# label rather than a guess.
+SWISSPROT_LOCATIONS = {
+    "Cytoplasm": "Cytoplasm", "Cytosol": "Cytoplasm",
+    "Nucleus": "Nucleus", "Cell membrane": "Cell.membrane",
+    "Cell inner membrane": "Cell.membrane",
+    "Cell outer membrane": "Cell.membrane",
+    "Cell junction": "Cell.membrane",
+    "Endoplasmic reticulum": "Endoplasmic.reticulum",
+    "Endoplasmic reticulum membrane": "Endoplasmic.reticulum",
+    "Golgi apparatus": "Golgi.apparatus",
+    "Golgi apparatus membrane": "Golgi.apparatus",
+    "Lysosome": "Lysosome/Vacuole", "Vacuole": "Lysosome/Vacuole",
+    "Protein storage vacuole": "Lysosome/Vacuole",
+    "Mitochondrion": "Mitochondrion",
+    "Mitochondrion inner membrane": "Mitochondrion",
+    "Mitochondrion matrix": "Mitochondrion",
+    "Peroxisome": "Peroxisome", "Plastid": "Plastid",
+    "Chloroplast": "Plastid", "Secreted": "Extracellular",
+}
+
+
+class LabelError(ValueError):
+  """Bad labelled input; the message names the file and the record."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LabeledProtein:
+  """A protein and its labels: task -> int array ((L,) per residue, () per
+  protein), IGNORE where there is no label."""
+  id: str
+  sequence: str
+  labels: Mapping[str, np.ndarray]
+
+
+def encode_labels(symbols: Sequence[str], task: str, where: str
+                  ) -> np.ndarray:
+  """Class symbols -> class indices; an unknown symbol is an error."""
+  classes = TASK_CLASSES[task]
+  index = {c: i for i, c in enumerate(classes)}
+  unknown = sorted(set(symbols) - set(index))
+  if unknown:
+    raise LabelError(f"{where}: unknown {task} class(es) {unknown}; expected "
+                     f"one of {list(classes)}")
+  return np.asarray([index[s] for s in symbols], np.int32)
+
+
+def _residue_labels(symbols: Sequence[str], task: str, scored: np.ndarray,
+                    where: str) -> np.ndarray:
+  labels = encode_labels(symbols, task, where)
+  return np.where(scored, labels, IGNORE).astype(np.int32)
+
+
+def _check_length(name: str, values: Sequence[object], length: int,
+                  where: str) -> None:
+  if len(values) != length:
+    raise LabelError(f"{where}: {name} has {len(values)} entries but the "
+                     f"sequence has {length} residues")
+
+
+def _netsurfp_row(fields: Sequence[str], where: str
+                  ) -> tuple[str, dict[str, np.ndarray]]:
+  residues, dssp3, dssp8, disorder, mask = (f.split() for f in fields)
+  for name, values in (("dssp3", dssp3), ("dssp8", dssp8),
+                       ("disorder", disorder), ("mask", mask)):
+    _check_length(name, values, len(residues), where)
+  try:
+    scored = ((np.asarray(disorder, np.float32) == 1.0) &
+              (np.asarray(mask, np.float32) == 1.0))
+  except ValueError as e:
+    raise LabelError(f"{where}: disorder/mask must be numbers: {e}") from e
+  return "".join(residues), {
+      "q3": _residue_labels(dssp3, "q3", scored, where),
+      "q8": _residue_labels(dssp8, "q8", scored, where)}
+
+
+def read_netsurfp(path: str | os.PathLike, limit: int | None = None
+                  ) -> list[LabeledProtein]:
+  """Reads a NetSurfP-2.0 CSV (see the module docstring); `limit` rows."""
+  path = os.fspath(path)
+  stem = os.path.splitext(os.path.basename(path))[0].split("_")[0]
+  proteins = []
+  with open(path, encoding="utf-8") as handle:
+    header = [h.strip() for h in handle.readline().split(",")]
+    if header[:4] != ["input", "dssp3", "dssp8", "disorder"] or len(
+        header) != 5 or not header[4].endswith("mask"):
+      raise LabelError(f"{path}:1: not a NetSurfP-2.0 CSV header: {header}")
+    for line_number, line in enumerate(handle, start=2):
+      if limit is not None and len(proteins) >= limit:
+        break
+      if not line.strip():
+        continue
+      where = f"{path}:{line_number}"
+      fields = line.split(",")
+      if len(fields) != 5:
+        raise LabelError(f"{where}: {len(fields)} columns, expected 5")
+      protein_id = f"{stem}_{len(proteins) + 1:04d}"
+      sequence, labels = _netsurfp_row(fields, f"{where}: {protein_id!r}")
+      proteins.append(LabeledProtein(
+          protein_id, fasta.clean_sequence(sequence, protein_id, where,
+                                           fasta.FastaPolicy()), labels))
+  return proteins
+
+
+def _deeploc_labels(record: fasta.FastaRecord, where: str,
+                    dual_location: str) -> dict[str, np.ndarray] | None:
+  fields = record.description.split()
+  if len(fields) < 2 or "-" not in fields[1]:
+    raise LabelError(f"{where}: record {record.id!r}: header has no "
+                     "'Location-M|S|U' field")
+  location, membrane = fields[1].rsplit("-", 1)
+  if location in DUAL_LOCATIONS:
+    if dual_location == "skip":
+      logger.warning("%s: skipped %r: dual location %s", where, record.id,
+                     location)
+      return None
+    if dual_location == "error":
+      raise LabelError(f"{where}: record {record.id!r} has the dual location "
+                       f"{location!r}; use dual_location='first' or 'skip'")
+    location = DUAL_LOCATIONS[location]
+  membrane_label = (np.int32(IGNORE) if membrane == "U" else
+                    encode_labels([membrane], "membrane", where)[0])
+  return {"localization": encode_labels(
+              [location], "localization", f"{where}: {record.id!r}")[0],
+          "membrane": np.asarray(membrane_label, np.int32)}
+
+
+def read_deeploc(path: str | os.PathLike, limit: int | None = None,
+                 dual_location: Literal["first", "skip", "error"] = "first",
+                 policy: fasta.FastaPolicy = fasta.FastaPolicy()
+                 ) -> list[LabeledProtein]:
+  """Reads a DeepLoc FASTA (see the module docstring); `limit` records.
+
+  DeepLoc's dual location "Cytoplasm-Nucleus" (23 records of the validation
+  set) is, by `dual_location`: labelled with its first location (logged
+  once), skipped (logged), or an error.
+  """
+  proteins, dual = [], 0
+  for record in fasta.read_fasta(path, policy):
+    if limit is not None and len(proteins) >= limit:
+      break
+    where = f"{os.fspath(path)}:{record.line}"
+    labels = _deeploc_labels(record, where, dual_location)
+    if labels is None:
+      continue
+    dual += record.description.split()[1].rsplit("-", 1)[0] in DUAL_LOCATIONS
+    proteins.append(LabeledProtein(record.id, record.sequence, labels))
+  if dual and dual_location == "first":
+    logger.warning("%s: %d dual-location records labelled with their first "
+                   "location (%s)", path, dual, DUAL_LOCATIONS)
+  return proteins
+
+
+def _sample_labels(row: Mapping[str, str], sequence: str, where: str
+                   ) -> dict[str, np.ndarray]:
+  structure = row["secondary_structure"]
+  if structure:
+    _check_length("secondary_structure", structure, len(sequence), where)
+    q3 = encode_labels(structure, "q3", where)
+  else:
+    q3 = np.full(len(sequence), IGNORE, np.int32)
+  location = SWISSPROT_LOCATIONS.get(row["location"])
+  return {
+      "q3": q3, "q8": np.full(len(sequence), IGNORE, np.int32),
+      "localization": (encode_labels([location], "localization", where)[0]
+                       if location else np.int32(IGNORE)),
+      "membrane": encode_labels([row["membrane"]], "membrane", where)[0]}
+
+
+def read_swissprot_sample(
+    annotations_path: str | os.PathLike = sample_corpus.ANNOTATIONS_PATH,
+    limit: int | None = None,
+    fasta_path: str | os.PathLike = sample_corpus.FASTA_PATH
+) -> list[LabeledProtein]:
+  """The bundled sample: its annotation TSV joined with its FASTA by id."""
+  sequences = {r.id: r.sequence for r in fasta.read_fasta(fasta_path)}
+  proteins = []
+  with open(annotations_path, encoding="utf-8", newline="") as handle:
+    for line_number, row in enumerate(csv.DictReader(handle, delimiter="\t"),
+                                      start=2):
+      where = f"{os.fspath(annotations_path)}:{line_number}: {row['id']!r}"
+      if row["id"] not in sequences:
+        raise LabelError(f"{where}: id not in {os.fspath(fasta_path)}")
+      sequence = sequences[row["id"]]
+      proteins.append(LabeledProtein(row["id"], sequence,
+                                     _sample_labels(row, sequence, where)))
+  return proteins[:limit]
+
+
+FORMATS = {"netsurfp": read_netsurfp, "deeploc": read_deeploc,
+           "sample": read_swissprot_sample}
+
+
+def read_labels(path: str | os.PathLike, label_format: str,
+                limit: int | None = None) -> list[LabeledProtein]:
+  """Any supported set by format name (a key of FORMATS)."""
+  if label_format not in FORMATS:
+    raise ValueError(f"unknown label format {label_format!r}; known: "
+                     f"{sorted(FORMATS)}")
+  return FORMATS[label_format](path, limit=limit)
+
+
+def has_labels(protein: LabeledProtein, tasks: Iterable[str]) -> bool:
+  """Whether any of `tasks` labels anything in this protein."""
+  return any(np.any(protein.labels[t] != IGNORE) for t in tasks)
+
+
+def write_fasta(proteins: Sequence[LabeledProtein], path: str | os.PathLike
+                ) -> None:
+  """The sequences as FASTA, so the embedding engine can embed a set."""
+  with open(path, "w", encoding="utf-8") as handle:
+    for protein in proteins:
+      handle.write(f">{protein.id}\n{protein.sequence}\n")
