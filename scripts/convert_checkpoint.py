@@ -1,4 +1,8 @@
-r"""Converts ProtT5 checkpoints between Hugging Face, native T5X and this project.
+r"""Converts ProtTrans checkpoints between Hugging Face, native T5X and this project.
+
+ProtT5 from Hugging Face, T5X or ours; ProtBert, ProtAlbert and ProtElectra
+(BertForMaskedLM, AlbertModel, ElectraForPreTraining, ...) between Hugging
+Face and ours, chosen by config.json's model_type and architectures.
 
   python scripts/convert_checkpoint.py --from hf --to native \
       --input /path/prot_t5_xl_uniref50 --output /path/model_dir
@@ -20,7 +24,8 @@ flags.DEFINE_enum("to", None, convert.TARGETS, "Output format.")
 flags.DEFINE_string("input", None, "Input checkpoint directory.")
 flags.DEFINE_string("output", None, "Output directory (must not exist or be empty).")
 flags.DEFINE_bool("encoder_only", False,
-                  "Keep only the embedding and the encoder (T5EncoderModel). "
+                  "Keep only the embedding and the encoder (T5EncoderModel; "
+                  "BertModel etc. without heads). "
                   "Encoder-only inputs stay encoder-only without it.")
 flags.DEFINE_enum("dtype", None, sorted(hf_io.EXPORT_DTYPES),
                   "Tensor dtype of the output (hf default float32; native "

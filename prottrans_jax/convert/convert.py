@@ -1,5 +1,8 @@
 """Checkpoint conversion between Hugging Face, native T5X and this project.
 
+ProtT5 in all three formats; the BERT family (ProtBert, ProtAlbert,
+ProtElectra) between Hugging Face and this project.
+
 Every reader returns `{our flat name: loader}` (see params.Loader); every
 writer pulls tensors through the loaders one at a time. Hugging Face output
 therefore streams end to end (peak memory about one tensor). A native output
@@ -7,32 +10,38 @@ is one Orbax save of the whole tree: the parameters are held once, plus
 Orbax's own copies while it writes (bench/convert_memory.py measures it);
 reading a native checkpoint restores the whole tree too.
 """
+import dataclasses
 import os
 import pathlib
 import shutil
-from typing import Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
 import tqdm
 
+from prottrans_jax.convert import hf_bert
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.convert import params as params_lib
 from prottrans_jax.convert import t5x
+from prottrans_jax.models import registry
 from prottrans_jax.models import t5
 
 SOURCES = ("hf", "t5x", "native")
 TARGETS = ("native", "hf")
-MODEL_NAME = "t5"
+# Families with a Hugging Face counterpart. A jointly trained ELECTRA
+# (electra_pretraining) is two HF models: export one with
+# `electra.generator_params` / `electra.discriminator_params`.
+CONVERTIBLE = ("t5", "bert", "albert", "electra")
 
 
 def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[bool] = None
-                    ) -> tuple[t5.T5Config, dict[str, params_lib.Loader], bool, Optional[int]]:
+                    ) -> tuple[Any, dict[str, params_lib.Loader], bool, Optional[int]]:
   """(config, loaders, encoder_only, step) of a checkpoint in format `source`.
 
   `encoder_only=None` keeps what the checkpoint holds (a T5EncoderModel is
-  encoder-only); True drops the decoder.
+  encoder-only); True drops the decoder (T5) or the heads (BERT family).
   """
   if not pathlib.Path(input_dir).is_dir():
     raise FileNotFoundError(f"Input directory does not exist: {input_dir}")
@@ -46,26 +55,39 @@ def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[
     # Imported here: the training stack is only needed for native checkpoints.
     from prottrans_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
     model_name, config, params = checkpoints.restore_params(input_dir)
-    if model_name != MODEL_NAME:
+    if model_name not in CONVERTIBLE:
       raise params_lib.ConversionError(
-          f"{input_dir} holds a {model_name!r} model; only {MODEL_NAME!r} converts")
+          f"{input_dir} holds a {model_name!r} model; convertible: {', '.join(CONVERTIBLE)}")
     flat = params_lib.flatten(params)
-    has_decoder = any(n.startswith("decoder/") for n in flat)
-    encoder_only = bool(encoder_only) or not has_decoder
+    # Everything outside the encoder: T5's decoder or the BERT family's heads.
+    extra = ("decoder",) if model_name == "t5" else hf_bert.HEADS
+    has_extra = any(n.split("/")[0] in extra for n in flat)
+    encoder_only = bool(encoder_only) or not has_extra
     if encoder_only:
-      flat = {n: a for n, a in flat.items() if not n.startswith("decoder/")}
+      flat = {n: a for n, a in flat.items() if n.split("/")[0] not in extra}
     return config, params_lib.loaders_of(flat), encoder_only, None
   raise ValueError(f"Unknown source format {source!r}; expected one of {SOURCES}")
 
 
-def mapping_lines(source: str, target: str, config: t5.T5Config,
-                  encoder_only: bool) -> list[str]:
-  """One line per tensor: source name -> our name -> target name, shape."""
-  hf_names = {m.ours: m.hf for m in hf_t5.tensor_mappings(config, encoder_only)}
+def mapping_lines(source: str, target: str, config: Any, encoder_only: bool,
+                  names: Sequence[str]) -> list[str]:
+  """One line per tensor: source name -> our name -> target name, shape.
+
+  `names` are our parameter names the source holds (they say which heads a
+  BERT-family model has).
+  """
+  if isinstance(config, t5.T5Config):
+    mappings = hf_t5.tensor_mappings(config, encoder_only)
+    shapes = params_lib.expected_shapes(config, encoder_only)
+  else:
+    heads = [] if encoder_only else hf_bert.heads_of_params(names)
+    mappings = hf_bert.tensor_mappings(config, heads)
+    shapes = hf_bert.expected_shapes(config, heads)
+  hf_names = {m.ours: m.hf for m in mappings}
   name_in = {"hf": hf_names.get, "t5x": lambda n: f"target/{n}", "native": str}
   name_out = {"hf": hf_names.get, "native": lambda n: f"params/{n}"}
   return [f"{name_in[source](n)} -> {n} -> {name_out[target](n)} {shape}"
-          for n, shape in params_lib.expected_shapes(config, encoder_only).items()]
+          for n, shape in shapes.items()]
 
 
 def _prepare_output(output_dir: pathlib.Path, input_dir: os.PathLike, overwrite: bool) -> None:
@@ -109,7 +131,7 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
   config, loaders, encoder_only, step = read_checkpoint(source, input_dir, encoder_only)
   if dry_run:
-    return mapping_lines(source, target, config, encoder_only)
+    return mapping_lines(source, target, config, encoder_only, list(loaders))
   output_dir = pathlib.Path(output_dir)
   _prepare_output(output_dir, input_dir, overwrite)
   bar = tqdm.tqdm(total=len(loaders), unit="tensor", disable=not progress,
@@ -123,7 +145,7 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
 
   from prottrans_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   if dtype is not None:
-    config = t5.T5Config.from_dict({**config.to_dict(), "param_dtype": dtype})
+    config = dataclasses.replace(config, param_dtype=dtype)
   param_dtype = hf_io.EXPORT_DTYPES[config.param_dtype]
   flat = {}
   for name, load in loaders.items():
@@ -133,6 +155,6 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     bar.update(1)
   bar.close()
   step_dir = checkpoints.write_params_checkpoint(
-      output_dir, params_lib.unflatten(flat), step=step or 0, model_name=MODEL_NAME,
-      config=config)
+      output_dir, params_lib.unflatten(flat), step=step or 0,
+      model_name=registry.family_of(config).name, config=config)
   return [str(step_dir)]

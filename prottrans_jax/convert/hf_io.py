@@ -14,12 +14,14 @@ import json
 import os
 import pathlib
 import struct
-from typing import Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Iterator, Mapping, Optional
 
 import ml_dtypes
 import numpy as np
 import safetensors
 
+from prottrans_jax import vocab as vocab_lib
+from prottrans_jax.convert import hf_bert
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.convert import params as params_lib
 from prottrans_jax.models import t5
@@ -29,6 +31,8 @@ SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 TORCH_FILE = "pytorch_model.bin"
 TOKENIZER_NOTE = "TOKENIZER.md"
+VOCAB_FILE = "vocab.txt"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 2**30
 
 # safetensors dtype names of the dtypes an export may use.
@@ -48,6 +52,29 @@ residues `ALGVSREDTIPKFQNYMHWCXBOUZ` at 3..27, `<extra_id_k>` at 127 - k):
 
 Residues are given space-separated, with U, Z, O, B mapped to X first.
 """
+
+_BERT_TOKENIZER_TEXT = """# Tokenizer
+
+This model was trained with ProtBert's vocabulary (`vocab.txt` here, read
+by `BertTokenizer(do_lower_case=False)`): `[PAD]` 0, `[UNK]` 1, `[CLS]` 2,
+`[SEP]` 3, `[MASK]` 4, residues `LAGVESIKRDTPNQFYMHCWXUBZO` at 5..29. Input
+is `[CLS]` + space-separated residues + `[SEP]`, with U, Z, O, B mapped to
+X first.
+"""
+
+
+def _bert_tokenizer_files(model_type: str) -> dict[str, str]:
+  """Tokenizer files of a BERT-family export (ids of ProtBertVocabulary)."""
+  vocab = vocab_lib.ProtBertVocabulary()
+  pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
+      vocab.residue_ids, key=vocab.residue_ids.get)
+  files = {TOKENIZER_NOTE: _BERT_TOKENIZER_TEXT}
+  # ALBERT's tokenizer class reads a sentencepiece model, not vocab.txt.
+  if model_type != "albert":
+    files[VOCAB_FILE] = "\n".join(pieces) + "\n"
+    files[TOKENIZER_CONFIG] = json.dumps(
+        {"tokenizer_class": "BertTokenizer", "do_lower_case": False}, indent=2) + "\n"
+  return files
 
 
 def _require_dir(directory: os.PathLike) -> pathlib.Path:
@@ -135,14 +162,22 @@ def _torch_to_numpy(tensor) -> np.ndarray:
 
 
 def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = None,
-                       **config_overrides) -> tuple[t5.T5Config, dict[str, hf_t5.Loader], bool]:
-  """(config, {our name: loader}, encoder_only) of a Hugging Face T5 directory.
+                       **config_overrides) -> tuple[Any, dict[str, hf_t5.Loader], bool]:
+  """(config, {our name: loader}, encoder_only) of a Hugging Face directory.
 
-  `encoder_only` defaults to the architecture's (True for T5EncoderModel);
-  forcing it on a full model skips the decoder. Names and shapes are checked
-  before anything large is read.
+  T5 (ProtT5) or a BERT-family model (ProtBert, ProtAlbert, ProtElectra),
+  by config.json's model_type. `encoder_only` defaults to what the
+  checkpoint holds (True for T5EncoderModel; for the BERT family, True when
+  no head or pooler is kept); forcing it skips the decoder / heads. Names
+  and shapes are checked before anything large is read.
   """
   hf_config = load_hf_config(directory)
+  if hf_config.get("model_type") in hf_bert.FAMILIES:
+    _, architecture = hf_bert.architecture(hf_config)
+    config = hf_bert.config_from_hf(hf_config, **config_overrides)
+    loaders, heads = hf_bert.param_loaders(LazyStateDict(directory), config, architecture,
+                                           bool(encoder_only))
+    return config, loaders, not heads
   architecture = hf_t5.architecture(hf_config)
   if encoder_only is None:
     encoder_only = architecture in hf_t5.ENCODER_ONLY_ARCHITECTURES
@@ -179,7 +214,7 @@ def _shard(sizes: list[int], max_shard_bytes: int) -> list[list[int]]:
 
 
 def write_hf_checkpoint(directory: os.PathLike, params: Mapping[str, hf_t5.Loader],
-                        config: t5.T5Config, *, encoder_only: bool = False,
+                        config: Any, *, encoder_only: bool = False,
                         dtype: str = "float32",
                         max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
                         on_tensor: Optional[Callable[[str], None]] = None) -> list[pathlib.Path]:
@@ -188,12 +223,24 @@ def write_hf_checkpoint(directory: os.PathLike, params: Mapping[str, hf_t5.Loade
   `params` maps our flat names to loaders (`params.loaders_of` wraps arrays);
   each tensor is loaded, converted and written before the next is read.
   `on_tensor(hf_name)` is called after each tensor (a progress bar).
-  Returns the files written.
+  `config` is a T5Config or a BERT-family config; for the latter the
+  architecture follows the heads `params` hold (hf_bert.py), none with
+  `encoder_only`. Returns the files written.
   """
   if dtype not in EXPORT_DTYPES:
     raise ValueError(f"dtype must be one of {sorted(EXPORT_DTYPES)}, got {dtype!r}")
   np_dtype = EXPORT_DTYPES[dtype]
-  tensors = list(hf_t5.hf_loaders(params, config, encoder_only, np_dtype).items())
+  if isinstance(config, t5.T5Config):
+    tensors = list(hf_t5.hf_loaders(params, config, encoder_only, np_dtype).items())
+    architecture = "T5EncoderModel" if encoder_only else "T5ForConditionalGeneration"
+    hf_config = hf_t5.hf_config_from_t5(config, architecture_name=architecture,
+                                        torch_dtype=dtype)
+    tokenizer_files = {TOKENIZER_NOTE: _TOKENIZER_TEXT}
+  else:
+    tensors = list(hf_bert.hf_loaders(params, config, encoder_only, np_dtype).items())
+    heads = [] if encoder_only else hf_bert.heads_of_params(list(params))
+    hf_config = hf_bert.hf_config(config, hf_bert.architecture_of(config, heads), dtype)
+    tokenizer_files = _bert_tokenizer_files(hf_config["model_type"])
   sizes = [int(np.prod(shape)) * np_dtype.itemsize for _, (shape, _) in tensors]
   shards = _shard(sizes, max_shard_bytes)
   out = pathlib.Path(directory)
@@ -218,9 +265,8 @@ def write_hf_checkpoint(directory: os.PathLike, params: Mapping[str, hf_t5.Loade
                             for file_name, indices in zip(names, shards) for i in indices}}
     (out / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     written.append(out / SAFETENSORS_INDEX)
-  architecture = "T5EncoderModel" if encoder_only else "T5ForConditionalGeneration"
-  hf_config = hf_t5.hf_config_from_t5(config, architecture_name=architecture, torch_dtype=dtype)
   (out / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
-  (out / TOKENIZER_NOTE).write_text(_TOKENIZER_TEXT)
-  return written + [out / CONFIG_FILE, out / TOKENIZER_NOTE]
+  for name, text in tokenizer_files.items():
+    (out / name).write_text(text)
+  return written + [out / CONFIG_FILE] + [out / name for name in tokenizer_files]
 

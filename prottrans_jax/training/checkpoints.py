@@ -37,6 +37,10 @@ ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG)
 # reading a checkpoint of one family does not import the others.
 CONFIG_CLASSES = {
     "t5": ("prottrans_jax.models.t5", "T5Config"),
+    "bert": ("prottrans_jax.models.bert", "BertConfig"),
+    "albert": ("prottrans_jax.models.albert", "AlbertConfig"),
+    "electra": ("prottrans_jax.models.electra", "ElectraConfig"),
+    "electra_pretraining": ("prottrans_jax.models.electra", "ElectraPretrainingConfig"),
 }
 
 
