@@ -106,9 +106,12 @@ def _model_inputs(batch):
   return batch["x"], (batch["mask"] if batch["x"].ndim == 3 else None)
 
 
-def _make_train_step(config: models.HeadConfig,
-                     optimizer: optax.GradientTransformation):
+@functools.lru_cache(maxsize=8)
+def _make_train_step(config: models.HeadConfig, learning_rate: float):
+  """(optimizer, jitted step), cached so that heads trained one after the
+  other with one architecture (bench, tests) compile once per shape."""
   head = models.make_head(config)
+  optimizer = optax.adam(learning_rate)
 
   def loss_fn(params, batch, rng):
     x, mask = _model_inputs(batch)
@@ -123,7 +126,7 @@ def _make_train_step(config: models.HeadConfig,
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
-  return step
+  return optimizer, step
 
 
 @functools.lru_cache(maxsize=8)
@@ -204,10 +207,9 @@ def train(config: models.HeadConfig, features: Sequence[np.ndarray],
     validation = ([features[i] for i in val_idx], [labels[i] for i in val_idx])
     features = [features[i] for i in train_idx]
     labels = [labels[i] for i in train_idx]
-  optimizer = optax.adam(train_config.learning_rate)
+  optimizer, step = _make_train_step(config, train_config.learning_rate)
   params = models.init_params(config, train_config.seed)
   opt_state = optimizer.init(params)
-  step = _make_train_step(config, optimizer)
   rng = np.random.default_rng(train_config.seed)
   dropout_key = jax.random.key(train_config.seed + 1)
   best = (np.inf, params, 0)
