@@ -4,7 +4,11 @@
       --checkpoint_dir runs/prott5_tiny [--per_protein]
   python scripts/embed.py --input proteins.fasta --output embeddings.h5 \
       --hf_model_dir /path/to/prot_t5_xl_half_uniref50-enc --dtype bfloat16
+  python scripts/embed.py --input proteins.fasta --output embeddings.h5 \
+      --hf_model_dir /path/to/prot_bert_bfd
 
+Any ProtTrans encoder this project runs embeds (ProtT5, ProtBert,
+ProtAlbert, ProtElectra); special tokens ([CLS], [SEP], </s>) are dropped.
 Output: one HDF5 dataset per protein, named by the id (header up to the
 first whitespace; '/' becomes '_'; the full header is the `original_id`
 attribute), (L, d) per residue or (d,) with --per_protein. A run that is
@@ -17,7 +21,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from prottrans_jax import partitioning
+from prottrans_jax import cli
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
@@ -31,7 +35,8 @@ _CHECKPOINT = flags.DEFINE_string(
     "This project's checkpoint: a MODEL_DIR (latest step) or a step dir.")
 _HF = flags.DEFINE_string(
     "hf_model_dir", None,
-    "Local Hugging Face ProtT5 directory (config.json + safetensors).")
+    "Local Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra "
+    "directory (config.json + safetensors).")
 _PER_PROTEIN = flags.DEFINE_bool(
     "per_protein", False, "Write the mean over residues, (d,) per protein.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
@@ -54,12 +59,8 @@ _INVALID = flags.DEFINE_enum(
 _DUPLICATES = flags.DEFINE_enum("duplicate_ids", "error",
                                 ["error", "rename", "skip"], "Repeated ids.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-_COORDINATOR = flags.DEFINE_string(
-    "coordinator_address", None, "HOST:PORT of process 0, to embed with "
-    "several hosts (jax.distributed); every process gets the same flags.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in all.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index; "
-                                   "process 0 writes the output.")
+_DISTRIBUTED = cli.define_distributed_flags()  # Process 0 writes the output.
+flags.adopt_module_key_flags(cli)  # --help lists them.
 
 flags.mark_flags_as_required(["input", "output"])
 flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
@@ -68,9 +69,7 @@ flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
 
 def main(argv):
   del argv
-  if _COORDINATOR.value:
-    partitioning.initialize_distributed(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _DISTRIBUTED.initialize()
   try:
     model = (loading.from_checkpoint(_CHECKPOINT.value) if _CHECKPOINT.value
              else loading.from_hf(_HF.value))
@@ -89,7 +88,7 @@ def main(argv):
           ValueError) as e:
     sys.exit(f"embed.py: error: {e}")
   logging.info("%s", summary)
-  if _PROCESS_ID.value == 0:
+  if _DISTRIBUTED.process_id.value == 0:
     print(f"{_OUTPUT.value}: {summary.embedded} proteins embedded "
           f"({summary.residues} residues), {summary.already_done} already "
           f"there, {summary.proteins} in {_INPUT.value}")

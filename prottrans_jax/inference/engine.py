@@ -13,8 +13,12 @@ How it stays fast:
   device computes the current one, and results are fetched one batch late;
 - per-protein means are taken on the device, so only [B, d] comes back.
 
-Per-residue output has exactly one row per residue: the special tokens the
-model needs (`</s>` for T5) are dropped.
+Any encoder of `prottrans_jax.models.registry` embeds (ProtT5, ProtBert,
+ProtAlbert, ProtElectra): the registry says how to tokenize a protein and
+which output rows are residues. Per-residue output has exactly one row per
+residue: the special tokens the model needs (`</s>` for T5, `[CLS]` and
+`[SEP]` for the BERT family) are dropped, and per-protein means are over
+residues only.
 """
 
 import dataclasses
@@ -30,10 +34,9 @@ import numpy as np
 import tqdm
 
 from prottrans_jax import partitioning
-from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
-from prottrans_jax.models import t5
+from prottrans_jax.models import registry
 
 logger = logging.getLogger(__name__)
 
@@ -54,24 +57,20 @@ class EmbedSettings:
   num_partitions: int = 1
 
 
-def _t5_tokens(sequence: str, vocab=vocab_lib.ProtT5Vocabulary()) -> list[int]:
-  """ProtT5's input: residues then `</s>` (what the released pipeline feeds)."""
-  return vocab.encode(sequence) + [vocab.eos_id]
-
-
 class Embedder:
   """A loaded encoder, placed on a mesh, ready to embed batches."""
 
-  def __init__(self, config: t5.T5Config, params: Any,
+  def __init__(self, config: Any, params: Any,
                settings: EmbedSettings = EmbedSettings(),
                devices: Sequence[jax.Device] | None = None):
     self.settings = settings
-    self.config = dataclasses.replace(config, dtype=settings.dtype)
+    self.family = registry.family_of(config)
+    self.config = registry.with_dtype(config, settings.dtype)
     self.mesh = partitioning.create_mesh(settings.num_partitions,
                                          devices=devices)
     self.rules = partitioning.logical_axis_rules(1)
     self.data_parallel = self.mesh.shape[partitioning.DATA_AXIS]
-    self._model = t5.T5(self.config)
+    self._model = self.family.module(self.config)
     self.params = self._place_encoder_params(params)
     self._batch_sharding = partitioning.batch_sharding(self.mesh, self.rules)
     self._encode = jax.jit(self._encode_fn)
@@ -82,7 +81,7 @@ class Embedder:
     abstract = jax.eval_shape(
         lambda: self._model.init(jax.random.key(0),
                                  jnp.ones((1, 8), jnp.int32),
-                                 method=t5.T5.encode))["params"]
+                                 method=self.family.encode))["params"]
     params = params.get("params", params)
 
     def take(abstract_tree, tree, path=()):
@@ -104,7 +103,7 @@ class Embedder:
 
   def _encode_fn(self, params, tokens, residue_mask):
     hidden = self._model.apply({"params": params}, tokens,
-                               method=t5.T5.encode).astype(jnp.float32)
+                               method=self.family.encode).astype(jnp.float32)
     if not self.settings.per_protein:
       return hidden
     weights = residue_mask.astype(jnp.float32)[..., None]
@@ -113,10 +112,11 @@ class Embedder:
   def _device_batch(self, sequences: Sequence[str], batch: batching.Batch):
     tokens = np.zeros((batch.rows, batch.length), np.int32)
     residue_mask = np.zeros((batch.rows, batch.length), bool)
+    first = self.family.first_residue_row
     for row, sequence in enumerate(sequences):
-      ids = _t5_tokens(sequence)
+      ids = self.family.tokenize(sequence)
       tokens[row, :len(ids)] = ids
-      residue_mask[row, :len(sequence)] = True
+      residue_mask[row, first:first + len(sequence)] = True
     arrays = partitioning.make_global_batch(
         {"tokens": tokens, "residue_mask": residue_mask}, self._batch_sharding)
     return arrays["tokens"], arrays["residue_mask"]
@@ -131,7 +131,8 @@ class Embedder:
     in exactly the batch it had in an uninterrupted run: same shapes, same
     kernels, the same numbers bit for bit.
     """
-    token_lengths = [len(r.sequence) + 1 for r in records]
+    token_lengths = [len(r.sequence) + self.family.num_special_tokens
+                     for r in records]
     pending = None
     for batch in batching.plan_batches(token_lengths,
                                        self.settings.max_residues,
@@ -157,7 +158,8 @@ class Embedder:
       values = np.asarray(jax.device_get(output))
     if self.settings.per_protein:
       return [(r, values[i]) for i, r in enumerate(batch_records)]
-    return [(r, values[i, :len(r.sequence)])
+    first = self.family.first_residue_row
+    return [(r, values[i, first:first + len(r.sequence)])
             for i, r in enumerate(batch_records)]
 
 
