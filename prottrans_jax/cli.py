@@ -1,0 +1,69 @@
+"""Shared command-line plumbing for the scripts: multi-process start-up and
+the T5X-style gin entry point. Scripts stay a few lines: flags in, one
+library call."""
+
+import dataclasses
+import sys
+from typing import Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from prottrans_jax import gin_utils
+from prottrans_jax import partitioning
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedFlags:
+  coordinator_address: flags.FlagHolder
+  num_processes: flags.FlagHolder
+  process_id: flags.FlagHolder
+
+  def initialize(self) -> None:
+    """Joins the multi-process run when --coordinator_address is given."""
+    if self.coordinator_address.value:
+      partitioning.initialize_distributed(self.coordinator_address.value,
+                                          self.num_processes.value,
+                                          self.process_id.value)
+
+
+def define_distributed_flags() -> DistributedFlags:
+  """--coordinator_address/--num_processes/--process_id (jax.distributed)."""
+  return DistributedFlags(
+      flags.DEFINE_string(
+          "coordinator_address", None, "HOST:PORT of process 0, to run on "
+          "several hosts (jax.distributed); every process gets the same "
+          "flags but --process_id."),
+      flags.DEFINE_integer("num_processes", 1, "Processes in all."),
+      flags.DEFINE_integer("process_id", 0, "This process's index."))
+
+
+def define_gin_flags() -> flags.FlagHolder:
+  """--gin_file (repeatable); --gin.NAME=VALUE bindings are taken from argv
+  by `run_gin_main`, as T5X does."""
+  return flags.DEFINE_multi_string(
+      "gin_file", [], "gin files, in order (model first, then run); "
+      "--gin.NAME=VALUE binds a macro or parameter after them.")
+
+
+def run_gin_main(run: Callable[[], None], gin_files: flags.FlagHolder,
+                 distributed: DistributedFlags) -> None:
+  """Runs `run` after parsing the gin files and --gin.NAME=VALUE bindings.
+
+  A gin typo or a missing required macro exits non-zero with a message that
+  names the binding.
+  """
+  argv, bindings = gin_utils.split_gin_bindings(sys.argv)
+
+  def main(argv):
+    del argv
+    distributed.initialize()
+    try:
+      gin_utils.parse(gin_files.value, bindings)
+    except gin_utils.GinConfigError as e:
+      raise app.UsageError(str(e)) from e
+    logging.set_verbosity(logging.INFO)
+    run()
+
+  app.run(main, argv=argv)
