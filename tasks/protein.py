@@ -3,7 +3,7 @@
 Names are `{corpus}_{objective}`:
 - objectives: `prott5_denoise` (ProtT5) and `protbert_mlm` (ProtBert,
   ProtAlbert, ProtElectra's generator);
-- corpora: `uniref50`, `uniref100`, `bfd` and `custom`, read from the TFDS
+- corpora: `uniref50`, `uniref100`, `bfd`, `custom` and `swissprot_sample_tfds`, read from the TFDS
   datasets that `scripts/prepare_corpus.py` builds (`protein_fasta/<corpus>`;
   point seqio at their data dir with `seqio.set_tfds_data_dir_override` or
   the trainer's `TFDS_DATA_DIR`), and `swissprot_sample` (bundled in the
@@ -88,10 +88,18 @@ def register_objectives(corpus: str, source: seqio.DataSource) -> None:
       output_features=PROTBERT_OUTPUT_FEATURES)
 
 
+
+def tfds_source(config: str) -> seqio.TfdsDataSource:
+  """The `protein_fasta/<config>` TFDS dataset (built by prepare_corpus.py)."""
+  return seqio.TfdsDataSource(tfds_name=tfds_builder.tfds_name(config),
+                              splits=(splits.TRAIN, splits.VALIDATION))
+
+
 for _corpus in TFDS_CORPORA:
-  register_objectives(_corpus, seqio.TfdsDataSource(
-      tfds_name=tfds_builder.tfds_name(_corpus),
-      splits=(splits.TRAIN, splits.VALIDATION)))
+  register_objectives(_corpus, tfds_source(_corpus))
+# The bundled sample as TFDS builds it (`prepare_corpus.py --corpus
+# swissprot_sample`): the same proteins and split as `swissprot_sample_*`.
+register_objectives("swissprot_sample_tfds", tfds_source("swissprot_sample"))
 
 # The same proteins and split as the TFDS `swissprot_sample` config, read
 # straight from the package so that nothing needs preparing.

@@ -8,6 +8,7 @@ import tasks
 from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.data import fasta
 from prottrans_jax.data import feature_converters
+from prottrans_jax.data import sample_corpus
 from prottrans_jax.data import splits
 from prottrans_jax.data import tfds_builder
 
@@ -142,27 +143,27 @@ def test_masked_lm_converter_keeps_all_selected_positions_in_the_loss():
                             "encoder_positions")}
 
 
-def test_task_reads_back_a_corpus_built_by_the_tfds_builder_with_beam(
-    tmp_path, shared_data):
-  path = str(shared_data / "localization" / "deeploc_our_val_set.fasta")
-  tfds_builder.build_corpus("custom", str(tmp_path), fasta_paths=[path],
-                            use_beam=True, beam_runner="FnApiRunner",
+def test_registered_task_reads_back_the_sample_built_by_tfds_with_beam(
+    tmp_path):
+  tfds_builder.build_corpus("swissprot_sample", str(tmp_path), use_beam=True,
+                            beam_runner="FnApiRunner",
                             beam_options=["direct_num_workers=1"])
   seqio.set_tfds_data_dir_override(str(tmp_path))
   try:
-    task = tasks.get_task("custom_prott5_denoise")
+    task = seqio.get_mixture_or_task("swissprot_sample_tfds_prott5_denoise")
     examples = {
         split: list(task.get_dataset(LENGTHS, split=split, shuffle=False)
                     .as_numpy_iterator())
         for split in (splits.TRAIN, splits.VALIDATION)}
   finally:
     seqio.set_tfds_data_dir_override(None)
-  originals = {r.id: r.sequence for r in fasta.read_fasta(path)}
-  assert sum(len(e) for e in examples.values()) == len(originals)
+  originals = {r.id: r.sequence
+               for r in fasta.read_fasta(sample_corpus.FASTA_PATH)}
+  assert {split: len(e) for split, e in examples.items()} == {
+      "train": 88, "validation": 12}
   for split, split_examples in examples.items():
-    assert split_examples, split
     for ex in split_examples:
       record_id = ex["id"].decode()
-      assert splits.split_of(record_id, 0.01) == split
+      assert splits.split_of(record_id, 0.1) == split
       if len(originals[record_id]) < LENGTHS["targets"]:
         assert list(ex["targets"][:-1]) == PROTT5.encode(originals[record_id])
