@@ -218,6 +218,11 @@ def test_ss_head_beats_the_majority_class_on_held_out_proteins(
   assert restored.config == head.config
   assert restored.info["tasks"] == ["q3", "q8"]
   assert pipeline.evaluate_head(restored, test, h5_path) == scores
+  # Training again into the same directory replaces the head.
+  again = pipeline.train_head("ss_cnn", train, h5_path,
+                              dataclasses.replace(FAST, max_epochs=1),
+                              output_dir=head_dir)
+  assert pipeline.load_trained_head(head_dir).info == again.info
 
 
 def test_predict_writes_structure_strings_and_localization(

@@ -8,6 +8,7 @@ The config travels inside the step directory, so a head restores from its
 directory alone, like the encoders' checkpoints (training/checkpoints.py).
 """
 
+import logging
 import pathlib
 from typing import Any, Mapping
 
@@ -29,8 +30,16 @@ def _manager(directory: str | pathlib.Path) -> ocp.CheckpointManager:
 
 def save_head(directory: str | pathlib.Path, config: models.HeadConfig,
               params: Any, step: int, info: Mapping[str, Any]) -> None:
-  """Writes the head at `step` (e.g. its best epoch) with `info` (json)."""
+  """Writes the head at `step` (e.g. its best epoch) with `info` (json).
+
+  A head already in `directory` is replaced (logged), so re-running a
+  training command gives the new head, never a mix of two.
+  """
   with _manager(directory) as manager:
+    for old in manager.all_steps():
+      logging.warning("replacing the head saved in %s (step %d)", directory,
+                      old)
+      manager.delete(old)
     manager.save(step, args=ocp.args.Composite(**{
         PARAMS: ocp.args.StandardSave(params),
         HEAD: ocp.args.JsonSave({"config": config.to_dict(),

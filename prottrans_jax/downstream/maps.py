@@ -84,9 +84,10 @@ def embedding_map(proteins: Sequence[readers.LabeledProtein], source: str,
   coords = project(vectors, method, seed)
   names = label_names(proteins, task)
   os.makedirs(os.path.dirname(os.path.abspath(output_png)), exist_ok=True)
-  title = (f"{METHOD_NAMES[method]} of {len(proteins)} per-protein "
-           f"{'one-hot compositions' if source == features_lib.ONEHOT else 'embeddings'}"
-           f", coloured by {task}")
+  what = ("residue compositions (one-hot means)"
+          if source == features_lib.ONEHOT else "embeddings")
+  title = (f"{METHOD_NAMES[method]} of {len(proteins)} per-protein {what}, "
+           f"coloured by {task}")
   plot(coords, names, output_png, title)
   with open(os.path.splitext(output_png)[0] + ".tsv", "w", encoding="utf-8",
             newline="") as handle:
