@@ -43,13 +43,13 @@ def labelled_examples(proteins: Sequence[readers.LabeledProtein],
                       kind: str, source: str
                       ) -> tuple[list[np.ndarray], list[dict[str, np.ndarray]]]:
   """(features, labels) of the proteins with a label for this head kind."""
-  tasks = models.HeadConfig(kind, 1).tasks
-  kept = [p for p in proteins if readers.has_labels(p, tasks)]
+  shape = models.HeadConfig(kind, input_dim=1)  # Input size is irrelevant.
+  kept = [p for p in proteins if readers.has_labels(p, shape.tasks)]
   if not kept:
     raise readers.LabelError(f"none of the {len(proteins)} proteins has a "
-                             f"label for {list(tasks)}")
-  per_protein = not models.HeadConfig(kind, 1).per_residue_input
-  return (features_lib.load_features(kept, source, per_protein),
+                             f"label for {list(shape.tasks)}")
+  return (features_lib.load_features(kept, source,
+                                     not shape.per_residue_input),
           [dict(p.labels) for p in kept])
 
 

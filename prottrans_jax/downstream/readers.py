@@ -154,27 +154,21 @@ def read_netsurfp(path: str | os.PathLike, limit: int | None = None
   return proteins
 
 
-def _deeploc_labels(record: fasta.FastaRecord, where: str,
-                    dual_location: str) -> dict[str, np.ndarray] | None:
+def _deeploc_fields(record: fasta.FastaRecord, where: str
+                    ) -> tuple[str, str]:
+  """'>ID Location-M|S|U ...' -> (location, membrane symbol)."""
   fields = record.description.split()
   if len(fields) < 2 or "-" not in fields[1]:
-    raise LabelError(f"{where}: record {record.id!r}: header has no "
-                     "'Location-M|S|U' field")
+    raise LabelError(f"{where}: header has no 'Location-M|S|U' field")
   location, membrane = fields[1].rsplit("-", 1)
-  if location in DUAL_LOCATIONS:
-    if dual_location == "skip":
-      logger.warning("%s: skipped %r: dual location %s", where, record.id,
-                     location)
-      return None
-    if dual_location == "error":
-      raise LabelError(f"{where}: record {record.id!r} has the dual location "
-                       f"{location!r}; use dual_location='first' or 'skip'")
-    location = DUAL_LOCATIONS[location]
-  membrane_label = (np.int32(IGNORE) if membrane == "U" else
-                    encode_labels([membrane], "membrane", where)[0])
-  return {"localization": encode_labels(
-              [location], "localization", f"{where}: {record.id!r}")[0],
-          "membrane": np.asarray(membrane_label, np.int32)}
+  return location, membrane
+
+
+def _deeploc_labels(location: str, membrane: str, where: str
+                    ) -> dict[str, np.ndarray]:
+  return {"localization": encode_labels([location], "localization", where)[0],
+          "membrane": (np.int32(IGNORE) if membrane == "U" else
+                       encode_labels([membrane], "membrane", where)[0])}
 
 
 def read_deeploc(path: str | os.PathLike, limit: int | None = None,
@@ -191,13 +185,21 @@ def read_deeploc(path: str | os.PathLike, limit: int | None = None,
   for record in fasta.read_fasta(path, policy):
     if limit is not None and len(proteins) >= limit:
       break
-    where = f"{os.fspath(path)}:{record.line}"
-    labels = _deeploc_labels(record, where, dual_location)
-    if labels is None:
-      continue
-    dual += record.description.split()[1].rsplit("-", 1)[0] in DUAL_LOCATIONS
-    proteins.append(LabeledProtein(record.id, record.sequence, labels))
-  if dual and dual_location == "first":
+    where = f"{os.fspath(path)}:{record.line}: {record.id!r}"
+    location, membrane = _deeploc_fields(record, where)
+    if location in DUAL_LOCATIONS:
+      if dual_location == "error":
+        raise LabelError(f"{where}: dual location {location!r}; use "
+                         "dual_location='first' or 'skip'")
+      if dual_location == "skip":
+        logger.warning("%s: skipped: dual location %s", where, location)
+        continue
+      dual += 1
+      location = DUAL_LOCATIONS[location]
+    proteins.append(LabeledProtein(
+        record.id, record.sequence, _deeploc_labels(location, membrane,
+                                                    where)))
+  if dual:
     logger.warning("%s: %d dual-location records labelled with their first "
                    "location (%s)", path, dual, DUAL_LOCATIONS)
   return proteins
