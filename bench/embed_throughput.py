@@ -1,4 +1,5 @@
-"""Embedding throughput: our engine against transformers' T5EncoderModel.
+"""Embedding throughput: our engine against transformers' T5EncoderModel
+(and BertModel for the ProtBert rows).
 
 Both run the same random weights (a transformers T5EncoderModel converted by
 our converter) on the same real proteins, batched the same way (sorted by
@@ -7,7 +8,7 @@ the script prints residues/s of each, their ratio, and our achieved FLOP/s
 as a fraction of this machine's dense float32 matmul peak measured in the
 same run.
 
-  python bench/embed_throughput.py                           # tiny + prott5_xl
+  python bench/embed_throughput.py                # tiny, prott5_xl, protbert
   python bench/embed_throughput.py --configs=tiny --max_proteins=200
 
 FLOPs are counted on the proteins' true lengths (useful work), not on the
@@ -27,17 +28,23 @@ import numpy as np
 import torch
 import transformers
 
-from prottrans_jax import vocab as vocab_lib
+from prottrans_jax.convert import hf_bert
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
 from prottrans_jax.inference import engine
+from prottrans_jax.models import bert
+from prottrans_jax.models import registry
 from prottrans_jax.models import t5
 
 _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                               "data", "sequences", "globins45.fasta")
-_CONFIGS = flags.DEFINE_list("configs", ["tiny", "prott5_xl"],
-                             f"Model sizes among {sorted(t5.T5_CONFIGS)}.")
+# ProtBert sizes are bert.BERT_CONFIGS' with a "protbert" prefix.
+_BERT_ROWS = {"protbert": bert.BERT_CONFIGS["protbert"],
+              "protbert_tiny": bert.BERT_CONFIGS["tiny"]}
+_CONFIGS = flags.DEFINE_list(
+    "configs", ["tiny", "prott5_xl", "protbert"],
+    f"Model sizes among {sorted(t5.T5_CONFIGS) + sorted(_BERT_ROWS)}.")
 _FASTA = flags.DEFINE_string(
     "fasta", _DEFAULT_FASTA, "Real proteins to embed (default: the globin "
     "family from ../shared/data, lengths 140-160; use "
@@ -63,11 +70,19 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 10) -> float:
   return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def random_hf_encoder(config: t5.T5Config) -> transformers.T5EncoderModel:
+def random_hf_encoder(config):
+  """A random transformers encoder (T5EncoderModel or BertModel) and our
+  params of the same weights."""
   torch.manual_seed(0)
-  hf_config = transformers.T5Config(**hf_t5.hf_config_from_t5(
-      config, architecture_name="T5EncoderModel"))
-  return transformers.T5EncoderModel(hf_config).eval()
+  if isinstance(config, t5.T5Config):
+    model = transformers.T5EncoderModel(transformers.T5Config(
+        **hf_t5.hf_config_from_t5(config, architecture_name="T5EncoderModel"))).eval()
+    to_params = lambda state: hf_t5.state_dict_to_params(state, config, encoder_only=True)
+  else:
+    model = transformers.BertModel(transformers.BertConfig(
+        **hf_bert.hf_config(config, "BertModel")), add_pooling_layer=False).eval()
+    to_params = lambda state: hf_bert.state_dict_to_params(state, config, "BertModel")
+  return model, to_params
 
 
 def spread(records: list[fasta.FastaRecord], count: int) -> list:
@@ -79,16 +94,15 @@ def spread(records: list[fasta.FastaRecord], count: int) -> list:
   return [ordered[i] for i in picks]
 
 
-def run_transformers(model, records, max_residues: int) -> float:
+def run_transformers(model, family, records, max_residues: int) -> float:
   """Seconds for transformers to embed `records`, batched like our engine."""
-  vocab = vocab_lib.ProtT5Vocabulary()
-  token_lengths = [len(r.sequence) + 1 for r in records]
+  token_lengths = [len(r.sequence) + family.num_special_tokens for r in records]
   start = time.perf_counter()
   with torch.inference_mode():
     for batch in batching.plan_batches(token_lengths, max_residues):
       ids = np.zeros((len(batch.indices), batch.length), np.int64)
       for row, index in enumerate(batch.indices):
-        tokens = vocab.encode(records[index].sequence) + [vocab.eos_id]
+        tokens = family.tokenize(records[index].sequence)
         ids[row, :len(tokens)] = tokens
       ids = torch.from_numpy(ids)
       model(input_ids=ids, attention_mask=(ids > 0).long()).last_hidden_state
@@ -115,25 +129,28 @@ def main(argv):
   print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{jax.devices()[0].platform} ({len(jax.devices())} device(s)); "
         f"dense float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
-  print(f"{'config':10} {'proteins':>8} {'residues':>9} {'ours res/s':>11} "
+  print(f"{'config':13} {'proteins':>8} {'residues':>9} {'ours res/s':>11} "
         f"{'hf res/s':>9} {'ratio':>6} {'ours GFLOP/s':>13} {'of peak':>8}")
   for name in _CONFIGS.value:
-    config = t5.T5_CONFIGS[name]
-    hf_model = random_hf_encoder(config)
+    config = _BERT_ROWS[name] if name in _BERT_ROWS else t5.T5_CONFIGS[name]
+    family = registry.family_of(config)
+    hf_model, to_params = random_hf_encoder(config)
     n_params = sum(p.numel() for p in hf_model.parameters())
     subset = spread(records, _XL_PROTEINS.value) if n_params >= 1e9 else records
     state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
-    params = hf_t5.state_dict_to_params(state, config, encoder_only=True)
+    params = to_params(state)
     del state
     config = dataclasses.replace(config, dtype="float32")
     residues = sum(len(r.sequence) for r in subset)
     ours = run_ours(config, params, subset, _MAX_RESIDUES.value)
     del params
-    theirs = run_transformers(hf_model, subset, _MAX_RESIDUES.value)
+    theirs = run_transformers(hf_model, family, subset, _MAX_RESIDUES.value)
     del hf_model
-    flops = sum(t5.encoder_forward_flops(config, len(r.sequence) + 1)
+    forward_flops = (t5.encoder_forward_flops if family.name == "t5"
+                     else bert.encoder_forward_flops)
+    flops = sum(forward_flops(config, len(r.sequence) + family.num_special_tokens)
                 for r in subset)
-    print(f"{name:10} {len(subset):8d} {residues:9d} {residues / ours:11.1f} "
+    print(f"{name:13} {len(subset):8d} {residues:9d} {residues / ours:11.1f} "
           f"{residues / theirs:9.1f} {theirs / ours:6.2f} "
           f"{flops / ours / 1e9:13.1f} {flops / ours / peak:8.1%}")
 

@@ -92,19 +92,26 @@ BERT_CONFIGS: dict[str, BertConfig] = {
 }
 
 
-def flops_per_token(config: BertConfig, length: int) -> float:
-  """Training FLOPs (forward + backward) per token of a `length`-token example.
+def encoder_forward_flops(config: BertConfig, length: int) -> float:
+  """FLOPs of one encoder forward pass over `length` tokens (embedding).
 
-  As `t5.flops_per_token`: 2 FLOPs per multiply-add, training 3x forward,
-  attention over the full key length; the factorized-embedding projection
-  and the MLM head count, norms and lookups do not. Shared (ALBERT) layers
-  cost as much per use as distinct ones.
+  2 FLOPs per multiply-add; q, k, v, out and the MLP per token, attention
+  scores and weighted sums over the full key length, and the factorized
+  embedding's projection; norms and lookups are negligible. Shared (ALBERT)
+  layers cost as much per use as distinct ones.
   """
   h, e, ff = config.hidden_size, config.embedding_dim, config.intermediate_size
-  layer = 4 * h * h + 2 * h * ff + 2 * length * h  # q, k, v, out; mlp; scores
-  projection = e * h if e != h else 0
-  head = h * e + e * config.vocab_size
-  return 3 * 2 * (config.num_hidden_layers * layer + projection + head)
+  layer = length * (4 * h * h + 2 * h * ff) + 2 * length * length * h
+  projection = length * e * h if e != h else 0
+  return 2.0 * (config.num_hidden_layers * layer + projection)
+
+
+def flops_per_token(config: BertConfig, length: int) -> float:
+  """Training FLOPs (forward + backward, 3x forward) per token of a
+  `length`-token example: the encoder plus the MLM head."""
+  e = config.embedding_dim
+  head = 2.0 * (config.hidden_size * e + e * config.vocab_size)
+  return 3 * (encoder_forward_flops(config, length) / length + head)
 
 
 def _dtypes(config: BertConfig) -> dict[str, jnp.dtype]:

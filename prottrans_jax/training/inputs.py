@@ -16,23 +16,27 @@ EVAL_SEED = 0
 
 
 def train_batches(task_name: str, feature_lengths: Mapping[str, int],
-                  batch_size: int, seed: int,
-                  start_batch: int = 0) -> Iterator[Batch]:
+                  batch_size: int, seed: int, start_batch: int = 0,
+                  feature_converter: type = seqio.EncDecFeatureConverter
+                  ) -> Iterator[Batch]:
   """Packed, shuffled, endlessly repeated global batches from `start_batch`.
 
   A resumed run passes the number of batches it had consumed and sees
   exactly the batches an uninterrupted run would have seen next.
+  `feature_converter` is the model family's (objectives.Setup).
   """
   ds = seqio.get_dataset(
       task_name, dict(feature_lengths),
-      seqio.EncDecFeatureConverter(pack=True), dataset_split="train",
+      feature_converter(pack=True), dataset_split="train",
       shuffle=True, num_epochs=None, seed=seed, batch_size=batch_size)
   return ds.skip(start_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def eval_batches(task_name: str, feature_lengths: Mapping[str, int],
                  batch_size: int, split: str = "validation",
-                 max_batches: int | None = None) -> Iterator[Batch]:
+                 max_batches: int | None = None,
+                 feature_converter: type = seqio.EncDecFeatureConverter
+                 ) -> Iterator[Batch]:
   """Unpacked batches of a split, one pass; the last one padded with rows of
   zeros (zero loss weight), so every example counts exactly once.
 
@@ -41,7 +45,7 @@ def eval_batches(task_name: str, feature_lengths: Mapping[str, int],
   """
   ds = seqio.get_dataset(
       task_name, dict(feature_lengths),
-      seqio.EncDecFeatureConverter(pack=False), dataset_split=split,
+      feature_converter(pack=False), dataset_split=split,
       shuffle=False, num_epochs=1, seed=EVAL_SEED)
   ds = ds.batch(batch_size)
   if max_batches is not None:

@@ -1,4 +1,7 @@
-"""Train and eval steps for encoder-decoder models, jitted with shardings.
+"""Train and eval steps, jitted with shardings.
+
+Encoder-decoder (T5) by default; another model family plugs in its loss
+through an `Objective` (the BERT family's are in objectives.py).
 
 The step functions are pure: (state, batch) -> (state, metrics). Everything
 that does not change between steps (model, optimizer, schedule, loss
@@ -52,6 +55,46 @@ def _logits(model: nn.Module, params: Any, batch: Batch, dropout_rng=None):
                      rngs={"dropout": dropout_rng})
 
 
+def encoder_decoder_sums(model: nn.Module, params: Any, batch: Batch,
+                         dropout_rng, z_loss: float) -> dict[str, jnp.ndarray]:
+  """T5's loss sums: decoder cross-entropy (+ z-loss) on the targets."""
+  sums = losses.cross_entropy_sums(
+      _logits(model, params, batch, dropout_rng), batch["decoder_target_tokens"],
+      batch["decoder_loss_weights"], z_loss)
+  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
+
+
+def encoder_decoder_eval(model: nn.Module, params: Any, batch: Batch):
+  """(logits, targets, weights) of T5's eval: teacher-forced decoder."""
+  return (_logits(model, params, batch), batch["decoder_target_tokens"],
+          batch["decoder_loss_weights"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A model family's loss: the hook the train/eval steps call.
+
+  Attributes:
+    loss_sums: (model, params, batch, dropout_rng or None, z_loss) -> sums
+      over the batch with "loss" (the summed loss), "cross_entropy",
+      "z_loss", "correct" and "weight"; sums add over microbatches.
+    loss_weights: batch -> the weights the loss normalizing factor counts.
+    eval_outputs: (model, params, batch) -> (logits, targets, weights) of
+      the token predictions evaluation scores.
+    extra_metrics: sums -> further training metrics (e.g. ELECTRA's
+      discriminator accuracy).
+  """
+  loss_sums: Callable[..., dict[str, jnp.ndarray]] = encoder_decoder_sums
+  loss_weights: Callable[[Batch], jnp.ndarray] = (
+      lambda batch: batch["decoder_loss_weights"])
+  eval_outputs: Callable[..., tuple] = encoder_decoder_eval
+  extra_metrics: Callable[[Mapping[str, jnp.ndarray]], dict[str, jnp.ndarray]] = (
+      lambda sums: {})
+
+
+ENCODER_DECODER = Objective()
+
+
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   """[B, ...] -> [k, B/k, ...], microbatch i = rows i, i+k, i+2k, ...
 
@@ -75,21 +118,20 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
 def train_step(state: train_state_lib.TrainState, batch: Batch, *,
                model: nn.Module, tx: optax.GradientTransformation,
                schedule: optimizers.Schedule, loss_config: LossConfig,
-               dropout_seed: int, num_microbatches: int = 1
+               dropout_seed: int, num_microbatches: int = 1,
+               objective: Objective = ENCODER_DECODER
                ) -> tuple[train_state_lib.TrainState, dict[str, jnp.ndarray]]:
   """One optimizer update over a global batch, optionally in microbatches."""
-  factor = losses.normalizing_factor(batch["decoder_loss_weights"],
+  factor = losses.normalizing_factor(objective.loss_weights(batch),
                                      loss_config.loss_normalizing_factor)
   # A different dropout mask every step, reproducible from the step alone,
   # so a restored run draws the same masks as an uninterrupted one.
   step_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
 
   def loss_fn(params, microbatch, rng):
-    logits = _logits(model, params, microbatch, rng)
-    sums = losses.cross_entropy_sums(
-        logits, microbatch["decoder_target_tokens"],
-        microbatch["decoder_loss_weights"], loss_config.z_loss)
-    return (sums["cross_entropy"] + sums["z_loss"]) / factor, sums
+    sums = objective.loss_sums(model, params, microbatch, rng,
+                               loss_config.z_loss)
+    return sums["loss"] / factor, sums
 
   grad_fn = jax.grad(loss_fn, has_aux=True)
   if num_microbatches == 1:
@@ -119,28 +161,29 @@ def train_step(state: train_state_lib.TrainState, batch: Batch, *,
                             opt_state=opt_state)
   weight = jnp.maximum(sums["weight"], 1.0)
   metrics = {
-      "loss": (sums["cross_entropy"] + sums["z_loss"]) / factor,
+      "loss": sums["loss"] / factor,
       "cross_entropy": sums["cross_entropy"] / weight,
       "z_loss": sums["z_loss"] / weight,
       "accuracy": sums["correct"] / weight,
       "target_tokens": sums["weight"],
       "learning_rate": learning_rate,
       "grad_norm": optax.global_norm(grads),
+      **objective.extra_metrics(sums),
   }
   return new_state, metrics
 
 
 def eval_sums(params: Any, batch: Batch, *, model: nn.Module,
-              mask_id: int) -> dict[str, jnp.ndarray]:
+              mask_id: int, objective: Objective = ENCODER_DECODER
+              ) -> dict[str, jnp.ndarray]:
   """Sums over one eval batch; `eval_metrics` turns totals into metrics.
 
   Masked-residue accuracy is measured where the encoder saw the mask token:
   denoising targets are aligned 1:1 with the inputs, so those target
   positions hold exactly the residues the model had to reconstruct.
   """
-  logits = _logits(model, params, batch)
-  targets = batch["decoder_target_tokens"]
-  weights = batch["decoder_loss_weights"].astype(jnp.float32)
+  logits, targets, weights = objective.eval_outputs(model, params, batch)
+  weights = weights.astype(jnp.float32)
   sums = losses.cross_entropy_sums(logits, targets, weights, z_loss=0.0)
   masked = weights * (batch["encoder_input_tokens"] == mask_id)
   correct = jnp.argmax(logits, -1) == targets
@@ -177,12 +220,13 @@ def make_train_step(*, model: nn.Module, tx: optax.GradientTransformation,
                     schedule: optimizers.Schedule, loss_config: LossConfig,
                     dropout_seed: int, num_microbatches: int,
                     layout: train_state_lib.StateLayout,
-                    batch_sharding: jax.sharding.Sharding) -> Callable:
+                    batch_sharding: jax.sharding.Sharding,
+                    objective: Objective = ENCODER_DECODER) -> Callable:
   """`train_step` bound and jitted; the old state's buffers are donated."""
   step = functools.partial(
       train_step, model=model, tx=tx, schedule=schedule,
       loss_config=loss_config, dropout_seed=dropout_seed,
-      num_microbatches=num_microbatches)
+      num_microbatches=num_microbatches, objective=objective)
   replicated = jax.sharding.NamedSharding(batch_sharding.mesh,
                                           jax.sharding.PartitionSpec())
   return jax.jit(step, in_shardings=(layout.shardings, batch_sharding),
@@ -192,10 +236,12 @@ def make_train_step(*, model: nn.Module, tx: optax.GradientTransformation,
 
 def make_eval_step(*, model: nn.Module, mask_id: int,
                    params_shardings: Any,
-                   batch_sharding: jax.sharding.Sharding) -> Callable:
+                   batch_sharding: jax.sharding.Sharding,
+                   objective: Objective = ENCODER_DECODER) -> Callable:
   replicated = jax.sharding.NamedSharding(batch_sharding.mesh,
                                           jax.sharding.PartitionSpec())
-  step = functools.partial(eval_sums, model=model, mask_id=mask_id)
+  step = functools.partial(eval_sums, model=model, mask_id=mask_id,
+                           objective=objective)
   return jax.jit(step, in_shardings=(params_shardings, batch_sharding),
                  out_shardings=replicated)
 

@@ -21,22 +21,21 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from prottrans_jax import partitioning
-from prottrans_jax.models import t5
+from prottrans_jax.models import registry
 from prottrans_jax.training import checkpoints
 from prottrans_jax.training import inputs
 from prottrans_jax.training import mfu
+from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import train_state as train_state_lib
 
-MODEL_NAME = "t5"
 CONFIG_FILE = "config.gin"
 
 
 def _init_fn(model: nn.Module) -> Callable[[jax.Array], Any]:
-  """Boxed params of `model`; shapes do not depend on the dummy length."""
-  tokens = jnp.ones((1, 8), jnp.int32)
-  return lambda key: model.init(key, tokens, tokens)["params"]
+  """Boxed params of `model` (its family's init, objectives.Setup)."""
+  return objectives.setup_for(model.config).init_fn(model)
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -121,7 +120,7 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
                                     jax.random.key(seed)), 0
 
 
-def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
+def train(*, model_dir: str, model_config: Any, task_name: str,
           task_feature_lengths: Mapping[str, int], batch_size: int,
           train_steps: int, learning_rate: optimizers.Schedule,
           optimizer: optax.GradientTransformation,
@@ -140,7 +139,8 @@ def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
 
   Args:
     model_dir: MODEL_DIR; checkpoints, summaries and configs go here.
-    model_config: the network.
+    model_config: the network: any family of models/registry.py (its
+      objective, batches and init come from objectives.py).
     task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": n, "targets": m}.
     batch_size: global batch size (examples after packing).
@@ -171,14 +171,16 @@ def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
     model_dir.mkdir(parents=True, exist_ok=True)
     if describe_config is not None:
       (model_dir / CONFIG_FILE).write_text(describe_config())
-  checkpoints.save_model_config(model_dir, MODEL_NAME, model_config)
+  family = registry.family_of(model_config)
+  setup = objectives.setup_for(model_config)
+  checkpoints.save_model_config(model_dir, family.name, model_config)
 
   # Measured (on CPU) before the mesh is in effect: the benchmark runs on
   # one device.
   peak = mfu.peak_tflops_per_device(peak_tflops_per_device)
   mesh, rules = partition.mesh(), partition.rules()
-  model = t5.T5(model_config)
-  init = _init_fn(model)
+  model = family.module(model_config)
+  init = setup.init_fn(model)
   with partitioning.activate(mesh, rules):
     layout = train_state_lib.state_layout(init, optimizer, mesh, rules)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
@@ -191,12 +193,12 @@ def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
     step_fn = steps.make_train_step(
         model=model, tx=optimizer, schedule=learning_rate, loss_config=loss,
         dropout_seed=seed, num_microbatches=num_microbatches, layout=layout,
-        batch_sharding=batch_sharding)
-    lengths = (task_feature_lengths["inputs"], task_feature_lengths["targets"])
+        batch_sharding=batch_sharding, objective=setup.objective)
     batch_shapes = {
-        name: jax.ShapeDtypeStruct((batch_size, lengths[name.startswith(
-            "decoder")]), jnp.int32, sharding=batch_sharding)
-        for name in _TRAIN_FEATURES}
+        name: jax.ShapeDtypeStruct(
+            (batch_size, task_feature_lengths[length]), jnp.int32,
+            sharding=batch_sharding)
+        for name, length in setup.features.items()}
     compile_start = time.perf_counter()
     step_fn = step_fn.lower(
         _abstract(layout.abstract_state, layout.shardings),
@@ -208,15 +210,19 @@ def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
     eval_step = steps.make_eval_step(
         model=model, mask_id=inputs.mask_id(task_name),
         params_shardings=layout.shardings.params,
-        batch_sharding=batch_sharding) if eval_period else None
+        batch_sharding=batch_sharding,
+        objective=setup.objective) if eval_period else None
 
-    tokens_per_step = batch_size * sum(lengths)
-    flops_per_step = t5.flops_per_token(model_config, *lengths) * (
-        tokens_per_step)
+    # Aligned (masked-LM) inputs and targets are one token stream.
+    tokens_per_step = batch_size * sum(
+        task_feature_lengths[k] for k in set(setup.features.values()))
+    flops_per_step = setup.flops_per_example(
+        model_config, task_feature_lengths) * batch_size
     train_summaries = _Summaries(model_dir, "train")
     eval_summaries = _Summaries(model_dir, "eval")
     batches = inputs.train_batches(task_name, task_feature_lengths,
-                                   batch_size, seed, batches_consumed)
+                                   batch_size, seed, batches_consumed,
+                                   setup.feature_converter)
     last = {}
     timer, timed_steps = time.perf_counter(), 0
     for step in range(first_step, train_steps):
@@ -246,13 +252,15 @@ def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
         checkpoints.save(
             manager, done, params=state.params, opt_state=state.opt_state,
             train_info={"step": done, "batches_consumed": batches_consumed},
-            model_name=MODEL_NAME, config=model_config, force=True)
+            model_name=family.name, config=model_config, force=True)
       if eval_step is not None and (done % eval_period == 0 or
                                     done == train_steps):
         evaluated = run_eval(
             eval_step, state.params,
             inputs.eval_batches(task_name, task_feature_lengths, batch_size,
-                                max_batches=eval_batches), batch_sharding)
+                                max_batches=eval_batches,
+                                feature_converter=setup.feature_converter),
+            batch_sharding)
         logging.info("eval step %d %s", done, _format(evaluated))
         eval_summaries.write(done, evaluated)
         last.update({f"eval/{k}": v for k, v in evaluated.items()})
@@ -261,13 +269,6 @@ def train(*, model_dir: str, model_config: t5.T5Config, task_name: str,
     manager.wait_until_finished()
     manager.close()
   return last
-
-
-# Packed training batches carry these (seqio.EncDecFeatureConverter).
-_TRAIN_FEATURES = ("encoder_input_tokens", "encoder_segment_ids",
-                   "encoder_positions", "decoder_input_tokens",
-                   "decoder_target_tokens", "decoder_loss_weights",
-                   "decoder_segment_ids", "decoder_positions")
 
 
 def evaluate(*, model_dir: str, task_name: str,
@@ -286,21 +287,21 @@ def evaluate(*, model_dir: str, task_name: str,
   with partitioning.activate(mesh, rules):
     step_dir = checkpoints.step_directory(checkpoint or model_dir)
     model_name, config = checkpoints.checkpoint_model_config(step_dir)
-    if model_name != MODEL_NAME:
-      raise ValueError(f"{model_dir} holds a {model_name!r} model; this "
-                       f"evaluation runs {MODEL_NAME!r} models")
-    model = t5.T5(config)
+    model = registry.get(model_name).module(config)
+    setup = objectives.setup_for(config)
     shardings = partitioning.params_shardings(
         jax.eval_shape(_init_fn(model), jax.random.key(0)), mesh, rules)
     _, _, params = checkpoints.restore_params(step_dir, shardings=shardings)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     eval_step = steps.make_eval_step(
         model=model, mask_id=inputs.mask_id(task_name),
-        params_shardings=shardings, batch_sharding=batch_sharding)
+        params_shardings=shardings, batch_sharding=batch_sharding,
+        objective=setup.objective)
     metrics = run_eval(
         eval_step, params,
         inputs.eval_batches(task_name, task_feature_lengths, batch_size,
-                            split=split, max_batches=eval_batches),
+                            split=split, max_batches=eval_batches,
+                            feature_converter=setup.feature_converter),
         batch_sharding)
   logging.info("eval %s of %s: %s", split, step_dir, _format(metrics))
   _Summaries(model_dir, f"eval_{split}").write(int(step_dir.name), metrics)
