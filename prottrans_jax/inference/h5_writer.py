@@ -49,6 +49,7 @@ class EmbeddingWriter:
       else:
         self._check_resumable()
     if not os.path.exists(path):
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
       with h5py.File(path, "w") as f:
         f.attrs[SETTINGS_ATTRIBUTE] = self._settings
 
