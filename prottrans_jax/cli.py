@@ -9,6 +9,7 @@ from typing import Callable
 from absl import app
 from absl import flags
 from absl import logging
+import seqio
 
 from prottrans_jax import gin_utils
 from prottrans_jax import partitioning
@@ -39,15 +40,25 @@ def define_distributed_flags() -> DistributedFlags:
       flags.DEFINE_integer("process_id", 0, "This process's index."))
 
 
-def define_gin_flags() -> flags.FlagHolder:
-  """--gin_file (repeatable); --gin.NAME=VALUE bindings are taken from argv
-  by `run_gin_main`, as T5X does."""
-  return flags.DEFINE_multi_string(
-      "gin_file", [], "gin files, in order (model first, then run); "
-      "--gin.NAME=VALUE binds a macro or parameter after them.")
+@dataclasses.dataclass(frozen=True)
+class GinFlags:
+  gin_files: flags.FlagHolder
+  tfds_data_dir: flags.FlagHolder
 
 
-def run_gin_main(run: Callable[[], None], gin_files: flags.FlagHolder,
+def define_gin_flags() -> GinFlags:
+  """--gin_file (repeatable) and --tfds_data_dir, as in T5X; --gin.NAME=VALUE
+  bindings are taken from argv by `run_gin_main`."""
+  return GinFlags(
+      flags.DEFINE_multi_string(
+          "gin_file", [], "gin files, in order (model first, then run); "
+          "--gin.NAME=VALUE binds a macro or parameter after them."),
+      flags.DEFINE_string(
+          "tfds_data_dir", None, "Data dir of the TFDS corpora built by "
+          "scripts/prepare_corpus.py (uniref50, bfd, ... tasks read there)."))
+
+
+def run_gin_main(run: Callable[[], None], gin_flags: GinFlags,
                  distributed: DistributedFlags) -> None:
   """Runs `run` after parsing the gin files and --gin.NAME=VALUE bindings.
 
@@ -59,8 +70,10 @@ def run_gin_main(run: Callable[[], None], gin_files: flags.FlagHolder,
   def main(argv):
     del argv
     distributed.initialize()
+    if gin_flags.tfds_data_dir.value:
+      seqio.set_tfds_data_dir_override(gin_flags.tfds_data_dir.value)
     try:
-      gin_utils.parse(gin_files.value, bindings)
+      gin_utils.parse(gin_flags.gin_files.value, bindings)
     except gin_utils.GinConfigError as e:
       raise app.UsageError(str(e)) from e
     logging.set_verbosity(logging.INFO)

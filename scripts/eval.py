@@ -19,9 +19,9 @@ def evaluate():
   gin.get_configurable(trainer.evaluate)()
 
 
-_GIN_FILES = cli.define_gin_flags()
+_GIN_FLAGS = cli.define_gin_flags()
 _DISTRIBUTED = cli.define_distributed_flags()
 flags.adopt_module_key_flags(cli)  # --help lists them.
 
 if __name__ == "__main__":
-  cli.run_gin_main(evaluate, _GIN_FILES, _DISTRIBUTED)
+  cli.run_gin_main(evaluate, _GIN_FLAGS, _DISTRIBUTED)

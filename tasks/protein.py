@@ -3,11 +3,12 @@
 Names are `{corpus}_{objective}`:
 - objectives: `prott5_denoise` (ProtT5) and `protbert_mlm` (ProtBert,
   ProtAlbert, ProtElectra's generator);
-- corpora: `uniref50`, `uniref100`, `bfd`, `custom` and `swissprot_sample_tfds`, read from the TFDS
-  datasets that `scripts/prepare_corpus.py` builds (`protein_fasta/<corpus>`;
-  point seqio at their data dir with `seqio.set_tfds_data_dir_override` or
-  the trainer's `TFDS_DATA_DIR`), and `swissprot_sample` (bundled in the
-  package: works with no setup, no data dir, no download).
+- corpora: `uniref50`, `uniref100`, `bfd`, `custom` and
+  `swissprot_sample_tfds`, read from the TFDS datasets that
+  `scripts/prepare_corpus.py` builds (`protein_fasta/<corpus>`; point seqio
+  at their data dir with `--tfds_data_dir` of scripts/train.py and eval.py,
+  or `seqio.set_tfds_data_dir_override`), and `swissprot_sample` (bundled in
+  the package: works with no setup, no data dir, no download).
 
 Every task has "train" and "validation" splits, assigned by a hash of the
 protein id (`prottrans_jax.data.splits`).
