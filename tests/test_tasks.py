@@ -137,6 +137,12 @@ def test_masked_lm_converter_keeps_all_selected_positions_in_the_loss():
       shuffle=False, seed=0,
       feature_converter=feature_converters.MaskedLmFeatureConverter(pack=True))
   batch = next(packed.batch(2).as_numpy_iterator())
+  # Every [MASK] is a selected position; packing must keep them all weighted.
+  is_mask = batch["encoder_input_tokens"] == PROTBERT.mask_id
+  assert is_mask.sum() > 0
+  assert (batch["encoder_loss_weights"][is_mask] == 1).all()
+  assert set(np.unique(batch["encoder_loss_weights"])) <= {0, 1}
+  assert not batch["encoder_loss_weights"][batch["encoder_segment_ids"] == 0].any()
   assert {k: v.shape for k, v in batch.items()} == {
       k: (2, 256) for k in ("encoder_input_tokens", "encoder_target_tokens",
                             "encoder_loss_weights", "encoder_segment_ids",

@@ -49,13 +49,19 @@ class MaskedLmFeatureConverter(seqio.FeatureConverter):
   def _convert_features(self, ds: tf.data.Dataset,
                         task_feature_lengths: Mapping[str, int]
                         ) -> tf.data.Dataset:
+    # seqio's packer finds a feature's length by counting its non-zero
+    # values, which would cut a 0/1 weight vector at its number of ones.
+    # Shifting real positions to 1/2 keeps every one of them non-zero;
+    # padding stays 0 and the shift is undone after packing.
+    ds = ds.map(lambda x: {**x, "loss_weights": x["loss_weights"] + 1},
+                num_parallel_calls=tf.data.AUTOTUNE)
     ds = self._pack_or_pad(ds, task_feature_lengths)
 
     def convert(x):
       out = {
           "encoder_input_tokens": x["inputs"],
           "encoder_target_tokens": x["targets"],
-          "encoder_loss_weights": x["loss_weights"],
+          "encoder_loss_weights": tf.maximum(x["loss_weights"] - 1, 0),
       }
       if self.pack:
         out["encoder_segment_ids"] = x["inputs_segment_ids"]
