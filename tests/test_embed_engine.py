@@ -41,11 +41,12 @@ def _embed(model, records, **settings):
 
 
 def test_bucket_lengths_and_batches_respect_the_budget():
-  assert [batching.bucket_length(n) for n in (1, 16, 17, 513, 2049, 35001)] == [
-      16, 16, 32, 1024, 4096, 36864]
-  batches = list(batching.plan_batches([5, 600, 30, 1000, 31], 2048, 2))
-  assert [b.length for b in batches] == [1024, 32, 16]
-  assert [b.indices for b in batches] == [(3, 1), (4, 2), (0,)]
+  assert [batching.bucket_length(n) for n in (
+      1, 16, 17, 25, 151, 513, 769, 2049, 35001)] == [
+          16, 16, 24, 32, 192, 768, 1024, 4096, 36864]
+  batches = list(batching.plan_batches([5, 700, 30, 1000, 31], 2048, 2))
+  assert [b.length for b in batches] == [1024, 768, 32, 16]
+  assert [b.indices for b in batches] == [(3,), (1,), (4, 2), (0,)]
   assert all(b.rows == 2 for b in batches)  # Padded to the 2 devices.
   assert sorted(i for b in batches for i in b.indices) == [0, 1, 2, 3, 4]
 

@@ -3,8 +3,10 @@
 Proteins are sorted by length and grouped so that each batch holds about
 `max_residues` padded tokens. Lengths are padded up to a small set of bucket
 sizes, so the encoder compiles once per bucket, not once per batch shape:
-powers of two up to `linear_from`, then multiples of `linear_from` (a 35,000-
-residue protein pads to 36,864, not 65,536).
+16, 24, 32, 48, 64, 96, ... (powers of two and 1.5 times them, so padding
+wastes at most a third and typically a sixth of the compute; plain powers of
+two padded a 150-residue protein to 256) up to `linear_from`, then multiples
+of `linear_from` (a 35,000-residue protein pads to 36,864, not 65,536).
 """
 
 import dataclasses
@@ -19,10 +21,12 @@ def bucket_length(length: int, linear_from: int = 2048) -> int:
     raise ValueError(f"length must be positive, got {length}")
   if length > linear_from:
     return -(-length // linear_from) * linear_from
-  bucket = MIN_BUCKET
-  while bucket < length:
-    bucket *= 2
-  return bucket
+  power = MIN_BUCKET
+  while power < length:
+    if power * 3 // 2 >= length:
+      return power * 3 // 2
+    power *= 2
+  return power
 
 
 @dataclasses.dataclass(frozen=True)
