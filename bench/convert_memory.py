@@ -47,19 +47,25 @@ def write_random_hf_checkpoint(directory: pathlib.Path, config: t5.T5Config) -> 
   return sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
 
 
-def run_conversion(source: str, target: str, input_dir: pathlib.Path,
-                   output_dir: pathlib.Path, options: dict) -> tuple[float, int]:
-  """(wall seconds, peak RSS bytes) of one conversion in a fresh process."""
-  code = ("from prottrans_jax.convert import convert; "
-          f"convert.convert_checkpoint({source!r}, {target!r}, {str(input_dir)!r}, "
-          f"{str(output_dir)!r}, progress=False, **{options!r})")
+def run_python(code: str) -> tuple[float, int]:
+  """(wall seconds, peak RSS bytes) of `code` run in a fresh process."""
   start = time.perf_counter()
-  process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  process = subprocess.Popen([sys.executable, "-c", code],
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
   _, status, usage = os.wait4(process.pid, 0)
   wall = time.perf_counter() - start
   if os.waitstatus_to_exitcode(status) != 0:
-    raise RuntimeError(f"{source} -> {target} failed")
+    raise RuntimeError(f"failed: {code}")
   return wall, usage.ru_maxrss * 1024  # ru_maxrss is KiB on Linux
+
+
+def run_conversion(source: str, target: str, input_dir: pathlib.Path,
+                   output_dir: pathlib.Path, options: dict) -> tuple[float, int]:
+  """(wall seconds, peak RSS bytes) of one conversion in a fresh process."""
+  return run_python(
+      "from prottrans_jax.convert import convert; "
+      f"convert.convert_checkpoint({source!r}, {target!r}, {str(input_dir)!r}, "
+      f"{str(output_dir)!r}, progress=False, **{options!r})")
 
 
 def main(argv):
@@ -71,10 +77,14 @@ def main(argv):
     size = write_random_hf_checkpoint(root / "hf", config)
     print(f"{FLAGS.config}: random HF checkpoint {size / 1e9:.2f} GB written in "
           f"{time.perf_counter() - start:.1f} s")
+    # What the interpreter and libraries take before any tensor is read.
+    _, imports_only = run_python("from prottrans_jax.convert import convert")
+    print(f"importing the converter alone: peak RSS {imports_only / 1e9:.2f} GB")
     for source, target, input_name, output_name, options in CONVERSIONS:
       wall, peak = run_conversion(source, target, root / input_name, root / output_name, options)
       print(f"{source} -> {target} {options or ''}: {wall:.1f} s, peak RSS "
-            f"{peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint size")
+            f"{peak / 1e9:.2f} GB = {peak / size:.2f} x checkpoint size "
+            f"({(peak - imports_only) / size:.3f} x above the imports)")
 
 
 if __name__ == "__main__":

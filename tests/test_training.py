@@ -4,6 +4,7 @@ fine-tuning from a params-only checkpoint, and learning on the bundled corpus.
 
 import dataclasses
 import itertools
+import weakref
 
 from absl import logging
 import flax.linen as nn
@@ -115,6 +116,40 @@ def test_params_checkpoint_round_trip(tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, restored, params)
   with pytest.raises(FileNotFoundError, match="no checkpoint"):
     checkpoints.restore_params(tmp_path / "missing")
+
+
+def test_lazy_params_stream_one_tensor_at_a_time(tmp_path):
+  """LazyArray leaves are written one at a time, and lazy_params reads back
+  one leaf per load: what the converters rely on for checkpoints larger than
+  memory."""
+  params = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(_init_params(TINY)))
+  alive = []  # weak references to every array handed to the writer so far
+
+  def load(array):
+    # Streaming means every earlier tensor is gone before the next is read.
+    assert all(ref() is None for ref in alive), "two loaded tensors alive at once"
+    copy = array.copy()
+    alive.append(weakref.ref(copy))
+    return copy
+
+  lazy = jax.tree_util.tree_map(
+      lambda a: checkpoints.LazyArray(a.shape, a.dtype, lambda a=a: load(a)), params)
+  checkpoints.write_params_checkpoint(tmp_path, lazy, step=3, config=TINY)
+  assert len(alive) == len(jax.tree_util.tree_leaves(params))
+  _, _, restored = checkpoints.restore_params(tmp_path)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, restored, params)
+
+  name, config, read_back = checkpoints.lazy_params(tmp_path)
+  assert (name, config) == ("t5", TINY)
+  leaves = jax.tree_util.tree_leaves(read_back)
+  assert all(isinstance(leaf, checkpoints.LazyArray) for leaf in leaves)
+  for leaf, expected in zip(leaves, jax.tree_util.tree_leaves(params)):
+    assert (leaf.shape, leaf.dtype) == (expected.shape, expected.dtype)
+    np.testing.assert_array_equal(leaf.load(), expected)
+
+  wrong = checkpoints.LazyArray((2, 3), np.dtype(np.float32), lambda: np.zeros((3, 2)))
+  with pytest.raises(ValueError, match="loaded shape"):
+    checkpoints.write_params_checkpoint(tmp_path / "bad", {"w": wrong}, config=TINY)
 
 
 def test_finetune_from_params_only_checkpoint(tmp_path, caplog):

@@ -4,11 +4,10 @@ ProtT5 in all three formats; the BERT family (ProtBert, ProtAlbert,
 ProtElectra) between Hugging Face and this project.
 
 Every reader returns `{our flat name: loader}` (see params.Loader); every
-writer pulls tensors through the loaders one at a time. Hugging Face output
-therefore streams end to end (peak memory about one tensor). A native output
-is one Orbax save of the whole tree: the parameters are held once, plus
-Orbax's own copies while it writes (bench/convert_memory.py measures it);
-reading a native checkpoint restores the whole tree too.
+writer pulls tensors through the loaders one at a time, so every conversion
+streams: peak memory is about one tensor whatever the checkpoint's size
+(bench/convert_memory.py measures it on ProtT5-XL). Native checkpoints are
+read one leaf per restore and written with `checkpoints.LazyArray` leaves.
 """
 import dataclasses
 import os
@@ -16,7 +15,6 @@ import pathlib
 import shutil
 from typing import Any, Optional, Sequence
 
-import jax
 import numpy as np
 import tqdm
 
@@ -54,7 +52,7 @@ def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[
   if source == "native":
     # Imported here: the training stack is only needed for native checkpoints.
     from prottrans_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
-    model_name, config, params = checkpoints.restore_params(input_dir)
+    model_name, config, params = checkpoints.lazy_params(input_dir)
     if model_name not in CONVERTIBLE:
       raise params_lib.ConversionError(
           f"{input_dir} holds a {model_name!r} model; convertible: {', '.join(CONVERTIBLE)}")
@@ -65,7 +63,7 @@ def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[
     encoder_only = bool(encoder_only) or not has_extra
     if encoder_only:
       flat = {n: a for n, a in flat.items() if n.split("/")[0] not in extra}
-    return config, params_lib.loaders_of(flat), encoder_only, None
+    return config, {n: lazy.load for n, lazy in flat.items()}, encoder_only, None
   raise ValueError(f"Unknown source format {source!r}; expected one of {SOURCES}")
 
 
@@ -78,16 +76,25 @@ def mapping_lines(source: str, target: str, config: Any, encoder_only: bool,
   """
   if isinstance(config, t5.T5Config):
     mappings = hf_t5.tensor_mappings(config, encoder_only)
-    shapes = params_lib.expected_shapes(config, encoder_only)
   else:
     heads = [] if encoder_only else hf_bert.heads_of_params(names)
     mappings = hf_bert.tensor_mappings(config, heads)
-    shapes = hf_bert.expected_shapes(config, heads)
+  shapes = _expected_shapes(config, encoder_only, names)
   hf_names = {m.ours: m.hf for m in mappings}
   name_in = {"hf": hf_names.get, "t5x": lambda n: f"target/{n}", "native": str}
   name_out = {"hf": hf_names.get, "native": lambda n: f"params/{n}"}
   return [f"{name_in[source](n)} -> {n} -> {name_out[target](n)} {shape}"
           for n, shape in shapes.items()]
+
+
+def _expected_shapes(config: Any, encoder_only: bool,
+                     names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+  """Our parameter names and shapes for `config`; `names` (what the source
+  holds) say which heads a BERT-family model has."""
+  if isinstance(config, t5.T5Config):
+    return params_lib.expected_shapes(config, encoder_only)
+  return hf_bert.expected_shapes(
+      config, [] if encoder_only else hf_bert.heads_of_params(names))
 
 
 def _prepare_output(output_dir: pathlib.Path, input_dir: os.PathLike, overwrite: bool) -> None:
@@ -147,14 +154,19 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
   if dtype is not None:
     config = dataclasses.replace(config, param_dtype=dtype)
   param_dtype = hf_io.EXPORT_DTYPES[config.param_dtype]
-  flat = {}
-  for name, load in loaders.items():
-    # On the device one tensor at a time (the host copy is freed at once):
-    # Orbax copies numpy leaves again while saving, jax arrays less.
-    flat[name] = jax.device_put(np.asarray(load(), dtype=param_dtype))
+  shapes = _expected_shapes(config, encoder_only, list(loaders))
+
+  def load_counted(load: params_lib.Loader) -> np.ndarray:
+    array = np.asarray(load(), dtype=param_dtype)
     bar.update(1)
-  bar.close()
+    return array
+
+  # Read only while Orbax writes each one: about one tensor in memory.
+  lazy = {name: checkpoints.LazyArray(shapes[name], param_dtype,
+                                      lambda load=load: load_counted(load))
+          for name, load in loaders.items()}
   step_dir = checkpoints.write_params_checkpoint(
-      output_dir, params_lib.unflatten(flat), step=step or 0,
+      output_dir, params_lib.unflatten(lazy), step=step or 0,
       model_name=registry.family_of(config).name, config=config)
+  bar.close()
   return [str(step_dir)]

@@ -14,15 +14,21 @@ elsewhere still restores on its own. A step without `opt_state` is a
 params-only checkpoint (written by a converter or `write_params_checkpoint`):
 training resumes from it with a freshly initialised optimizer, which is how
 fine-tuning from converted weights starts.
+
+Converters stream: `write_params_checkpoint` takes `LazyArray` leaves and
+reads each only when Orbax writes it, and `lazy_params` restores one leaf per
+call, so a checkpoint larger than memory converts with about one tensor held.
 """
 
+import dataclasses
 import importlib
 import json
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -125,20 +131,78 @@ def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
   return manager.save(step, args=ocp.args.Composite(**items), force=force)
 
 
+@dataclasses.dataclass(frozen=True)
+class LazyArray:
+  """A parameter that is read (`load()`) only when it is written or used.
+
+  `shape` and `dtype` are known up front, as Orbax needs them for the
+  checkpoint's metadata before any data.
+  """
+  shape: tuple[int, ...]
+  dtype: np.dtype
+  load: Callable[[], np.ndarray]
+
+  def materialize(self, name: str = "") -> np.ndarray:
+    array = np.asarray(self.load(), dtype=self.dtype)
+    if array.shape != tuple(self.shape):
+      raise ValueError(f"{name or 'lazy array'}: loaded shape {array.shape}, "
+                       f"declared {tuple(self.shape)}")
+    return array
+
+
+class _StreamingHandler(ocp.type_handlers.NumpyHandler):
+  """Writes `LazyArray` leaves one after another, each loaded just before.
+
+  Orbax's numpy handler serializes a whole batch of leaves concurrently (and
+  copies each first); here only one loaded array is alive at a time, written
+  in the same tensorstore format, so the checkpoint restores like any other.
+  """
+
+  async def serialize(self, values, infos, args=None):
+    args = args or [ocp.SaveArgs()] * len(values)
+
+    async def write_one_at_a_time():
+      for value, info, arg in zip(values, infos, args):
+        array = value.materialize(info.name)
+        await self._background_serialize([array], [info], [arg])
+        del array
+
+    return [ocp.future.CommitFutureAwaitingContractedSignals(
+        write_one_at_a_time(), name="streaming_params")]
+
+
+def _params_handler() -> ocp.PyTreeCheckpointHandler:
+  """The params item's handler: Orbax's own for arrays, plus LazyArray."""
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)),
+      (np.ndarray, ocp.type_handlers.get_type_handler(np.ndarray)),
+      (LazyArray, _StreamingHandler()))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
 def write_params_checkpoint(model_dir: str | pathlib.Path, params: Any,
                             step: int = 0, model_name: str = "t5",
                             config: Any = None) -> pathlib.Path:
   """A params-only checkpoint in MODEL_DIR plus its model_config.json.
 
-  Returns the step directory. Training started on this MODEL_DIR fine-tunes
-  from these params (fresh optimizer state, step counting on from `step`).
+  Leaves are jax or numpy arrays, or `LazyArray`s, which are loaded one at a
+  time while writing (peak memory about one tensor). Returns the step
+  directory. Training started on this MODEL_DIR fine-tunes from these params
+  (fresh optimizer state, step counting on from `step`).
   """
   if config is None:
     raise ValueError("write_params_checkpoint needs the model config")
   save_model_config(model_dir, model_name, config)
-  manager = checkpoint_manager(model_dir, async_save=False)
-  save(manager, step, params=params, model_name=model_name, config=config,
-       force=True)
+  manager = ocp.CheckpointManager(
+      pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR,
+      options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False,
+                                           create=True),
+      item_names=(PARAMS, MODEL_CONFIG),
+      item_handlers={PARAMS: _params_handler(),
+                     MODEL_CONFIG: ocp.JsonCheckpointHandler()})
+  manager.save(step, force=True, args=ocp.args.Composite(**{
+      PARAMS: ocp.args.PyTreeSave(params),
+      MODEL_CONFIG: ocp.args.JsonSave(_config_record(model_name, config))}))
   manager.wait_until_finished()
   manager.close()
   return pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR / str(step)
@@ -211,4 +275,46 @@ def restore_params(path: str | pathlib.Path, shardings: Any = None
   params = checkpointer.restore(step_dir / PARAMS, target)
   logging.info("restored params of %s from %s", model_name, step_dir)
   return model_name, config, params
+
+
+def lazy_params(path: str | pathlib.Path) -> tuple[str, Any, Any]:
+  """(model_name, config, params) with `LazyArray` leaves, read on `load()`.
+
+  Each load restores that one leaf to host memory (numpy), so a converter
+  can walk a checkpoint larger than memory tensor by tensor.
+  """
+  step_dir = step_directory(path)
+  model_name, config = checkpoint_model_config(step_dir)
+  params_dir = step_dir / PARAMS
+  metadata = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
+  placeholders = jax.tree_util.tree_map(lambda _: ocp.PLACEHOLDER, metadata)
+  checkpointer = ocp.PyTreeCheckpointer()
+
+  def load_leaf(key_path) -> np.ndarray:
+    item = _replace_at(placeholders, key_path, 0)
+    restore_args = _replace_at(placeholders, key_path,
+                               ocp.RestoreArgs(restore_type=np.ndarray))
+    restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args))
+    return _value_at(restored, key_path)
+
+  params = jax.tree_util.tree_map_with_path(
+      lambda key_path, m: LazyArray(tuple(m.shape), np.dtype(m.dtype),
+                                    lambda: load_leaf(key_path)),
+      metadata)
+  return model_name, config, params
+
+
+def _value_at(tree: Any, key_path) -> Any:
+  for key in key_path:
+    tree = tree[key.key]
+  return tree
+
+
+def _replace_at(tree: Any, key_path, value: Any) -> Any:
+  """A copy of nested dict `tree` with the leaf at `key_path` set to `value`."""
+  if not key_path:
+    return value
+  key = key_path[0].key
+  return {**tree, key: _replace_at(tree[key], key_path[1:], value)}
 
