@@ -42,8 +42,8 @@ def _embed(model, records, **settings):
 
 def test_bucket_lengths_and_batches_respect_the_budget():
   assert [batching.bucket_length(n) for n in (
-      1, 16, 17, 25, 151, 513, 769, 2049, 35001)] == [
-          16, 16, 24, 32, 192, 768, 1024, 4096, 36864]
+      1, 16, 17, 25, 32, 151, 513, 769, 2048, 2049, 35001)] == [
+          16, 16, 20, 28, 32, 160, 640, 896, 2048, 4096, 36864]
   batches = list(batching.plan_batches([5, 700, 30, 1000, 31], 2048, 2))
   assert [b.length for b in batches] == [1024, 768, 32, 16]
   assert [b.indices for b in batches] == [(3,), (1,), (4, 2), (0,)]
