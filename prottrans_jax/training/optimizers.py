@@ -7,8 +7,9 @@ the step then survives a params-only restore (fine-tuning continues the step
 count, as in T5X) and the logged learning rate is the one applied.
 """
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -80,10 +81,62 @@ def adamw(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
       learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def is_layer_adapted(path: Sequence[Any]) -> bool:
+  """Whether LAMB's weight decay and trust ratio apply to a parameter.
+
+  BERT's LAMB excludes biases and LayerNorm parameters (names with "bias"
+  or "layer_norm"; Hugging Face's "LayerNorm"). A trust ratio on them is
+  harmful: it scales a parameter's step to learning rate x its own norm, so
+  a bias that starts at zero, once off zero, changes by at most a factor
+  (1 + learning rate) per step: at 0.01, ELECTRA's detection bias needs
+  some 500 steps to go from 0.01 to the replaced/original prior's -1.9.
+  """
+  names = [_key_name(k) for k in path]
+  return not (names[-1] == "bias" or any("layer_norm" in n or "LayerNorm" in n for n in names))
+
+
+def _only_where_adapted(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` (stateless) applied to the layer-adapted parameters only; the
+  rest pass through. The state is `inner`'s own, so the optimizer state has
+  the same structure as optax.lamb's."""
+
+  def update_fn(updates, state, params=None):
+    transformed, state = inner.update(updates, state, params)
+    return jax.tree_util.tree_map_with_path(
+        lambda path, new, old: new if is_layer_adapted(path) else old,
+        transformed, updates), state
+
+  return optax.GradientTransformation(inner.init, update_fn)
+
+
+def _bert_lamb(learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+               eps: float = 1e-6, eps_root: float = 0.0, weight_decay: float = 0.0,
+               mask: Any = None) -> optax.GradientTransformation:
+  """optax.lamb's chain (and signature, so that the injected hyperparameters
+  match), with decay and trust ratio skipped where `is_layer_adapted` is
+  false. `mask` is accepted for that match and must be None."""
+  if mask is not None:
+    raise ValueError("_bert_lamb chooses the decayed parameters itself")
+  return optax.chain(
+      optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+      _only_where_adapted(optax.add_decayed_weights(weight_decay)),
+      _only_where_adapted(optax.scale_by_trust_ratio()),
+      optax.scale_by_learning_rate(learning_rate))
+
+
 def lamb(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
          weight_decay: float = 0.01) -> optax.GradientTransformation:
-  """LAMB (large-batch BERT pre-training, as ProtBert used)."""
-  return optax.inject_hyperparams(optax.lamb)(
+  """LAMB as BERT (and ProtBert) pre-trained with it: Adam moments, weight
+  decay and the layer-wise trust ratio, the last two on every parameter
+  but biases and LayerNorm parameters (`is_layer_adapted`)."""
+  return optax.inject_hyperparams(_bert_lamb)(
       learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
 
 
