@@ -37,7 +37,11 @@ ALBERT_CONFIGS: dict[str, AlbertConfig] = {
                          num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
                          max_position_embeddings=1024),
     # The released Rostlab/prot_albert (~224M parameters): ALBERT-xxlarge's
-    # shape with 40k positions. Its vocabulary (34 entries) is its own
+    # shape with 40k positions. Every size, gelu and the zero dropouts are
+    # its config.json's (https://huggingface.co/Rostlab/prot_albert/blob/main/config.json:
+    # one hidden group, inner_group_num 1, type_vocab_size 2); its weight file,
+    # 897,396,780 bytes, is these parameters plus the pooler and the
+    # pre-training heads in float32. Its vocabulary (34 entries) is its own
     # sentencepiece model, not ProtBert's; models trained here use ProtBert's
     # 30 ids (see prottrans_jax/vocab.py).
     "protalbert": AlbertConfig(vocab_size=34, embedding_size=128, hidden_size=4096,
