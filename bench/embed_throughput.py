@@ -2,11 +2,13 @@
 (and BertModel for the ProtBert rows).
 
 Both run the same random weights (a transformers T5EncoderModel converted by
-our converter) on the same real proteins, batched the same way (sorted by
+our converter) on the same real proteins, in the same batches (sorted by
 length, padded tokens per batch within --max_residues), in one process, and
 the script prints residues/s of each, their ratio, and our achieved FLOP/s
 as a fraction of this machine's dense float32 matmul peak measured in the
-same run.
+same run. Our engine pads each batch to its bucket length (it compiles once
+per bucket); transformers runs eagerly, so it gets what its users do,
+padding to the batch's longest protein (`padding=True`).
 
   python bench/embed_throughput.py                # tiny, prott5_xl, protbert
   python bench/embed_throughput.py --configs=tiny --max_proteins=200
@@ -95,12 +97,14 @@ def spread(records: list[fasta.FastaRecord], count: int) -> list:
 
 
 def run_transformers(model, family, records, max_residues: int) -> float:
-  """Seconds for transformers to embed `records`, batched like our engine."""
+  """Seconds for transformers to embed `records` in our engine's batches,
+  each padded to its longest protein."""
   token_lengths = [len(r.sequence) + family.num_special_tokens for r in records]
   start = time.perf_counter()
   with torch.inference_mode():
     for batch in batching.plan_batches(token_lengths, max_residues):
-      ids = np.zeros((len(batch.indices), batch.length), np.int64)
+      longest = max(token_lengths[i] for i in batch.indices)
+      ids = np.zeros((len(batch.indices), longest), np.int64)
       for row, index in enumerate(batch.indices):
         tokens = family.tokenize(records[index].sequence)
         ids[row, :len(tokens)] = tokens
@@ -123,10 +127,10 @@ def run_ours(config, params, records, max_residues: int) -> float:
 
 def main(argv):
   del argv
-  torch.set_num_threads(os.cpu_count())
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
   records = spread(list(fasta.read_fasta(_FASTA.value)), _MAX_PROTEINS.value)
   peak = matmul_peak_flops()
-  print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+  print(f"machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, "
         f"{jax.devices()[0].platform} ({len(jax.devices())} device(s)); "
         f"dense float32 matmul peak {peak / 1e9:.1f} GFLOP/s")
   print(f"{'config':13} {'proteins':>8} {'residues':>9} {'ours res/s':>11} "
