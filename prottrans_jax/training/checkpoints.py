@@ -96,7 +96,9 @@ def load_model_config(model_dir: str | pathlib.Path) -> tuple[str, Any]:
 def checkpoint_manager(model_dir: str | pathlib.Path, *,
                        save_period: int = 1000,
                        keep: int | None = None,
-                       async_save: bool = True) -> ocp.CheckpointManager:
+                       async_save: bool = True,
+                       item_handlers: dict[str, Any] | None = None
+                       ) -> ocp.CheckpointManager:
   """The Orbax manager of MODEL_DIR/checkpoints.
 
   Args:
@@ -105,13 +107,14 @@ def checkpoint_manager(model_dir: str | pathlib.Path, *,
       writes regardless: the trainer forces one at the end).
     keep: how many recent checkpoints to keep (None keeps all).
     async_save: write in the background while training continues.
+    item_handlers: handlers for some items (others follow the save args).
   """
   return ocp.CheckpointManager(
       pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR,
       options=ocp.CheckpointManagerOptions(
           save_interval_steps=save_period, max_to_keep=keep,
           enable_async_checkpointing=async_save, create=True),
-      item_names=ITEM_NAMES)
+      item_names=ITEM_NAMES, item_handlers=item_handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
@@ -193,13 +196,8 @@ def write_params_checkpoint(model_dir: str | pathlib.Path, params: Any,
   if config is None:
     raise ValueError("write_params_checkpoint needs the model config")
   save_model_config(model_dir, model_name, config)
-  manager = ocp.CheckpointManager(
-      pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR,
-      options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False,
-                                           create=True),
-      item_names=(PARAMS, MODEL_CONFIG),
-      item_handlers={PARAMS: _params_handler(),
-                     MODEL_CONFIG: ocp.JsonCheckpointHandler()})
+  manager = checkpoint_manager(model_dir, async_save=False,
+                               item_handlers={PARAMS: _params_handler()})
   manager.save(step, force=True, args=ocp.args.Composite(**{
       PARAMS: ocp.args.PyTreeSave(params),
       MODEL_CONFIG: ocp.args.JsonSave(_config_record(model_name, config))}))
@@ -255,6 +253,14 @@ def checkpoint_model_config(path: str | pathlib.Path) -> tuple[str, Any]:
   return _config_from_record(record, str(config_path))
 
 
+def _params_metadata(path: str | pathlib.Path) -> tuple[pathlib.Path, str, Any, Any]:
+  """(step directory, model_name, config, params metadata tree) of a checkpoint."""
+  step_dir = step_directory(path)
+  model_name, config = checkpoint_model_config(step_dir)
+  metadata = ocp.StandardCheckpointer().metadata(step_dir / PARAMS).item_metadata.tree
+  return step_dir, model_name, config, metadata
+
+
 def restore_params(path: str | pathlib.Path, shardings: Any = None
                    ) -> tuple[str, Any, Any]:
   """(model_name, config, params) from a MODEL_DIR or one step's directory.
@@ -262,10 +268,8 @@ def restore_params(path: str | pathlib.Path, shardings: Any = None
   A MODEL_DIR restores its latest step. Params land on `shardings` (a tree
   matching the params) when given, else on the first local device.
   """
-  step_dir = step_directory(path)
-  model_name, config = checkpoint_model_config(step_dir)
+  step_dir, model_name, config, metadata = _params_metadata(path)
   checkpointer = ocp.StandardCheckpointer()
-  metadata = checkpointer.metadata(step_dir / PARAMS).item_metadata.tree
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shardings = jax.tree_util.tree_map(lambda _: device, metadata)
@@ -283,10 +287,8 @@ def lazy_params(path: str | pathlib.Path) -> tuple[str, Any, Any]:
   Each load restores that one leaf to host memory (numpy), so a converter
   can walk a checkpoint larger than memory tensor by tensor.
   """
-  step_dir = step_directory(path)
-  model_name, config = checkpoint_model_config(step_dir)
+  step_dir, model_name, config, metadata = _params_metadata(path)
   params_dir = step_dir / PARAMS
-  metadata = ocp.StandardCheckpointer().metadata(params_dir).item_metadata.tree
   placeholders = jax.tree_util.tree_map(lambda _: ocp.PLACEHOLDER, metadata)
   checkpointer = ocp.PyTreeCheckpointer()
 
@@ -317,4 +319,3 @@ def _replace_at(tree: Any, key_path, value: Any) -> Any:
     return value
   key = key_path[0].key
   return {**tree, key: _replace_at(tree[key], key_path[1:], value)}
-
