@@ -1,6 +1,7 @@
 """The embedding engine: one row per residue, padding-invariant, device-invariant."""
 
 import dataclasses
+import itertools
 
 import flax.linen as nn
 import h5py
@@ -45,10 +46,43 @@ def test_bucket_lengths_and_batches_respect_the_budget():
       1, 16, 17, 25, 32, 151, 513, 769, 2048, 2049, 35001)] == [
           16, 16, 20, 28, 32, 160, 640, 896, 2048, 4096, 36864]
   batches = list(batching.plan_batches([5, 700, 30, 1000, 31], 2048, 2))
-  assert [b.length for b in batches] == [1024, 768, 32, 16]
+  # Four grid buckets (16, 32, 768, 1024), fitted to the longest of each.
+  assert [b.length for b in batches] == [1000, 700, 31, 5]
   assert [b.indices for b in batches] == [(3,), (1,), (4, 2), (0,)]
   assert all(b.rows == 2 for b in batches)  # Padded to the 2 devices.
   assert sorted(i for b in batches for i in b.indices) == [0, 1, 2, 3, 4]
+  # Beyond 2048 tokens (chunked attention): multiples of 2048.
+  assert batching.fit_buckets([35001, 5, 2049, 100]) == [5, 100, 4096, 36864]
+
+
+def _padded_tokens(lengths, buckets):
+  return sum(min(b for b in buckets if b >= n) for n in lengths)
+
+
+def test_fitted_buckets_pad_least_and_compile_no_more_than_the_grid():
+  rng = np.random.default_rng(0)
+  for _ in range(100):
+    lengths = [int(n) for n in rng.integers(1, 300, rng.integers(1, 9))]
+    grid = {batching.bucket_length(n) for n in lengths}
+    fitted = batching.fit_buckets(lengths)
+    assert len(fitted) <= len(grid)
+    # Exhaustive search over every set of at most len(grid) buckets ending at
+    # a length present (an optimal bucket always does).
+    distinct = sorted(set(lengths))
+    best = min(
+        _padded_tokens(lengths, list(ends) + [distinct[-1]])
+        for k in range(min(len(grid), len(distinct)))
+        for ends in itertools.combinations(distinct[:-1], k))
+    assert _padded_tokens(lengths, fitted) == best
+    assert best <= _padded_tokens(lengths, grid)
+
+
+def test_fitted_buckets_on_real_proteins(shared_data):
+  # Real proteins: the 45 globins (142-154 tokens) share one grid bucket, so
+  # one compilation, padded to the longest globin instead of the grid's 160.
+  lengths = [len(r.sequence) + 1 for r in fasta.read_fasta(
+      shared_data / "sequences" / "globins45.fasta")]
+  assert batching.fit_buckets(lengths) == [max(lengths)] == [154]
 
 
 def test_one_row_per_residue_and_per_protein_is_the_mean(model):
