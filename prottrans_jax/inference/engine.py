@@ -133,10 +133,16 @@ class Embedder:
     """
     token_lengths = [len(r.sequence) + self.family.num_special_tokens
                      for r in records]
+    batches = list(batching.plan_batches(token_lengths,
+                                         self.settings.max_residues,
+                                         self.data_parallel))
+    padded = sum(b.length * b.rows for b in batches)
+    logger.info("%d proteins in %d batches padded to %d lengths; padding "
+                "is %.1f%% of the tokens",
+                len(records), len(batches), len({b.length for b in batches}),
+                100 * (1 - sum(token_lengths) / max(padded, 1)))
     pending = None
-    for batch in batching.plan_batches(token_lengths,
-                                       self.settings.max_residues,
-                                       self.data_parallel):
+    for batch in batches:
       batch_records = [records[i] for i in batch.indices]
       if all(is_done(r) for r in batch_records):
         continue
