@@ -66,7 +66,7 @@ _XL_PROTEINS = flags.DEFINE_integer(
 _MAX_RESIDUES = flags.DEFINE_integer("max_residues", 4096,
                                      "Padded tokens per batch, both engines.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed passes of each engine, "
-                               "taken in turns.")
+                               "taken in turns.", lower_bound=1)
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 20) -> tuple[float, float]:

@@ -59,12 +59,12 @@ def fit_buckets(token_lengths: Sequence[int], linear_from: int = 2048
   if lengths.size and lengths.min() <= 0:
     raise ValueError(f"lengths must be positive, got {lengths.min()}")
   long_buckets = {bucket_length(int(n), linear_from)
-                  for n in lengths[lengths > linear_from]}
+                  for n in np.unique(lengths[lengths > linear_from])}
   short = lengths[lengths <= linear_from]
   if not short.size:
     return sorted(long_buckets)
-  max_buckets = len({bucket_length(int(n), linear_from) for n in short})
   distinct, counts = np.unique(short, return_counts=True)
+  max_buckets = len({bucket_length(int(n), linear_from) for n in distinct})
   cumulative = np.concatenate([[0], np.cumsum(counts)])
   n = len(distinct)
   # padded[i, j]: tokens of one bucket holding distinct lengths i..j-1,
