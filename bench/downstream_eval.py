@@ -114,7 +114,7 @@ def _experiments(data_dir: str) -> list[Experiment]:
                  "DeepLoc val. set (Stärk et al.)")]
 
 
-def _embed(model: run.LoadedModel, proteins, path: str,
+def _embed(model: loading.LoadedModel, proteins, path: str,
            per_protein: bool) -> str:
   fasta_path = path + ".fasta"
   readers.write_fasta(proteins, fasta_path)

@@ -37,13 +37,13 @@ import numpy as np
 import torch
 import transformers
 
+from prottrans_jax import families
 from prottrans_jax.convert import hf_bert
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
 from prottrans_jax.inference import engine
 from prottrans_jax.models import bert
-from prottrans_jax.models import registry
 from prottrans_jax.models import t5
 
 _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -168,7 +168,7 @@ def main(argv):
         "ratio by round")
   for name in _CONFIGS.value:
     config = _BERT_ROWS[name] if name in _BERT_ROWS else t5.T5_CONFIGS[name]
-    family = registry.family_of(config)
+    family = families.of(config)
     hf_model, to_params = random_hf_encoder(config)
     n_params = sum(p.numel() for p in hf_model.parameters())
     subset = spread(records, _XL_PROTEINS.value) if n_params >= 1e9 else records
@@ -184,9 +184,7 @@ def main(argv):
     del params, hf_model
     ours, theirs = np.median(seconds["ours"]), np.median(seconds["hf"])
     ratios = [t / o for t, o in zip(seconds["hf"], seconds["ours"])]
-    forward_flops = (t5.encoder_forward_flops if family.name == "t5"
-                     else bert.encoder_forward_flops)
-    flops = sum(forward_flops(config, len(r.sequence) + family.num_special_tokens)
+    flops = sum(family.encoder_flops(config, len(r.sequence) + family.num_special_tokens)
                 for r in subset)
     print(f"{name:13} {len(subset):8d} {residues:9d} {residues / ours:11.1f} "
           f"{residues / theirs:9.1f} {np.median(ratios):6.2f} "

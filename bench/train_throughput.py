@@ -18,9 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prottrans_jax import families
 from prottrans_jax import partitioning
 from prottrans_jax.models import t5
 from prottrans_jax.training import mfu
+from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import train_state as train_state_lib
@@ -60,13 +62,13 @@ def throughput(name, batch_size, length, peak):
   partition = partitioning.PartitionConfig(mesh_shape=(1, 1))
   mesh, rules = partition.mesh(), partition.rules()
   model, tx = t5.T5(config), optimizers.adafactor()
-  init = trainer._init_fn(model)  # pylint: disable=protected-access
+  init = trainer.init_fn(families.get("t5"), model)
   with partitioning.activate(mesh, rules):
     layout = train_state_lib.state_layout(init, tx, mesh, rules)
     state = train_state_lib.init_state(init, tx, layout, jax.random.key(0))
     sharding = partitioning.batch_sharding(mesh, rules)
     step = steps.make_train_step(
-        model=model, tx=tx, schedule=optimizers.inverse_sqrt_schedule(),
+        model=model, objective=objectives.ENCODER_DECODER, tx=tx, schedule=optimizers.inverse_sqrt_schedule(),
         loss_config=steps.LossConfig(), dropout_seed=0, num_microbatches=1,
         layout=layout, batch_sharding=sharding)
     batch = partitioning.make_global_batch(
@@ -90,7 +92,7 @@ def tpu_memory(pod, name, mesh_shape, dims, hbm):
   config = t5.T5_CONFIGS[name]
   mesh = jax.sharding.AbstractMesh(mesh_shape, partitioning.MESH_AXES)
   rules = partitioning.logical_axis_rules(dims)
-  init = trainer._init_fn(t5.T5(config))  # pylint: disable=protected-access
+  init = trainer.init_fn(families.get("t5"), t5.T5(config))
   layout = train_state_lib.state_layout(init, optimizers.adafactor(), mesh,
                                         rules)
   sizes = train_state_lib.state_bytes_per_device(layout)

@@ -17,7 +17,7 @@ from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import params as params_lib
 from prottrans_jax.convert import t5x
 from prottrans_jax.models import t5
-from prottrans_jax.training import checkpoints
+from prottrans_jax import checkpoints
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A real protein fragment + eos, and a shorter one padded (ProtT5 ids).

@@ -11,7 +11,7 @@ from prottrans_jax.convert import convert
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import params as params_lib
 from prottrans_jax.models import bert
-from prottrans_jax.training import checkpoints
+from prottrans_jax import checkpoints
 
 from test_bert_models import CASES, TOKENS, random_hf_model
 

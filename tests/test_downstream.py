@@ -26,6 +26,7 @@ from prottrans_jax.downstream import predict
 from prottrans_jax.downstream import readers
 from prottrans_jax.downstream import trainer
 from prottrans_jax.inference import engine
+from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 from prottrans_jax.models import t5
 
@@ -189,7 +190,7 @@ def ss_embeddings(shared_data, tmp_path_factory):
   fasta_path = str(directory / "ss.fasta")
   readers.write_fasta(train + test, fasta_path)
   h5_path = str(directory / "ss.h5")
-  run.embed_fasta(fasta_path, h5_path, run.LoadedModel(
+  run.embed_fasta(fasta_path, h5_path, loading.LoadedModel(
       "t5", config, params, "random"), engine.EmbedSettings(
           max_residues=8192), progress=False)
   return train, test, fasta_path, h5_path

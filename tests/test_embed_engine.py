@@ -13,6 +13,7 @@ import pytest
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
 from prottrans_jax.inference import engine
+from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 from prottrans_jax.models import t5
 
@@ -24,7 +25,7 @@ RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 def model():
   variables = t5.T5(CONFIG).init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
                                  method=t5.T5.encode)
-  return run.LoadedModel("t5", CONFIG, nn.unbox(variables)["params"], "random")
+  return loading.LoadedModel("t5", CONFIG, nn.unbox(variables)["params"], "random")
 
 
 def _records(lengths, seed=0):

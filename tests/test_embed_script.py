@@ -21,7 +21,7 @@ from prottrans_jax.data import sample_corpus
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 from prottrans_jax.models import t5
-from prottrans_jax.training import checkpoints
+from prottrans_jax import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EMBED = REPO / "scripts" / "embed.py"

@@ -13,9 +13,10 @@ import optax
 import pytest
 import tensorflow as tf
 
+from prottrans_jax import families
 from prottrans_jax import gin_utils
 from prottrans_jax.models import electra
-from prottrans_jax.training import checkpoints
+from prottrans_jax import checkpoints
 from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import trainer
@@ -56,7 +57,7 @@ def test_loss_falls_on_the_bundled_corpus(model, learning_rate, tmp_path):
   # Means over 10 steps: single packed batches are noisy. 60 steps take
   # the masked-LM loss from uniform towards the residue frequencies.
   assert np.mean(loss[-10:]) < np.mean(loss[:10]) - 0.1, loss
-  model_name, _ = checkpoints.load_model_config(tmp_path)
+  model_name, _ = checkpoints.checkpoint_model_config(tmp_path)
   assert model_name == {"protbert_tiny": "bert", "protalbert_tiny": "albert",
                         "protelectra_tiny": "electra_pretraining"}[model]
   if model == "protelectra_tiny":
@@ -123,7 +124,7 @@ def test_electra_loss_and_metrics_count_each_real_token_once():
       generator=float32(electra.ELECTRA_CONFIGS["tiny_generator"]),
       discriminator=float32(electra.ELECTRA_CONFIGS["tiny_discriminator"]))
   model = electra.ElectraPretraining(config)
-  params = objectives.SETUPS["electra_pretraining"].init_fn(model)(jax.random.key(0))
+  params = families.get("electra_pretraining").init(model, jax.random.key(0))
   params = jax.tree_util.tree_map(lambda x: getattr(x, "value", x), params,
                                   is_leaf=lambda x: hasattr(x, "value"))
   batch = _packed_mlm_batch()

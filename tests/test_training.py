@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 
 import tasks  # pylint: disable=unused-import  (registers the seqio tasks)
+from prottrans_jax import families
 from prottrans_jax import partitioning
 from prottrans_jax.models import t5
-from prottrans_jax.training import checkpoints
+from prottrans_jax import checkpoints
 from prottrans_jax.training import inputs
+from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import train_state as train_state_lib
@@ -52,7 +54,7 @@ def run_steps():
 
 
 def _init_params(config):
-  init = trainer._init_fn(t5.T5(config))  # pylint: disable=protected-access
+  init = trainer.init_fn(families.get("t5"), t5.T5(config))
   return jax.jit(lambda key: nn.meta.unbox(init(key)))(jax.random.key(1))
 
 
@@ -62,13 +64,13 @@ def _run_steps(config, batches, mesh_shape, num_microbatches=1):
   mesh, rules = partition.mesh(), partition.rules()
   model = t5.T5(config)
   tx = optimizers.adafactor()
-  init = trainer._init_fn(model)  # pylint: disable=protected-access
+  init = trainer.init_fn(families.get("t5"), model)
   with partitioning.activate(mesh, rules):
     layout = train_state_lib.state_layout(init, tx, mesh, rules)
     state = train_state_lib.init_state(init, tx, layout, jax.random.key(0))
     sharding = partitioning.batch_sharding(mesh, rules)
     step = steps.make_train_step(
-        model=model, tx=tx,
+        model=model, objective=objectives.ENCODER_DECODER, tx=tx,
         schedule=optimizers.inverse_sqrt_schedule(0.01, 100),
         loss_config=steps.LossConfig(), dropout_seed=0,
         num_microbatches=num_microbatches, layout=layout,
@@ -107,9 +109,9 @@ def test_microbatches_equal_one_full_batch(run_steps):
 def test_params_checkpoint_round_trip(tmp_path):
   params = _init_params(TINY)
   step_dir = checkpoints.write_params_checkpoint(
-      tmp_path, params, step=7, model_name="t5", config=TINY)
+      tmp_path, params, TINY, step=7)
   assert step_dir == tmp_path / "checkpoints" / "7"
-  assert checkpoints.load_model_config(tmp_path) == ("t5", TINY)
+  assert checkpoints.checkpoint_model_config(tmp_path) == ("t5", TINY)
   for path in (tmp_path, step_dir):
     name, config, restored = checkpoints.restore_params(path)
     assert (name, config) == ("t5", TINY)

@@ -18,12 +18,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tqdm
 
+from prottrans_jax import checkpoints
 from prottrans_jax.convert import hf_bert
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.convert import params as params_lib
 from prottrans_jax.convert import t5x
-from prottrans_jax.models import registry
 from prottrans_jax.models import t5
 
 SOURCES = ("hf", "t5x", "native")
@@ -50,8 +50,6 @@ def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[
     config, loaders, step = t5x.read_t5x_checkpoint(input_dir, bool(encoder_only))
     return config, loaders, bool(encoder_only), step
   if source == "native":
-    # Imported here: the training stack is only needed for native checkpoints.
-    from prottrans_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
     model_name, config, params = checkpoints.lazy_params(input_dir)
     if model_name not in CONVERTIBLE:
       raise params_lib.ConversionError(
@@ -150,7 +148,6 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     bar.close()
     return [str(p) for p in written]
 
-  from prottrans_jax.training import checkpoints  # pylint: disable=g-import-not-at-top
   if dtype is not None:
     config = dataclasses.replace(config, param_dtype=dtype)
   param_dtype = hf_io.EXPORT_DTYPES[config.param_dtype]
@@ -166,7 +163,6 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
                                       lambda load=load: load_counted(load))
           for name, load in loaders.items()}
   step_dir = checkpoints.write_params_checkpoint(
-      output_dir, params_lib.unflatten(lazy), step=step or 0,
-      model_name=registry.family_of(config).name, config=config)
+      output_dir, params_lib.unflatten(lazy), config, step=step or 0)
   bar.close()
   return [str(step_dir)]

@@ -13,8 +13,8 @@ How it stays fast:
   device computes the current one, and results are fetched one batch late;
 - per-protein means are taken on the device, so only [B, d] comes back.
 
-Any encoder of `prottrans_jax.models.registry` embeds (ProtT5, ProtBert,
-ProtAlbert, ProtElectra): the registry says how to tokenize a protein and
+Any family of `prottrans_jax.families` embeds (ProtT5, ProtBert,
+ProtAlbert, ProtElectra): its record says how to tokenize a protein and
 which output rows are residues. Per-residue output has exactly one row per
 residue: the special tokens the model needs (`</s>` for T5, `[CLS]` and
 `[SEP]` for the BERT family) are dropped, and per-protein means are over
@@ -33,10 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from prottrans_jax import families
 from prottrans_jax import partitioning
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
-from prottrans_jax.models import registry
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ class Embedder:
                settings: EmbedSettings = EmbedSettings(),
                devices: Sequence[jax.Device] | None = None):
     self.settings = settings
-    self.family = registry.family_of(config)
-    self.config = registry.with_dtype(config, settings.dtype)
+    self.family = families.of(config)
+    self.config = config.with_dtype(settings.dtype)
     self.mesh = partitioning.create_mesh(settings.num_partitions,
                                          devices=devices)
     self.rules = partitioning.logical_axis_rules(1)

@@ -1,27 +1,37 @@
 """Where an encoder's weights come from: our checkpoints or Hugging Face."""
 
+import dataclasses
+from typing import Any
+
 import numpy as np
 
+from prottrans_jax import checkpoints
+from prottrans_jax import families
 from prottrans_jax.convert import convert
 from prottrans_jax.convert import params as params_lib
-from prottrans_jax.inference import run
-from prottrans_jax.models import registry
-from prottrans_jax.training import checkpoints
 
 
-def from_checkpoint(path: str) -> run.LoadedModel:
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+  """An encoder's weights and where they came from (recorded in the output)."""
+  name: str  # Model family, e.g. "t5".
+  config: Any
+  params: Any
+  source: str  # Checkpoint path and step, or Hugging Face directory.
+
+
+def from_checkpoint(path: str) -> LoadedModel:
   """A MODEL_DIR (its latest step) or one step's directory of ours.
 
   The checkpoint records its model family and configuration, so nothing
-  else is needed; any family of `models.registry` embeds.
+  else is needed; any family of `prottrans_jax.families` embeds.
   """
   step_dir = checkpoints.step_directory(path)
   model_name, config, params = checkpoints.restore_params(step_dir)
-  registry.get(model_name)  # A clear error for a family the embedder lacks.
-  return run.LoadedModel(model_name, config, params, source=str(step_dir))
+  return LoadedModel(model_name, config, params, source=str(step_dir))
 
 
-def from_hf(directory: str) -> run.LoadedModel:
+def from_hf(directory: str) -> LoadedModel:
   """A local Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra directory
   (config.json + safetensors or pytorch_model.bin).
 
@@ -35,5 +45,5 @@ def from_hf(directory: str) -> run.LoadedModel:
   dtype = np.dtype(config.param_dtype)
   params = params_lib.unflatten(
       {name: np.asarray(load(), dtype=dtype) for name, load in loaders.items()})
-  return run.LoadedModel(registry.family_of(config).name, config, params,
-                         source=str(directory))
+  return LoadedModel(families.of(config).name, config, params,
+                     source=str(directory))

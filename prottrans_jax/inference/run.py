@@ -2,8 +2,6 @@
 
 import dataclasses
 import logging
-from typing import Any
-
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -11,17 +9,9 @@ import numpy as np
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
+from prottrans_jax.inference import loading
 
 logger = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-  """An encoder's weights and where they came from (recorded in the output)."""
-  name: str  # Model family, e.g. "t5".
-  config: Any
-  params: Any
-  source: str  # Checkpoint path and step, or Hugging Face directory.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +36,7 @@ def _dataset_names(records: list[fasta.FastaRecord]) -> dict[str, str]:
   return names
 
 
-def embed_fasta(input_path: str, output_path: str, model: LoadedModel,
+def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
                 settings: engine.EmbedSettings = engine.EmbedSettings(),
                 policy: fasta.FastaPolicy = fasta.FastaPolicy(),
                 output_dtype: str = "float32", overwrite: bool = False,

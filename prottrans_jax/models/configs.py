@@ -1,8 +1,8 @@
 """What every model config shares: a frozen dataclass that round-trips a dict.
 
-Checkpoints record `config.to_dict()` (prottrans_jax/training/checkpoints.py)
-and rebuild the config with `from_dict`, which refuses unknown and missing
-fields so that a config written by another version fails loudly.
+Checkpoints record `config.to_dict()` (prottrans_jax/checkpoints.py) and
+rebuild the config with `from_dict`, which refuses unknown and missing fields
+so that a config written by another version fails loudly.
 """
 import dataclasses
 from typing import Any, TypeVar
@@ -11,7 +11,8 @@ _C = TypeVar("_C", bound="DictConfig")
 
 
 class DictConfig:
-  """Mixin for frozen dataclass configs: `to_dict` / `from_dict`."""
+  """Mixin for frozen dataclass configs: `to_dict` / `from_dict` and the
+  dtype policy (`with_dtype`)."""
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -27,3 +28,8 @@ class DictConfig:
     if missing:
       raise ValueError(f"{cls.__name__} is missing required field(s): {', '.join(missing)}")
     return cls(**d)
+
+  def with_dtype(self: _C, dtype: str) -> _C:
+    """This config computing its activations in `dtype` (parameters keep
+    `param_dtype`). A config made of several networks overrides this."""
+    return dataclasses.replace(self, dtype=dtype)

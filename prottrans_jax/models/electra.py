@@ -72,6 +72,11 @@ class ElectraPretrainingConfig(configs.DictConfig):
   def dtype(self) -> str:
     return self.discriminator.dtype
 
+  def with_dtype(self, dtype: str) -> "ElectraPretrainingConfig":
+    """Both networks computing in `dtype`."""
+    return dataclasses.replace(self, generator=self.generator.with_dtype(dtype),
+                               discriminator=self.discriminator.with_dtype(dtype))
+
 
 ELECTRA_CONFIGS: dict[str, ElectraConfig] = {
     "tiny_generator": ElectraConfig(embedding_size=64, hidden_size=32, num_hidden_layers=2,

@@ -1,100 +1,116 @@
-"""What the trainer needs to know about each model family.
+"""Training objectives: the loss, eval outputs and batches of each family.
 
-The trainer (trainer.py) and steps (steps.py) are family-agnostic through
-a `Setup`: which feature converter makes the batches and which features a
-batch has, how to initialise the parameters, how many FLOPs a step costs,
-and the loss (`steps.Objective`). Families:
+The train and eval steps (steps.py) and the trainer (trainer.py) know no
+model family: a family's record (prottrans_jax/families.py) names its
+`Objective`, which says which feature converter makes the batches and which
+features a batch has, and computes the loss sums. As T5X's `BaseModel` puts
+feature converter and loss on the model, this puts them beside it.
 
-- t5: span-free denoising, encoder-decoder cross-entropy (steps' default);
-- bert, albert, electra: masked LM on the encoder's aligned targets, over
-  every position BERT masking selected (`MaskedLmFeatureConverter`);
-- electra_pretraining: the generator's masked-LM loss plus
+- ENCODER_DECODER (T5): span-free denoising, decoder cross-entropy on the
+  targets with teacher forcing;
+- MASKED_LM (BERT, ALBERT, ELECTRA): masked LM on the encoder's aligned
+  targets, over every position BERT masking selected
+  (`MaskedLmFeatureConverter`);
+- ELECTRA (electra_pretraining): the generator's masked-LM loss plus
   `discriminator_weight` x replaced-token detection (models/electra.py).
 """
 import dataclasses
 from typing import Any, Callable, Mapping
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import seqio
 
 from prottrans_jax.data import feature_converters
-from prottrans_jax.models import bert
 from prottrans_jax.models import electra
-from prottrans_jax.models import registry
-from prottrans_jax.models import t5
 from prottrans_jax.training import losses
-from prottrans_jax.training import steps
+
+Batch = Mapping[str, jnp.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A model family's loss and batches: the hook the train/eval steps call.
+
+  Attributes:
+    loss_sums: (model, params, batch, dropout_rng or None, z_loss) -> sums
+      over the batch with "loss" (the summed loss), "cross_entropy",
+      "z_loss", "correct" and "weight"; sums add over microbatches.
+    loss_weights: batch -> the weights the loss normalizing factor counts.
+    eval_outputs: (model, params, batch) -> (logits, targets, weights) of
+      the token predictions evaluation scores.
+    feature_converter: seqio converter class (called with pack=...).
+    features: batch feature -> the task feature length it has ("inputs"
+      or "targets").
+    extra_metrics: sums -> further training metrics (e.g. ELECTRA's
+      discriminator accuracy).
+  """
+  loss_sums: Callable[..., dict[str, jnp.ndarray]]
+  loss_weights: Callable[[Batch], jnp.ndarray]
+  eval_outputs: Callable[..., tuple]
+  feature_converter: type
+  features: Mapping[str, str]
+  extra_metrics: Callable[[Mapping[str, jnp.ndarray]], dict[str, jnp.ndarray]] = (
+      lambda sums: {})
+
+  @property
+  def length_keys(self) -> frozenset[str]:
+    """The task feature lengths a batch uses ("inputs", "targets")."""
+    return frozenset(self.features.values())
+
 
 # Masked-LM batch features (all of the task's aligned length).
 _MLM_FEATURES = ("encoder_input_tokens", "encoder_target_tokens", "encoder_loss_weights",
                  "encoder_segment_ids", "encoder_positions")
 _MLM_MODEL_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions")
-# Packed encoder-decoder batches (seqio.EncDecFeatureConverter).
+# Packed encoder-decoder batches (seqio.EncDecFeatureConverter); all but the
+# loss weights go to the model.
 _ENC_DEC_FEATURES = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
                      "decoder_input_tokens", "decoder_target_tokens", "decoder_loss_weights",
                      "decoder_segment_ids", "decoder_positions")
+_ENC_DEC_MODEL_FEATURES = tuple(f for f in _ENC_DEC_FEATURES if f != "decoder_loss_weights")
 
 
-@dataclasses.dataclass(frozen=True)
-class Setup:
-  """A family's training plumbing.
-
-  Attributes:
-    objective: the loss the steps compute.
-    feature_converter: seqio converter class (called with pack=...).
-    features: batch feature -> the task feature length it has ("inputs"
-      or "targets").
-    init_fn: module -> (rng -> boxed params).
-    flops_per_example: (config, task feature lengths) -> training FLOPs of
-      one example, for MFU.
-  """
-  objective: steps.Objective
-  feature_converter: type
-  features: Mapping[str, str]
-  init_fn: Callable[[nn.Module], Callable[[jax.Array], Any]]
-  flops_per_example: Callable[[Any, Mapping[str, int]], float]
+def _apply(model, params, batch, dropout_rng, model_features, rngs=None, **kwargs):
+  """`model(**the batch's model features, **kwargs)`, dropout iff an rng."""
+  rngs = dict(rngs or {})
+  if dropout_rng is not None:
+    rngs["dropout"] = dropout_rng
+  return model.apply({"params": params}, **{k: batch[k] for k in model_features if k in batch},
+                     **kwargs, enable_dropout=dropout_rng is not None, rngs=rngs)
 
 
-def _init_with_tokens(model: nn.Module) -> Callable[[jax.Array], Any]:
-  """Boxed params from `model(tokens, tokens)`: T5's inputs and decoder
-  inputs, or a BERT's inputs and segment ids; shapes do not depend on the
-  dummy length."""
-  tokens = jnp.ones((1, 8), jnp.int32)
-  return lambda key: model.init(key, tokens, tokens)["params"]
+def _cross_entropy_loss(logits, targets, weights, z_loss):
+  sums = losses.cross_entropy_sums(logits, targets, weights, z_loss)
+  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
 
 
-def _init_electra(model: nn.Module) -> Callable[[jax.Array], Any]:
-  tokens = jnp.ones((1, 8), jnp.int32)
-  return lambda key: model.init({"params": key, "sample": key}, tokens, tokens,
-                                tokens)["params"]
+def encoder_decoder_sums(model, params, batch, dropout_rng, z_loss):
+  """T5's loss sums: decoder cross-entropy (+ z-loss) on the targets."""
+  logits = _apply(model, params, batch, dropout_rng, _ENC_DEC_MODEL_FEATURES)
+  return _cross_entropy_loss(logits, batch["decoder_target_tokens"],
+                             batch["decoder_loss_weights"], z_loss)
 
 
-def _model_inputs(batch: steps.Batch) -> dict[str, jnp.ndarray]:
-  return {k: batch[k] for k in _MLM_MODEL_FEATURES if k in batch}
-
-
-def _apply(model, params, batch, dropout_rng, **kwargs):
-  rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
-  return model.apply({"params": params}, **_model_inputs(batch), **kwargs,
-                     enable_dropout=dropout_rng is not None, rngs=rngs)
+def encoder_decoder_eval(model, params, batch):
+  """(logits, targets, weights) of T5's eval: teacher-forced decoder."""
+  return (_apply(model, params, batch, None, _ENC_DEC_MODEL_FEATURES),
+          batch["decoder_target_tokens"], batch["decoder_loss_weights"])
 
 
 def masked_lm_sums(model, params, batch, dropout_rng, z_loss):
   """Masked-LM cross-entropy on every position BERT masking selected."""
-  logits = _apply(model, params, batch, dropout_rng)
-  sums = losses.cross_entropy_sums(logits, batch["encoder_target_tokens"],
-                                   batch["encoder_loss_weights"], z_loss)
-  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
+  logits = _apply(model, params, batch, dropout_rng, _MLM_MODEL_FEATURES)
+  return _cross_entropy_loss(logits, batch["encoder_target_tokens"],
+                             batch["encoder_loss_weights"], z_loss)
 
 
 def masked_lm_eval(model, params, batch):
-  return (_apply(model, params, batch, None), batch["encoder_target_tokens"],
-          batch["encoder_loss_weights"])
+  return (_apply(model, params, batch, None, _MLM_MODEL_FEATURES),
+          batch["encoder_target_tokens"], batch["encoder_loss_weights"])
 
 
-def _selected(batch: steps.Batch) -> jnp.ndarray:
+def _selected(batch: Batch) -> jnp.ndarray:
   """Positions BERT masking selected: a loss weight, or an input that is not
   the target ([MASK] or a random residue). The second keeps the generator's
   positions right even where a pipeline drops loss weights."""
@@ -103,13 +119,10 @@ def _selected(batch: steps.Batch) -> jnp.ndarray:
 
 
 def _electra_outputs(model, params, batch, dropout_rng, sample_rng):
-  rngs = {"sample": sample_rng}
-  if dropout_rng is not None:
-    rngs["dropout"] = dropout_rng
-  return model.apply({"params": params}, **_model_inputs(batch),
-                     encoder_target_tokens=batch["encoder_target_tokens"],
-                     encoder_loss_weights=_selected(batch),
-                     enable_dropout=dropout_rng is not None, rngs=rngs)
+  return _apply(model, params, batch, dropout_rng, _MLM_MODEL_FEATURES,
+                rngs={"sample": sample_rng},
+                encoder_target_tokens=batch["encoder_target_tokens"],
+                encoder_loss_weights=_selected(batch))
 
 
 def electra_sums(model, params, batch, dropout_rng, z_loss):
@@ -150,38 +163,25 @@ def electra_eval(model, params, batch):
   return out["generator_logits"], batch["encoder_target_tokens"], _selected(batch)
 
 
-_MASKED_LM = Setup(
-    objective=steps.Objective(masked_lm_sums, lambda batch: batch["encoder_loss_weights"],
-                              masked_lm_eval),
+ENCODER_DECODER = Objective(
+    loss_sums=encoder_decoder_sums,
+    loss_weights=lambda batch: batch["decoder_loss_weights"],
+    eval_outputs=encoder_decoder_eval,
+    feature_converter=seqio.EncDecFeatureConverter,
+    features={name: "targets" if name.startswith("decoder") else "inputs"
+              for name in _ENC_DEC_FEATURES})
+
+MASKED_LM = Objective(
+    loss_sums=masked_lm_sums,
+    loss_weights=lambda batch: batch["encoder_loss_weights"],
+    eval_outputs=masked_lm_eval,
+    feature_converter=feature_converters.MaskedLmFeatureConverter,
+    features={name: "inputs" for name in _MLM_FEATURES})
+
+ELECTRA = Objective(
+    loss_sums=electra_sums,
+    loss_weights=_selected,
+    eval_outputs=electra_eval,
     feature_converter=feature_converters.MaskedLmFeatureConverter,
     features={name: "inputs" for name in _MLM_FEATURES},
-    init_fn=_init_with_tokens,
-    flops_per_example=lambda config, lengths: (
-        bert.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]))
-
-SETUPS: dict[str, Setup] = {
-    "t5": Setup(
-        objective=steps.ENCODER_DECODER,
-        feature_converter=seqio.EncDecFeatureConverter,
-        features={name: "targets" if name.startswith("decoder") else "inputs"
-                  for name in _ENC_DEC_FEATURES},
-        init_fn=_init_with_tokens,
-        flops_per_example=lambda config, lengths: t5.flops_per_token(
-            config, lengths["inputs"], lengths["targets"]) * (
-                lengths["inputs"] + lengths["targets"])),
-    "bert": _MASKED_LM,
-    "albert": _MASKED_LM,
-    "electra": _MASKED_LM,
-    "electra_pretraining": Setup(
-        objective=steps.Objective(electra_sums, _selected, electra_eval, electra_metrics),
-        feature_converter=feature_converters.MaskedLmFeatureConverter,
-        features={name: "inputs" for name in _MLM_FEATURES},
-        init_fn=_init_electra,
-        flops_per_example=lambda config, lengths: (
-            electra.flops_per_token(config, lengths["inputs"]) * lengths["inputs"])),
-}
-
-
-def setup_for(config: Any) -> Setup:
-  """The training setup of the family `config` belongs to."""
-  return SETUPS[registry.family_of(config).name]
+    extra_metrics=electra_metrics)

@@ -1,7 +1,7 @@
 """Train and eval steps, jitted with shardings.
 
-Encoder-decoder (T5) by default; another model family plugs in its loss
-through an `Objective` (the BERT family's are in objectives.py).
+The steps know no model family: the loss comes from the family's
+`objectives.Objective` (prottrans_jax/families.py names it).
 
 The step functions are pure: (state, batch) -> (state, metrics). Everything
 that does not change between steps (model, optimizer, schedule, loss
@@ -20,17 +20,11 @@ import jax.numpy as jnp
 import optax
 
 from prottrans_jax.training import losses
+from prottrans_jax.training import objectives as objectives_lib
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import train_state as train_state_lib
 
-Batch = Mapping[str, jnp.ndarray]
-
-# Batch features the encoder-decoder's __call__ accepts (packing adds the
-# segment ids and positions).
-MODEL_FEATURES = ("encoder_input_tokens", "decoder_input_tokens",
-                  "decoder_target_tokens", "encoder_segment_ids",
-                  "decoder_segment_ids", "encoder_positions",
-                  "decoder_positions")
+Batch = objectives_lib.Batch
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,54 +39,6 @@ class LossConfig:
   z_loss: float = 1e-4
   loss_normalizing_factor: losses.LossNormalizingFactor = (
       losses.NUM_REAL_TARGET_TOKENS)
-
-
-def _logits(model: nn.Module, params: Any, batch: Batch, dropout_rng=None):
-  inputs = {k: batch[k] for k in MODEL_FEATURES if k in batch}
-  if dropout_rng is None:
-    return model.apply({"params": params}, **inputs, enable_dropout=False)
-  return model.apply({"params": params}, **inputs, enable_dropout=True,
-                     rngs={"dropout": dropout_rng})
-
-
-def encoder_decoder_sums(model: nn.Module, params: Any, batch: Batch,
-                         dropout_rng, z_loss: float) -> dict[str, jnp.ndarray]:
-  """T5's loss sums: decoder cross-entropy (+ z-loss) on the targets."""
-  sums = losses.cross_entropy_sums(
-      _logits(model, params, batch, dropout_rng), batch["decoder_target_tokens"],
-      batch["decoder_loss_weights"], z_loss)
-  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
-
-
-def encoder_decoder_eval(model: nn.Module, params: Any, batch: Batch):
-  """(logits, targets, weights) of T5's eval: teacher-forced decoder."""
-  return (_logits(model, params, batch), batch["decoder_target_tokens"],
-          batch["decoder_loss_weights"])
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """A model family's loss: the hook the train/eval steps call.
-
-  Attributes:
-    loss_sums: (model, params, batch, dropout_rng or None, z_loss) -> sums
-      over the batch with "loss" (the summed loss), "cross_entropy",
-      "z_loss", "correct" and "weight"; sums add over microbatches.
-    loss_weights: batch -> the weights the loss normalizing factor counts.
-    eval_outputs: (model, params, batch) -> (logits, targets, weights) of
-      the token predictions evaluation scores.
-    extra_metrics: sums -> further training metrics (e.g. ELECTRA's
-      discriminator accuracy).
-  """
-  loss_sums: Callable[..., dict[str, jnp.ndarray]] = encoder_decoder_sums
-  loss_weights: Callable[[Batch], jnp.ndarray] = (
-      lambda batch: batch["decoder_loss_weights"])
-  eval_outputs: Callable[..., tuple] = encoder_decoder_eval
-  extra_metrics: Callable[[Mapping[str, jnp.ndarray]], dict[str, jnp.ndarray]] = (
-      lambda sums: {})
-
-
-ENCODER_DECODER = Objective()
 
 
 def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
@@ -118,8 +64,8 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
 def train_step(state: train_state_lib.TrainState, batch: Batch, *,
                model: nn.Module, tx: optax.GradientTransformation,
                schedule: optimizers.Schedule, loss_config: LossConfig,
-               dropout_seed: int, num_microbatches: int = 1,
-               objective: Objective = ENCODER_DECODER
+               objective: objectives_lib.Objective, dropout_seed: int,
+               num_microbatches: int = 1
                ) -> tuple[train_state_lib.TrainState, dict[str, jnp.ndarray]]:
   """One optimizer update over a global batch, optionally in microbatches."""
   factor = losses.normalizing_factor(objective.loss_weights(batch),
@@ -174,7 +120,7 @@ def train_step(state: train_state_lib.TrainState, batch: Batch, *,
 
 
 def eval_sums(params: Any, batch: Batch, *, model: nn.Module,
-              mask_id: int, objective: Objective = ENCODER_DECODER
+              objective: objectives_lib.Objective, mask_id: int
               ) -> dict[str, jnp.ndarray]:
   """Sums over one eval batch; `eval_metrics` turns totals into metrics.
 
@@ -216,12 +162,12 @@ def eval_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
   }
 
 
-def make_train_step(*, model: nn.Module, tx: optax.GradientTransformation,
+def make_train_step(*, model: nn.Module, objective: objectives_lib.Objective,
+                    tx: optax.GradientTransformation,
                     schedule: optimizers.Schedule, loss_config: LossConfig,
                     dropout_seed: int, num_microbatches: int,
                     layout: train_state_lib.StateLayout,
-                    batch_sharding: jax.sharding.Sharding,
-                    objective: Objective = ENCODER_DECODER) -> Callable:
+                    batch_sharding: jax.sharding.Sharding) -> Callable:
   """`train_step` bound and jitted; the old state's buffers are donated."""
   step = functools.partial(
       train_step, model=model, tx=tx, schedule=schedule,
@@ -234,10 +180,9 @@ def make_train_step(*, model: nn.Module, tx: optax.GradientTransformation,
                  donate_argnums=0)
 
 
-def make_eval_step(*, model: nn.Module, mask_id: int,
-                   params_shardings: Any,
-                   batch_sharding: jax.sharding.Sharding,
-                   objective: Objective = ENCODER_DECODER) -> Callable:
+def make_eval_step(*, model: nn.Module, objective: objectives_lib.Objective,
+                   mask_id: int, params_shardings: Any,
+                   batch_sharding: jax.sharding.Sharding) -> Callable:
   replicated = jax.sharding.NamedSharding(batch_sharding.mesh,
                                           jax.sharding.PartitionSpec())
   step = functools.partial(eval_sums, model=model, mask_id=mask_id,

@@ -1,12 +1,13 @@
 """The training loop and the evaluation run (what scripts/train.py and
 scripts/eval.py call, with arguments bound by gin).
 
-A run owns a MODEL_DIR: model_config.json, config.gin (the configuration the
-run started with), checkpoints/, and TensorBoard summaries in train/ and
-eval/. Started again on the same MODEL_DIR, a run restores the latest
+A run owns a MODEL_DIR: config.gin (the configuration the run started
+with), checkpoints/ (each step recording the model's family and config), and
+TensorBoard summaries in train/ and eval/. Started again on the same MODEL_DIR, a run restores the latest
 checkpoint and its data position and continues as if never stopped.
 """
 
+import functools
 import pathlib
 import time
 from typing import Any, Callable, Iterable, Mapping
@@ -20,12 +21,11 @@ import optax
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
+from prottrans_jax import checkpoints
+from prottrans_jax import families
 from prottrans_jax import partitioning
-from prottrans_jax.models import registry
-from prottrans_jax.training import checkpoints
 from prottrans_jax.training import inputs
 from prottrans_jax.training import mfu
-from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import train_state as train_state_lib
@@ -33,9 +33,9 @@ from prottrans_jax.training import train_state as train_state_lib
 CONFIG_FILE = "config.gin"
 
 
-def _init_fn(model: nn.Module) -> Callable[[jax.Array], Any]:
-  """Boxed params of `model` (its family's init, objectives.Setup)."""
-  return objectives.setup_for(model.config).init_fn(model)
+def init_fn(family: families.ModelFamily, model: nn.Module) -> Callable[[jax.Array], Any]:
+  """rng -> boxed params of `model` (what the layout is planned from)."""
+  return functools.partial(family.init, model)
 
 
 def _abstract(tree: Any, shardings: Any) -> Any:
@@ -139,8 +139,8 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
 
   Args:
     model_dir: MODEL_DIR; checkpoints, summaries and configs go here.
-    model_config: the network: any family of models/registry.py (its
-      objective, batches and init come from objectives.py).
+    model_config: the network: a config of any family of
+      prottrans_jax/families.py (which gives its init and objective).
     task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": n, "targets": m}.
     batch_size: global batch size (examples after packing).
@@ -171,16 +171,15 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     model_dir.mkdir(parents=True, exist_ok=True)
     if describe_config is not None:
       (model_dir / CONFIG_FILE).write_text(describe_config())
-  family = registry.family_of(model_config)
-  setup = objectives.setup_for(model_config)
-  checkpoints.save_model_config(model_dir, family.name, model_config)
+  family = families.of(model_config)
+  objective = family.objective()
 
   # Measured (on CPU) before the mesh is in effect: the benchmark runs on
   # one device.
   peak = mfu.peak_tflops_per_device(peak_tflops_per_device)
   mesh, rules = partition.mesh(), partition.rules()
   model = family.module(model_config)
-  init = setup.init_fn(model)
+  init = init_fn(family, model)
   with partitioning.activate(mesh, rules):
     layout = train_state_lib.state_layout(init, optimizer, mesh, rules)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
@@ -191,14 +190,14 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     first_step = int(state.step)
 
     step_fn = steps.make_train_step(
-        model=model, tx=optimizer, schedule=learning_rate, loss_config=loss,
-        dropout_seed=seed, num_microbatches=num_microbatches, layout=layout,
-        batch_sharding=batch_sharding, objective=setup.objective)
+        model=model, objective=objective, tx=optimizer, schedule=learning_rate,
+        loss_config=loss, dropout_seed=seed, num_microbatches=num_microbatches,
+        layout=layout, batch_sharding=batch_sharding)
     batch_shapes = {
         name: jax.ShapeDtypeStruct(
             (batch_size, task_feature_lengths[length]), jnp.int32,
             sharding=batch_sharding)
-        for name, length in setup.features.items()}
+        for name, length in objective.features.items()}
     compile_start = time.perf_counter()
     step_fn = step_fn.lower(
         _abstract(layout.abstract_state, layout.shardings),
@@ -208,21 +207,20 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
                  sum(x.size for x in jax.tree_util.tree_leaves(
                      layout.abstract_state.params)))
     eval_step = steps.make_eval_step(
-        model=model, mask_id=inputs.mask_id(task_name),
+        model=model, objective=objective, mask_id=inputs.mask_id(task_name),
         params_shardings=layout.shardings.params,
-        batch_sharding=batch_sharding,
-        objective=setup.objective) if eval_period else None
+        batch_sharding=batch_sharding) if eval_period else None
 
     # Aligned (masked-LM) inputs and targets are one token stream.
     tokens_per_step = batch_size * sum(
-        task_feature_lengths[k] for k in set(setup.features.values()))
-    flops_per_step = setup.flops_per_example(
+        task_feature_lengths[k] for k in objective.length_keys)
+    flops_per_step = family.training_flops(
         model_config, task_feature_lengths) * batch_size
     train_summaries = _Summaries(model_dir, "train")
     eval_summaries = _Summaries(model_dir, "eval")
     batches = inputs.train_batches(task_name, task_feature_lengths,
                                    batch_size, seed, batches_consumed,
-                                   setup.feature_converter)
+                                   objective.feature_converter)
     last = {}
     timer, timed_steps = time.perf_counter(), 0
     for step in range(first_step, train_steps):
@@ -252,14 +250,14 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
         checkpoints.save(
             manager, done, params=state.params, opt_state=state.opt_state,
             train_info={"step": done, "batches_consumed": batches_consumed},
-            model_name=family.name, config=model_config, force=True)
+            config=model_config)
       if eval_step is not None and (done % eval_period == 0 or
                                     done == train_steps):
         evaluated = run_eval(
             eval_step, state.params,
             inputs.eval_batches(task_name, task_feature_lengths, batch_size,
                                 max_batches=eval_batches,
-                                feature_converter=setup.feature_converter),
+                                feature_converter=objective.feature_converter),
             batch_sharding)
         logging.info("eval step %d %s", done, _format(evaluated))
         eval_summaries.write(done, evaluated)
@@ -287,21 +285,21 @@ def evaluate(*, model_dir: str, task_name: str,
   with partitioning.activate(mesh, rules):
     step_dir = checkpoints.step_directory(checkpoint or model_dir)
     model_name, config = checkpoints.checkpoint_model_config(step_dir)
-    model = registry.get(model_name).module(config)
-    setup = objectives.setup_for(config)
+    family = families.get(model_name)
+    objective = family.objective()
     shardings = partitioning.params_shardings(
-        jax.eval_shape(_init_fn(model), jax.random.key(0)), mesh, rules)
+        families.abstract_params(family, config), mesh, rules)
     _, _, params = checkpoints.restore_params(step_dir, shardings=shardings)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
     eval_step = steps.make_eval_step(
-        model=model, mask_id=inputs.mask_id(task_name),
-        params_shardings=shardings, batch_sharding=batch_sharding,
-        objective=setup.objective)
+        model=family.module(config), objective=objective,
+        mask_id=inputs.mask_id(task_name), params_shardings=shardings,
+        batch_sharding=batch_sharding)
     metrics = run_eval(
         eval_step, params,
         inputs.eval_batches(task_name, task_feature_lengths, batch_size,
                             split=split, max_batches=eval_batches,
-                            feature_converter=setup.feature_converter),
+                            feature_converter=objective.feature_converter),
         batch_sharding)
   logging.info("eval %s of %s: %s", split, step_dir, _format(metrics))
   _Summaries(model_dir, f"eval_{split}").write(int(step_dir.name), metrics)

@@ -1,0 +1,275 @@
+"""The checkpoint format: model config, params-only checkpoints, train state.
+
+Layout of a MODEL_DIR:
+
+  checkpoints/<step>/        one Orbax checkpoint per saved step:
+    params/                  the parameter tree (always)
+    opt_state/               optimizer state (training checkpoints only)
+    train_info/              json: step, data position (training only)
+    model_config/            json: {"model_name": family, "config": {...}}
+
+Every step directory records its model family and config, so a step
+directory copied elsewhere restores on its own, and embedding, conversion and
+evaluation need nothing but the path. A step without `opt_state` is a
+params-only checkpoint (written by a converter or `write_params_checkpoint`):
+training resumes from it with a freshly initialised optimizer, which is how
+fine-tuning from converted weights starts.
+
+Converters stream: `write_params_checkpoint` takes `LazyArray` leaves and
+reads each only when Orbax writes it, and `lazy_params` restores one leaf per
+call, so a checkpoint larger than memory converts with about one tensor held.
+
+This module is the format only: the trainer, the converters and the
+embedding loader all use it, and it imports none of them.
+"""
+
+import dataclasses
+import pathlib
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from prottrans_jax import families
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+PARAMS = "params"
+OPT_STATE = "opt_state"
+TRAIN_INFO = "train_info"
+MODEL_CONFIG = "model_config"
+ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG)
+
+
+def _config_record(config: Any) -> dict[str, Any]:
+  return {"model_name": families.of(config).name, "config": config.to_dict()}
+
+
+def _config_from_record(record: dict[str, Any], source: str) -> tuple[str, Any]:
+  try:
+    model_name = record["model_name"]
+    return model_name, families.get(model_name).config_class.from_dict(record["config"])
+  except (KeyError, TypeError) as e:
+    raise ValueError(f"{source} is not a model config record: {e!r}") from e
+
+
+def checkpoint_manager(model_dir: str | pathlib.Path, *,
+                       keep: int | None = None,
+                       async_save: bool = True,
+                       item_handlers: dict[str, Any] | None = None
+                       ) -> ocp.CheckpointManager:
+  """The Orbax manager of MODEL_DIR/checkpoints.
+
+  Args:
+    model_dir: the run's directory.
+    keep: how many recent checkpoints to keep (None keeps all).
+    async_save: write in the background while training continues.
+    item_handlers: handlers for some items (others follow the save args).
+  """
+  return ocp.CheckpointManager(
+      pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR,
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep,
+          enable_async_checkpointing=async_save, create=True),
+      item_names=ITEM_NAMES, item_handlers=item_handlers)
+
+
+def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
+         config: Any, opt_state: Any = None,
+         train_info: dict[str, Any] | None = None) -> None:
+  """Saves one step (in the background if the manager is asynchronous).
+
+  `config` is the model's config (its family is recorded with it). Without
+  `opt_state` and `train_info` this writes a params-only checkpoint.
+  """
+  items = {PARAMS: ocp.args.StandardSave(params),
+           MODEL_CONFIG: ocp.args.JsonSave(_config_record(config))}
+  if opt_state is not None:
+    items[OPT_STATE] = ocp.args.StandardSave(opt_state)
+  if train_info is not None:
+    items[TRAIN_INFO] = ocp.args.JsonSave(train_info)
+  manager.save(step, args=ocp.args.Composite(**items), force=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class LazyArray:
+  """A parameter that is read (`load()`) only when it is written or used.
+
+  `shape` and `dtype` are known up front, as Orbax needs them for the
+  checkpoint's metadata before any data.
+  """
+  shape: tuple[int, ...]
+  dtype: np.dtype
+  load: Callable[[], np.ndarray]
+
+  def materialize(self, name: str = "") -> np.ndarray:
+    array = np.asarray(self.load(), dtype=self.dtype)
+    if array.shape != tuple(self.shape):
+      raise ValueError(f"{name or 'lazy array'}: loaded shape {array.shape}, "
+                       f"declared {tuple(self.shape)}")
+    return array
+
+
+class _StreamingHandler(ocp.type_handlers.NumpyHandler):
+  """Writes `LazyArray` leaves one after another, each loaded just before.
+
+  Orbax's numpy handler serializes a whole batch of leaves concurrently (and
+  copies each first); here only one loaded array is alive at a time, written
+  in the same tensorstore format, so the checkpoint restores like any other.
+  """
+
+  async def serialize(self, values, infos, args=None):
+    args = args or [ocp.SaveArgs()] * len(values)
+
+    async def write_one_at_a_time():
+      for value, info, arg in zip(values, infos, args):
+        array = value.materialize(info.name)
+        await self._background_serialize([array], [info], [arg])
+        del array
+
+    return [ocp.future.CommitFutureAwaitingContractedSignals(
+        write_one_at_a_time(), name="streaming_params")]
+
+
+def _params_handler() -> ocp.PyTreeCheckpointHandler:
+  """The params item's handler: Orbax's own for arrays, plus LazyArray."""
+  registry = ocp.type_handlers.create_type_handler_registry(
+      (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)),
+      (np.ndarray, ocp.type_handlers.get_type_handler(np.ndarray)),
+      (LazyArray, _StreamingHandler()))
+  return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
+
+
+def write_params_checkpoint(model_dir: str | pathlib.Path, params: Any, config: Any,
+                            step: int = 0) -> pathlib.Path:
+  """A params-only checkpoint of a `config` network in MODEL_DIR.
+
+  Leaves are jax or numpy arrays, or `LazyArray`s, which are loaded one at a
+  time while writing (peak memory about one tensor). Returns the step
+  directory. Training started on this MODEL_DIR fine-tunes from these params
+  (fresh optimizer state, step counting on from `step`).
+  """
+  manager = checkpoint_manager(model_dir, async_save=False,
+                               item_handlers={PARAMS: _params_handler()})
+  manager.save(step, force=True, args=ocp.args.Composite(**{
+      PARAMS: ocp.args.PyTreeSave(params),
+      MODEL_CONFIG: ocp.args.JsonSave(_config_record(config))}))
+  manager.wait_until_finished()
+  manager.close()
+  return pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR / str(step)
+
+
+def has_optimizer_state(manager: ocp.CheckpointManager, step: int) -> bool:
+  return (pathlib.Path(manager.directory) / str(step) / OPT_STATE).exists()
+
+
+def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
+                        abstract_params: Any,
+                        abstract_opt_state: Any = None
+                        ) -> dict[str, Any]:
+  """Restores a step's items onto the given abstract (sharded) targets.
+
+  `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings; pass
+  `abstract_opt_state=None` for a params-only checkpoint.
+  """
+  items = {PARAMS: ocp.args.StandardRestore(abstract_params)}
+  if abstract_opt_state is not None:
+    items[OPT_STATE] = ocp.args.StandardRestore(abstract_opt_state)
+    items[TRAIN_INFO] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return {name: restored[name] for name in items}
+
+
+def step_directory(path: str | pathlib.Path) -> pathlib.Path:
+  """A step directory from a MODEL_DIR (latest step) or a step directory."""
+  path = pathlib.Path(path).absolute()
+  if (path / PARAMS).is_dir():
+    return path
+  checkpoints = path / CHECKPOINTS_SUBDIR
+  steps = sorted(int(p.name) for p in checkpoints.glob("*")
+                 if p.name.isdigit() and (p / PARAMS).is_dir()) if (
+                     checkpoints.is_dir()) else []
+  if not steps:
+    raise FileNotFoundError(
+        f"no checkpoint at {path}: expected a MODEL_DIR with "
+        f"{CHECKPOINTS_SUBDIR}/<step>/{PARAMS} or a step directory")
+  return checkpoints / str(steps[-1])
+
+
+def checkpoint_model_config(path: str | pathlib.Path) -> tuple[str, Any]:
+  """(model_name, config) of a checkpoint (MODEL_DIR: its latest step)."""
+  step_dir = step_directory(path)
+  config_path = step_dir / MODEL_CONFIG
+  if not config_path.is_dir():
+    raise FileNotFoundError(f"{step_dir} has no {MODEL_CONFIG} item")
+  record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(config_path)
+  return _config_from_record(record, str(config_path))
+
+
+def _params_metadata(path: str | pathlib.Path) -> tuple[pathlib.Path, str, Any, Any]:
+  """(step directory, model_name, config, params metadata tree) of a checkpoint."""
+  step_dir = step_directory(path)
+  model_name, config = checkpoint_model_config(step_dir)
+  metadata = ocp.StandardCheckpointer().metadata(step_dir / PARAMS).item_metadata.tree
+  return step_dir, model_name, config, metadata
+
+
+def restore_params(path: str | pathlib.Path, shardings: Any = None
+                   ) -> tuple[str, Any, Any]:
+  """(model_name, config, params) from a MODEL_DIR or one step's directory.
+
+  A MODEL_DIR restores its latest step. Params land on `shardings` (a tree
+  matching the params) when given, else on the first local device.
+  """
+  step_dir, model_name, config, metadata = _params_metadata(path)
+  checkpointer = ocp.StandardCheckpointer()
+  if shardings is None:
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree_util.tree_map(lambda _: device, metadata)
+  target = jax.tree_util.tree_map(
+      lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
+      metadata, shardings)
+  params = checkpointer.restore(step_dir / PARAMS, target)
+  logging.info("restored params of %s from %s", model_name, step_dir)
+  return model_name, config, params
+
+
+def lazy_params(path: str | pathlib.Path) -> tuple[str, Any, Any]:
+  """(model_name, config, params) with `LazyArray` leaves, read on `load()`.
+
+  Each load restores that one leaf to host memory (numpy), so a converter
+  can walk a checkpoint larger than memory tensor by tensor.
+  """
+  step_dir, model_name, config, metadata = _params_metadata(path)
+  params_dir = step_dir / PARAMS
+  placeholders = jax.tree_util.tree_map(lambda _: ocp.PLACEHOLDER, metadata)
+  checkpointer = ocp.PyTreeCheckpointer()
+
+  def load_leaf(key_path) -> np.ndarray:
+    item = _replace_at(placeholders, key_path, 0)
+    restore_args = _replace_at(placeholders, key_path,
+                               ocp.RestoreArgs(restore_type=np.ndarray))
+    restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args))
+    return _value_at(restored, key_path)
+
+  params = jax.tree_util.tree_map_with_path(
+      lambda key_path, m: LazyArray(tuple(m.shape), np.dtype(m.dtype),
+                                    lambda: load_leaf(key_path)),
+      metadata)
+  return model_name, config, params
+
+
+def _value_at(tree: Any, key_path) -> Any:
+  for key in key_path:
+    tree = tree[key.key]
+  return tree
+
+
+def _replace_at(tree: Any, key_path, value: Any) -> Any:
+  """A copy of nested dict `tree` with the leaf at `key_path` set to `value`."""
+  if not key_path:
+    return value
+  key = key_path[0].key
+  return {**tree, key: _replace_at(tree[key], key_path[1:], value)}

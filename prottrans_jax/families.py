@@ -1,0 +1,160 @@
+"""Model families: the one record every part of the project looks up.
+
+A checkpoint records its family's `name` and config (prottrans_jax/
+checkpoints.py). From the record alone the trainer builds the network and
+its objective, the embedding engine tokenizes a protein and finds the
+residue rows, the converters find the Hugging Face name table, and the
+benchmarks count FLOPs. Adding a family is one module (its config, Flax
+module and FLOPs; an objective or a converter only where no existing one
+fits) and one entry in `FAMILIES` (docs/design.md walks through it).
+
+The training objective is named, not imported: it needs seqio (feature
+converters), which embedding and conversion do not.
+"""
+import dataclasses
+import importlib
+from typing import Any, Callable, Mapping
+
+from flax import linen as nn
+import jax
+import jax.numpy as jnp
+
+from prottrans_jax import vocab as vocab_lib
+from prottrans_jax.convert import hf_bert
+from prottrans_jax.models import albert
+from prottrans_jax.models import bert
+from prottrans_jax.models import electra
+from prottrans_jax.models import t5
+
+# Dummy inputs for abstract initialisation: no parameter shape depends on them.
+_TOKENS = jnp.ones((1, 8), jnp.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFamily:
+  """One family of networks and everything the project does with it.
+
+  Attributes:
+    name: the `model_name` checkpoints record.
+    config_class: its frozen config dataclass (`to_dict`/`from_dict`, and
+      `with_dtype`, the dtype policy).
+    module: config -> the Flax module.
+    init: (module, rng) -> the whole network's boxed parameters.
+    encode: the module's method [B, L] tokens -> [B, L, d] hidden states.
+    tokenize: protein sequence -> the encoder's input ids, as the released
+      pipeline feeds them.
+    first_residue_row: encoder output row of the first residue (1 after
+      BERT's [CLS]); residues then fill one row each.
+    num_special_tokens: ids `tokenize` adds around the residues.
+    non_encoder_parts: top-level parameter groups outside what `encode`
+      uses (T5's decoder, the BERT family's heads): what an encoder-only
+      conversion drops.
+    training_flops: (config, task feature lengths) -> training FLOPs of one
+      example (for MFU).
+    encoder_flops: (config, tokens) -> FLOPs of one encoder forward pass.
+    objective_name: "module:attribute" of its training objective
+      (`prottrans_jax.training.objectives.Objective`).
+  """
+  name: str
+  config_class: type
+  module: Callable[[Any], nn.Module]
+  init: Callable[[nn.Module, jax.Array], Any]
+  encode: Callable[..., Any]
+  tokenize: Callable[[str], list[int]]
+  first_residue_row: int
+  num_special_tokens: int
+  non_encoder_parts: tuple[str, ...]
+  training_flops: Callable[[Any, Mapping[str, int]], float]
+  encoder_flops: Callable[[Any, int], float]
+  objective_name: str
+
+  def objective(self) -> Any:
+    """The training objective (imports the training stack on first use)."""
+    module, attribute = self.objective_name.split(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def _prott5_tokens(sequence: str, vocab=vocab_lib.ProtT5Vocabulary()) -> list[int]:
+  """ProtT5's input: residues then `</s>` (what the released pipeline feeds)."""
+  return vocab.encode(sequence) + [vocab.eos_id]
+
+
+def _protbert_tokens(sequence: str, vocab=vocab_lib.ProtBertVocabulary()) -> list[int]:
+  """ProtBert's input: `[CLS]` residues `[SEP]` (BertTokenizer's framing)."""
+  return [vocab.cls_id] + vocab.encode(sequence) + [vocab.eos_id]
+
+
+def _init_with_tokens(module: nn.Module, rng: jax.Array) -> Any:
+  """`module(tokens, tokens)`: T5's inputs and decoder inputs, or a BERT's
+  inputs and segment ids."""
+  return module.init(rng, _TOKENS, _TOKENS)["params"]
+
+
+def _init_electra_pretraining(module: nn.Module, rng: jax.Array) -> Any:
+  return module.init({"params": rng, "sample": rng}, _TOKENS, _TOKENS, _TOKENS)["params"]
+
+
+_OBJECTIVES = "prottrans_jax.training.objectives"
+
+
+def _bert_family(name: str, config_class: type) -> ModelFamily:
+  return ModelFamily(
+      name=name, config_class=config_class, module=bert.Bert, init=_init_with_tokens,
+      encode=bert.Bert.encode, tokenize=_protbert_tokens, first_residue_row=1,
+      num_special_tokens=2, non_encoder_parts=hf_bert.HEADS,
+      training_flops=lambda config, lengths: (
+          bert.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]),
+      encoder_flops=bert.encoder_forward_flops,
+      objective_name=f"{_OBJECTIVES}:MASKED_LM")
+
+
+FAMILIES: dict[str, ModelFamily] = {
+    "t5": ModelFamily(
+        name="t5", config_class=t5.T5Config, module=t5.T5, init=_init_with_tokens,
+        encode=t5.T5.encode, tokenize=_prott5_tokens, first_residue_row=0,
+        num_special_tokens=1, non_encoder_parts=("decoder",),
+        training_flops=lambda config, lengths: t5.flops_per_token(
+            config, lengths["inputs"], lengths["targets"]) * (
+                lengths["inputs"] + lengths["targets"]),
+        encoder_flops=t5.encoder_forward_flops,
+        objective_name=f"{_OBJECTIVES}:ENCODER_DECODER"),
+    "bert": _bert_family("bert", bert.BertConfig),
+    "albert": _bert_family("albert", albert.AlbertConfig),
+    "electra": _bert_family("electra", electra.ElectraConfig),
+    # Generator + discriminator trained jointly; embeds with the
+    # discriminator. Two Hugging Face models: export each with
+    # `electra.generator_params` / `electra.discriminator_params`.
+    "electra_pretraining": ModelFamily(
+        name="electra_pretraining", config_class=electra.ElectraPretrainingConfig,
+        module=electra.ElectraPretraining, init=_init_electra_pretraining,
+        encode=electra.ElectraPretraining.encode, tokenize=_protbert_tokens,
+        first_residue_row=1, num_special_tokens=2,
+        non_encoder_parts=("generator", "generator_head", "discriminator_head"),
+        training_flops=lambda config, lengths: (
+            electra.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]),
+        encoder_flops=lambda config, length: bert.encoder_forward_flops(
+            config.discriminator, length),
+        objective_name=f"{_OBJECTIVES}:ELECTRA"),
+}
+
+
+def get(name: str) -> ModelFamily:
+  """The family checkpoints record as `name`."""
+  if name not in FAMILIES:
+    raise ValueError(f"Unknown model family {name!r}; known: {sorted(FAMILIES)}")
+  return FAMILIES[name]
+
+
+def of(config: Any) -> ModelFamily:
+  """The family whose config class `config` is (exactly: ALBERT's and
+  ELECTRA's configs subclass BERT's)."""
+  for family in FAMILIES.values():
+    if type(config) is family.config_class:  # pylint: disable=unidiomatic-typecheck
+      return family
+  raise ValueError(f"No model family for config {type(config).__name__}")
+
+
+def abstract_params(family: ModelFamily, config: Any) -> Any:
+  """The boxed parameter tree of the whole network, shapes only (no memory)."""
+  return jax.eval_shape(lambda rng: family.init(family.module(config), rng),
+                        jax.random.key(0))
