@@ -9,6 +9,7 @@ the tables below say what it is used with.
 import collections.abc
 import dataclasses
 import inspect
+import re
 import types
 import typing
 
@@ -40,9 +41,16 @@ MODEL_FILES = {
     "models/protelectra.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
     "models/protelectra_tiny.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
 }
-# Family files: included by the model files of a family, no model alone.
-FAMILY_FILES = {}
-T5_FAMILY = "models/prott5_tiny.gin"
+# Family files: what the model files of a family share (each model file
+# includes its family's, directly or through another model file, and
+# overrides only what differs); no model on their own.
+FAMILY_FILES = {
+    "models/t5_family.gin": t5.T5Config,
+    "models/bert_family.gin": bert.BertConfig,
+    "models/albert_family.gin": albert.AlbertConfig,
+    "models/electra_family.gin": electra.ElectraPretrainingConfig,
+}
+T5_FAMILY = "models/t5_family.gin"
 # Run files used without a model file (the model comes from the checkpoint).
 STANDALONE_RUNS = ("runs/eval.gin",)
 # What each run file leaves to the command line (`%gin.REQUIRED` macros).
@@ -193,6 +201,28 @@ def test_combination_parses_and_builds_its_configuration(files):
     assert _arguments_of(trainer.evaluate, bound) == []
     assert {"model_dir", "task_name", "task_feature_lengths",
             "batch_size"} <= set(bound)
+
+
+_INCLUDE = re.compile(r"^include\s+['\"](.+)['\"]", re.MULTILINE)
+
+
+def _included(path: str) -> list[str]:
+  """The files `path` includes, directly or not."""
+  direct = _INCLUDE.findall((gin_utils.GIN_DIR / path).read_text())
+  return [f for d in direct for f in [d] + _included(d)]
+
+
+@pytest.mark.parametrize("model_file", sorted(MODEL_FILES))
+def test_model_file_includes_the_family_file_of_its_config(model_file):
+  families = [f for f in _included(model_file) if f in FAMILY_FILES]
+  assert [FAMILY_FILES[f] for f in families] == [MODEL_FILES[model_file][0]]
+
+
+@pytest.mark.parametrize("family_file", sorted(FAMILY_FILES))
+def test_family_file_alone_is_no_model(family_file):
+  with pytest.raises(gin_utils.GinConfigError,
+                     match="set to `%gin.REQUIRED` but not subsequently"):
+    gin_utils.parse([family_file], ["DROPOUT_RATE = 0.0"])
 
 
 # --- Model files build the networks they name. ------------------------------
