@@ -362,3 +362,23 @@ def test_value_of_the_wrong_kind_is_found(tmp_path):
   built = _bound_arguments(trainer.train)["model_config"]
   assert _kind_errors(built, t5.T5Config, "model_config") == [
       "model_config.d_ff = '128' is not <class 'int'>"]
+
+
+# --- Where gin files are found. ---------------------------------------------
+
+
+def test_gin_files_are_found_from_any_directory_by_either_spelling(
+    tmp_path, monkeypatch):
+  """The gin files live in the package: the canonical `models/...` and the
+  older `gin/models/...` both resolve outside the repository, and so do the
+  `include` lines inside them."""
+  monkeypatch.chdir(tmp_path)
+  operative = []
+  for prefix in ("", "gin/"):
+    gin_utils.parse([f"{prefix}models/prott5_tiny.gin",
+                     f"{prefix}runs/quickstart.gin"], [])
+    operative.append(gin.config_str())
+  assert operative[0] == operative[1]
+  assert "t5.T5Config.d_model = 64" in operative[0]
+  assert "TRAIN_STEPS = 300" in operative[0]  # from runs/quickstart.gin
+  assert "SEED = 0" in operative[0]  # from runs/pretrain.gin, included
