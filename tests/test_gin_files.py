@@ -183,7 +183,12 @@ def test_every_listed_gin_file_exists():
 
 @pytest.mark.parametrize("files", COMBINATIONS, ids="+".join)
 def test_combination_parses_and_builds_its_configuration(files):
-  gin_utils.parse(files, REQUIRED_BINDINGS[files[-1]])  # finalizes, too
+  required = REQUIRED_BINDINGS[files[-1]]
+  for left_out in required:  # each is needed, and the error names it
+    macro = left_out.split("=")[0].strip()
+    with pytest.raises(gin_utils.GinConfigError, match=f"macro {macro} is not set"):
+      gin_utils.parse(files, [b for b in required if b != left_out])
+  gin_utils.parse(files, required)  # finalizes, too
   if files[0] in MODEL_FILES:
     bound = _bound_arguments(trainer.train)
     config_class, _ = MODEL_FILES[files[0]]
