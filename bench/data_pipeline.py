@@ -16,7 +16,7 @@ from absl import flags
 import numpy as np
 import seqio
 
-import tasks  # pylint: disable=unused-import  (registers the tasks)
+import prottrans_jax.tasks  # pylint: disable=unused-import  (registers the tasks)
 
 _TASK = flags.DEFINE_string("task", "swissprot_sample_prott5_denoise",
                             "Registered seqio task.")

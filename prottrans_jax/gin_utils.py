@@ -12,9 +12,13 @@ from typing import Sequence
 
 import gin
 
-# The repository's gin/ directory: `--gin_file=models/prott5_tiny.gin` and
-# `--gin_file=gin/models/prott5_tiny.gin` both resolve (from the repo root).
-GIN_DIR = pathlib.Path(__file__).resolve().parents[1] / "gin"
+# The gin files shipped in the package. Searched after the working
+# directory, so `--gin_file=models/prott5_tiny.gin` (canonical), the older
+# `--gin_file=gin/models/prott5_tiny.gin` and `include 'runs/pretrain.gin'`
+# inside gin files resolve from any working directory, installed or not.
+GIN_DIR = pathlib.Path(__file__).resolve().parent / "gin"
+_SEARCH_PATHS = (str(GIN_DIR), str(GIN_DIR.parent))
+_added_search_paths: set[str] = set()
 _BINDING_FLAG = re.compile(r"^--gin\.(.+)$")
 _MACRO = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
 
@@ -38,6 +42,15 @@ def split_gin_bindings(argv: Sequence[str]) -> tuple[list[str], list[str]]:
   return rest, bindings
 
 
+def _add_search_paths() -> None:
+  """Adds the package's gin directories to gin's search path, once: gin
+  keeps its search path across `gin.clear_config()`."""
+  for path in _SEARCH_PATHS:
+    if path not in _added_search_paths:
+      gin.add_config_file_search_path(path)
+      _added_search_paths.add(path)
+
+
 def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   """Parses files then bindings; every mistake is a `GinConfigError`.
 
@@ -47,8 +60,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
   parse, and a macro left at `%gin.REQUIRED` (e.g. MODEL_DIR).
   """
   gin.clear_config()
-  for path in (GIN_DIR, GIN_DIR.parent, pathlib.Path.cwd()):
-    gin.add_config_file_search_path(str(path))
+  _add_search_paths()
   try:
     gin.parse_config_files_and_bindings(list(gin_files), [],
                                         finalize_config=False)

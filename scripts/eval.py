@@ -1,7 +1,7 @@
 r"""Evaluates a checkpoint on a split: loss, perplexity, masked-residue accuracy.
 
   python scripts/eval.py \
-    --gin_file=gin/runs/eval.gin \
+    --gin_file=runs/eval.gin \
     --gin.MODEL_DIR="'runs/prott5_tiny'"
 
 Multi-process (one call per process, same flags otherwise):

@@ -22,12 +22,12 @@ quiet $PY scripts/show_examples.py --task swissprot_sample_prott5_denoise \
     --num_examples 2
 
 echo "== 2/6 Pre-training tiny ProtT5 (300 steps; watch the loss fall)"
-$PY scripts/train.py --gin_file=gin/models/prott5_tiny.gin \
-    --gin_file=gin/runs/quickstart.gin 2>&1 |
+$PY scripts/train.py --gin_file=models/prott5_tiny.gin \
+    --gin_file=runs/quickstart.gin 2>&1 |
   grep --line-buffered -E "\] (step|eval step|restored)" | sed -E 's/^.*\] //; s/ \(.*$//'
 
 echo "== 3/6 Validation: masked-residue accuracy vs. always guessing the most common residue"
-$PY scripts/eval.py --gin_file=gin/runs/eval.gin \
+$PY scripts/eval.py --gin_file=runs/eval.gin \
     --gin.MODEL_DIR="'$OUT/prott5_tiny'" \
     --gin.TASK_FEATURE_LENGTHS="{'inputs': 128, 'targets': 128}" 2>&1 |
   grep -E "masked_residue_accuracy" | sed -E 's/^.*\] //'

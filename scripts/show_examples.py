@@ -6,7 +6,7 @@
 from absl import app
 from absl import flags
 
-from prottrans_jax.data import inspection
+from prottrans_jax.tasks import inspection
 
 _TASK = flags.DEFINE_string("task", "swissprot_sample_prott5_denoise",
                             "Registered seqio task name.")

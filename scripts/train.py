@@ -1,7 +1,7 @@
 r"""Trains a model configured by gin (T5X conventions).
 
   python scripts/train.py \
-    --gin_file=gin/models/prott5_tiny.gin --gin_file=gin/runs/pretrain.gin \
+    --gin_file=models/prott5_tiny.gin --gin_file=runs/pretrain.gin \
     --gin.MODEL_DIR="'runs/prott5_tiny'" --gin.TRAIN_STEPS=300
 
 Multi-process (one call per process, same flags otherwise):

@@ -1,13 +1,18 @@
-"""SeqIO task registrations. `import tasks` registers every task by name."""
+"""Deprecated: the seqio tasks moved to `prottrans_jax.tasks`.
 
-import seqio
+`import tasks` still registers them (and `tasks.get_task`, `tasks.protein`
+still work) for one release, with a DeprecationWarning.
+"""
 
-from tasks import protein  # pylint: disable=unused-import
+import sys
+import warnings
 
+from prottrans_jax.tasks import get_task  # pylint: disable=unused-import
+from prottrans_jax.tasks import protein
 
-def get_task(name: str) -> seqio.Task:
-  """The registered task `name`, or a ValueError listing what is registered."""
-  if name not in seqio.TaskRegistry.names():
-    known = ", ".join(sorted(seqio.TaskRegistry.names()))
-    raise ValueError(f"unknown task {name!r}; registered tasks: {known}")
-  return seqio.get_mixture_or_task(name)
+sys.modules[__name__ + ".protein"] = protein  # `import tasks.protein`, too
+
+warnings.warn(
+    "`import tasks` is deprecated and goes in the next release: use "
+    "`import prottrans_jax.tasks` (in gin files, too)",
+    DeprecationWarning, stacklevel=2)

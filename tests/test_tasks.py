@@ -1,16 +1,23 @@
 """SeqIO tasks and preprocessors: the ProtTrans objectives, measured on real proteins."""
 
+import ast
+import importlib
+import pathlib
+import sys
+
 import numpy as np
 import pytest
 import seqio
 
-import tasks
+import prottrans_jax
+from prottrans_jax import tasks
 from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.data import fasta
 from prottrans_jax.data import feature_converters
 from prottrans_jax.data import sample_corpus
 from prottrans_jax.data import splits
 from prottrans_jax.data import tfds_builder
+from prottrans_jax.tasks import inspection
 
 PROTT5 = vocab_lib.ProtT5Vocabulary()
 PROTBERT = vocab_lib.ProtBertVocabulary()
@@ -173,3 +180,66 @@ def test_registered_task_reads_back_the_sample_built_by_tfds_with_beam(
       assert splits.split_of(record_id, 0.1) == split
       if len(originals[record_id]) < LENGTHS["targets"]:
         assert list(ex["targets"][:-1]) == PROTT5.encode(originals[record_id])
+
+
+def test_describe_examples_shows_masked_inputs_over_their_originals():
+  text = inspection.describe_examples(
+      "swissprot_sample_prott5_denoise", {"inputs": 64, "targets": 64},
+      num_examples=3)
+  assert text == inspection.describe_examples(
+      "swissprot_sample_prott5_denoise", {"inputs": 64, "targets": 64},
+      num_examples=3)  # same seed, same examples and masks
+  lines = text.splitlines()
+  assert lines[0] == "task 'swissprot_sample_prott5_denoise', split 'train', seed 0"
+  originals = {r.id: r.sequence
+               for r in fasta.read_fasta(sample_corpus.FASTA_PATH)}
+  examples = [lines[i:i + 3] for i in range(1, len(lines), 3)]
+  assert len(examples) == 3
+  for header, inputs, targets in examples:
+    record_id = header.removeprefix("- ").removesuffix(":")
+    masked, original = inputs.split(") ")[1], targets.split(") ")[1]
+    assert original in originals[record_id]  # a window of the protein
+    assert len(masked) == len(original)
+    assert "_" in masked
+    assert all(m in ("_", o) for m, o in zip(masked, original))
+
+
+def test_import_tasks_still_registers_for_one_release_and_warns(monkeypatch):
+  monkeypatch.delitem(sys.modules, "tasks", raising=False)
+  monkeypatch.delitem(sys.modules, "tasks.protein", raising=False)
+  with pytest.warns(DeprecationWarning, match="import prottrans_jax.tasks"):
+    old = importlib.import_module("tasks")
+  assert old.protein is tasks.protein
+  assert importlib.import_module("tasks.protein") is tasks.protein
+  assert (old.get_task("swissprot_sample_protbert_mlm") is
+          seqio.get_mixture_or_task("swissprot_sample_protbert_mlm"))
+
+
+def _imports_the_tasks_package(path: pathlib.Path) -> bool:
+  """Whether the module at `path` imports `prottrans_jax.tasks` (or the
+  deprecated top-level `tasks`), absolutely or relatively."""
+  package = path.relative_to(pathlib.Path(prottrans_jax.__file__).parents[1])
+  names = []
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names += [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        parent = ".".join(package.parent.parts[:len(package.parent.parts) -
+                                               node.level + 1])
+        base = f"{parent}.{base}" if base else parent
+      names += [base] + [f"{base}.{a.name}" for a in node.names]
+  return any(n.split(".")[0] == "tasks" or n.split(".")[:2] == ["prottrans_jax", "tasks"]
+             for n in names)
+
+
+def test_library_never_imports_the_tasks_package():
+  """Registering the tasks is a side effect kept at the edges (scripts,
+  tests, gin files): no library module outside prottrans_jax/tasks imports
+  them, so prottrans_jax.data, which the tasks use, never depends on them."""
+  root = pathlib.Path(prottrans_jax.__file__).parent
+  assert _imports_the_tasks_package(root / "tasks" / "inspection.py")
+  offenders = [str(p.relative_to(root)) for p in sorted(root.rglob("*.py"))
+               if root / "tasks" not in p.parents and _imports_the_tasks_package(p)]
+  assert offenders == []

@@ -21,7 +21,6 @@ from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import trainer
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 60
 
 
@@ -41,8 +40,7 @@ def _logged(model_dir: pathlib.Path) -> dict[str, list[float]]:
 def test_loss_falls_on_the_bundled_corpus(model, learning_rate, tmp_path):
   gin.clear_config()
   gin_utils.parse(
-      [str(REPO / "gin" / "models" / f"{model}.gin"),
-       str(REPO / "gin" / "runs" / "pretrain_bert.gin")],
+      [f"models/{model}.gin", "runs/pretrain_bert.gin"],
       [f"MODEL_DIR = '{tmp_path}'", f"TRAIN_STEPS = {STEPS}", "BATCH_SIZE = 8",
        "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 64}", "NUM_PARTITIONS = 2",
        f"LEARNING_RATE = {learning_rate}", "WARMUP_STEPS = 5", "trainer.train.log_period = 1",

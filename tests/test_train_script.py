@@ -20,8 +20,8 @@ from prottrans_jax import checkpoints
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "train.py"
 BASE_ARGS = (
-    "--gin_file=gin/models/prott5_tiny.gin",
-    "--gin_file=gin/runs/pretrain.gin",
+    "--gin_file=models/prott5_tiny.gin",
+    "--gin_file=runs/pretrain.gin",
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 64}",
     "--gin.BATCH_SIZE=8",
     "--gin.NUM_PARTITIONS=2",

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-import tasks  # pylint: disable=unused-import  (registers the seqio tasks)
+import prottrans_jax.tasks  # pylint: disable=unused-import  (registers the seqio tasks)
 from prottrans_jax import families
 from prottrans_jax import partitioning
 from prottrans_jax.models import t5

@@ -20,7 +20,7 @@ go through `fasta.read_fasta` and its `FastaPolicy`, in both paths. The
 train/validation split is `splits.split_of(id, validation_fraction)`: a
 stable hash of the id, so a protein stays in its split whatever the file
 order, the sharding or the runner, and the sample's split equals the one of
-the in-memory FASTA source in `tasks/`.
+the in-memory FASTA source in `prottrans_jax/tasks/`.
 
 Two ways to build, same records:
 - the generator path (default): one process, for the sample, custom files and
@@ -116,7 +116,7 @@ CONFIGS = {
                 "The 100 Swiss-Prot proteins bundled with prottrans_jax "
                 "(UniProtKB/Swiss-Prot, CC BY 4.0); needs no setup."),
             fasta_paths=(sample_corpus.FASTA_PATH,),
-            # 12 of the 100 proteins, the same split as tasks/'s sample source.
+            # 12 of the 100 proteins, the same split as prottrans_jax/tasks/'s sample source.
             validation_fraction=0.1,
         ),
     )

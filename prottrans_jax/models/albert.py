@@ -36,16 +36,4 @@ ALBERT_CONFIGS: dict[str, AlbertConfig] = {
     "tiny": AlbertConfig(vocab_size=30, embedding_size=16, hidden_size=64,
                          num_hidden_layers=3, num_attention_heads=4, intermediate_size=128,
                          max_position_embeddings=1024),
-    # The released Rostlab/prot_albert (~224M parameters): ALBERT-xxlarge's
-    # shape with 40k positions. Every size, gelu and the zero dropouts are
-    # its config.json's (https://huggingface.co/Rostlab/prot_albert/blob/main/config.json:
-    # one hidden group, inner_group_num 1, type_vocab_size 2); its weight file,
-    # 897,396,780 bytes, is these parameters plus the pooler and the
-    # pre-training heads in float32. Its vocabulary (34 entries) is its own
-    # sentencepiece model, not ProtBert's; models trained here use ProtBert's
-    # 30 ids (see prottrans_jax/vocab.py).
-    "protalbert": AlbertConfig(vocab_size=34, embedding_size=128, hidden_size=4096,
-                               num_hidden_layers=12, num_attention_heads=64,
-                               intermediate_size=16384, hidden_dropout_prob=0.0,
-                               attention_probs_dropout_prob=0.0),
 }

@@ -86,9 +86,6 @@ BERT_CONFIGS: dict[str, BertConfig] = {
     "protbert": BertConfig(hidden_size=1024, num_hidden_layers=30, num_attention_heads=16,
                            intermediate_size=4096, hidden_dropout_prob=0.0,
                            attention_probs_dropout_prob=0.0),
-    "protbert_bfd": BertConfig(hidden_size=1024, num_hidden_layers=30, num_attention_heads=16,
-                               intermediate_size=4096, hidden_dropout_prob=0.0,
-                               attention_probs_dropout_prob=0.0),
 }
 
 

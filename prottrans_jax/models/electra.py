@@ -85,25 +85,6 @@ ELECTRA_CONFIGS: dict[str, ElectraConfig] = {
     "tiny_discriminator": ElectraConfig(hidden_size=64, num_hidden_layers=2,
                                         num_attention_heads=4, intermediate_size=128,
                                         max_position_embeddings=1024),
-    # The released Rostlab/prot_electra_generator_bfd and
-    # Rostlab/prot_electra_discriminator_bfd: ProtBert's discriminator shape,
-    # a generator 1/4 as wide projecting from the shared 1024-wide embedding.
-    # The vocabulary is ProtBert's 30 tokens in the same order
-    # (https://huggingface.co/Rostlab/prot_electra_discriminator_bfd/blob/main/vocab.txt).
-    # Their config.json files were not found in a public copy. The sizes
-    # below agree, to the digits shown, with the weight files the ProtTrans
-    # notebook (github.com/agemagician/ProtTrans, Embedding/Basic/Electra.ipynb)
-    # downloads: 261 MB for the generator (these sizes: 65.2M float32
-    # parameters) and 1.68 GB for the discriminator (419.9M); a file size
-    # does not pin down head counts, so those remain unconfirmed.
-    "protelectra_generator": ElectraConfig(embedding_size=1024, hidden_size=256,
-                                           num_hidden_layers=30, num_attention_heads=4,
-                                           intermediate_size=1024, hidden_dropout_prob=0.0,
-                                           attention_probs_dropout_prob=0.0),
-    "protelectra_discriminator": ElectraConfig(hidden_size=1024, num_hidden_layers=30,
-                                               num_attention_heads=16, intermediate_size=4096,
-                                               hidden_dropout_prob=0.0,
-                                               attention_probs_dropout_prob=0.0),
 }
 
 

@@ -1,6 +1,6 @@
 """Human-readable views of task examples, for checking a pipeline by eye."""
 
-import tasks
+from prottrans_jax import tasks
 
 
 def describe_examples(task_name: str, feature_lengths: dict[str, int],
