@@ -61,15 +61,7 @@ class T5Config(configs.DictConfig):
   tie_word_embeddings: bool = True
 
   def __post_init__(self):
-    parts = self.feed_forward_proj.split("-")
-    if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-      raise ValueError(
-          f"feed_forward_proj {self.feed_forward_proj!r} is not valid: expected "
-          "'ACT' or 'gated-ACT', e.g. 'relu' (T5 1.0, ProtT5) or 'gated-gelu' (T5 1.1)")
-    if parts[-1] not in layers.ACTIVATIONS:
-      raise ValueError(
-          f"feed_forward_proj {self.feed_forward_proj!r}: unsupported activation "
-          f"{parts[-1]!r}; known: {sorted(layers.ACTIVATIONS)}")
+    parse_feed_forward_proj(self.feed_forward_proj)
     if not isinstance(self.tie_word_embeddings, bool):
       raise ValueError(
           f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
@@ -77,14 +69,31 @@ class T5Config(configs.DictConfig):
   @property
   def is_gated_act(self) -> bool:
     """Whether the MLP is gated (wi_0, wi_1, wo)."""
-    return self.feed_forward_proj.startswith("gated-")
+    return parse_feed_forward_proj(self.feed_forward_proj)[0]
 
   @property
   def dense_act_fn(self) -> str:
     """The MLP's activation (a layers.ACTIVATIONS name), as transformers reads it."""
-    if self.feed_forward_proj == "gated-gelu":
-      return "gelu_new"  # transformers' special case, kept for compatibility
-    return self.feed_forward_proj.split("-")[-1]
+    return parse_feed_forward_proj(self.feed_forward_proj)[1]
+
+
+def parse_feed_forward_proj(value: str) -> tuple[bool, str]:
+  """(gated, activation name) of a `feed_forward_proj`, as transformers reads it.
+
+  "ACT" or "gated-ACT"; "gated-gelu" is transformers' special case for the
+  tanh GELU ("gelu_new"). Raises ValueError for anything else.
+  """
+  parts = value.split("-") if isinstance(value, str) else []
+  if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+    raise ValueError(
+        f"feed_forward_proj {value!r} is not valid: expected 'ACT' or "
+        "'gated-ACT', e.g. 'relu' (T5 1.0, ProtT5) or 'gated-gelu' (T5 1.1)")
+  if parts[-1] not in layers.ACTIVATIONS:
+    raise ValueError(
+        f"feed_forward_proj {value!r}: unsupported activation {parts[-1]!r}; "
+        f"known: {sorted(layers.ACTIVATIONS)}")
+  gated = len(parts) == 2
+  return gated, "gelu_new" if value == "gated-gelu" else parts[-1]
 
 
 T5_CONFIGS: dict[str, T5Config] = {
