@@ -142,8 +142,8 @@ def ties_word_embeddings(hf_config: Mapping[str, Any]) -> bool:
   if tie is False and scale:
     raise ConversionError(
         "config.json has tie_word_embeddings false but scale_decoder_outputs "
-        "true: an untied output layer with T5 1.0's rescale is neither T5 1.0 "
-        "nor T5 1.1")
+        "true: transformers 4 reads that as untied (T5 1.1), transformers 5 as "
+        "rescaled (T5 1.0); remove the key that is wrong")
   return bool(scale)
 
 
