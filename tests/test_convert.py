@@ -16,6 +16,7 @@ from prottrans_jax.convert import convert
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import params as params_lib
 from prottrans_jax.convert import t5x
+from t5_variants import VARIANTS, random_hf_t5  # a test helper (tests/)
 from prottrans_jax.models import t5
 from prottrans_jax import checkpoints
 
@@ -192,6 +193,89 @@ def test_clear_errors(hf_dir, tmp_path):
   with pytest.raises(FileExistsError, match="--overwrite"):
     convert.convert_checkpoint("hf", "hf", hf_dir, tmp_path / "taken", progress=False)
   assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+@pytest.fixture(scope="module", params=[v for v in VARIANTS if v != "t5_1_0"])
+def variant_hf_dir(request, tmp_path_factory) -> tuple[str, pathlib.Path]:
+  """A tiny random T5 1.1-variant model saved by transformers."""
+  path = tmp_path_factory.mktemp(request.param)
+  random_hf_t5(*VARIANTS[request.param]).save_pretrained(path)
+  return request.param, path
+
+
+def test_hf_variant_round_trip_through_native(variant_hf_dir, tmp_path):
+  variant, hf_dir = variant_hf_dir
+  feed_forward_proj, tied = VARIANTS[variant]
+  config, _, _, _ = convert.read_checkpoint("hf", hf_dir)
+  assert (config.feed_forward_proj, config.tie_word_embeddings) == (feed_forward_proj, tied)
+  convert.convert_checkpoint("hf", "native", hf_dir, tmp_path / "native", progress=False)
+  _, restored, _ = checkpoints.restore_params(tmp_path / "native")
+  assert restored == config  # the variant is recorded with the checkpoint
+  convert.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "hf",
+                             progress=False)
+  exported = json.loads((tmp_path / "hf" / hf_io.CONFIG_FILE).read_text())
+  assert (exported["feed_forward_proj"], exported["tie_word_embeddings"]) == (
+      feed_forward_proj, tied)
+
+  # The same tensors as transformers saved, byte for byte (untied, lm_head
+  # is one of them), and from_pretrained finds every weight and nothing else.
+  original, back = hf_io.LazyStateDict(hf_dir), hf_io.LazyStateDict(tmp_path / "hf")
+  assert set(back) == set(original) and ("lm_head.weight" in back) == (not tied)
+  for name, array in back.items():
+    assert array.dtype == original[name].dtype and array.tobytes() == original[name].tobytes()
+  models = []
+  for directory in (hf_dir, tmp_path / "hf"):
+    model, info = transformers.T5ForConditionalGeneration.from_pretrained(
+        directory, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    models.append(model.eval())
+  with torch.no_grad():
+    ids, mask = torch.tensor(TOKENS), torch.tensor(TOKENS > 0)
+    logits = [m(input_ids=ids, attention_mask=mask, decoder_input_ids=ids[:, :6] * 0 + 3).logits
+              for m in models]
+  np.testing.assert_array_equal(logits[1].numpy(), logits[0].numpy())
+
+
+def test_hf_variant_mismatch_errors_name_the_tensor(hf_dir, tmp_path):
+  def config_edit(**fields):
+    return lambda c: c.update(fields)
+
+  gated_config = _rewrite(hf_dir, tmp_path / "gated", edit_config=config_edit(
+      feed_forward_proj="gated-gelu"))
+  with pytest.raises(params_lib.ConversionError,
+                     match=r"missing.*encoder.block.0.layer.1.DenseReluDense.wi_0.weight.*"
+                           r"not mapped.*encoder.block.0.layer.1.DenseReluDense.wi.weight.*"
+                           r"ungated MLP \(wi\) but feed_forward_proj is 'gated-gelu'"):
+    convert.convert_checkpoint("hf", "hf", gated_config, tmp_path / "o1", dry_run=True)
+
+  # As transformers 4 writes T5 1.1 (5 writes scale_decoder_outputs too).
+  untied_config = _rewrite(hf_dir, tmp_path / "untied", edit_config=lambda c: (
+      c.pop("scale_decoder_outputs", None), c.update(tie_word_embeddings=False)))
+  with pytest.raises(params_lib.ConversionError,
+                     match=r"missing.*lm_head.weight.*untied \(T5 1.1\) but the checkpoint "
+                           r"has no lm_head.weight"):
+    convert.convert_checkpoint("hf", "hf", untied_config, tmp_path / "o2", dry_run=True)
+
+  t5_1_1 = tmp_path / "t5_1_1"
+  random_hf_t5("gated-gelu", tie_word_embeddings=False).save_pretrained(t5_1_1)
+  relu_config = _rewrite(t5_1_1, tmp_path / "relu", edit_config=config_edit(
+      feed_forward_proj="relu"))
+  with pytest.raises(params_lib.ConversionError,
+                     match=r"not mapped.*decoder.block.0.layer.2.DenseReluDense.wi_0.weight.*"
+                           r"gated MLP \(wi_0, wi_1\) but feed_forward_proj is 'relu'"):
+    convert.convert_checkpoint("hf", "hf", relu_config, tmp_path / "o3", dry_run=True)
+
+  tied_config = _rewrite(t5_1_1, tmp_path / "tied", edit_config=lambda c: (
+      c.pop("scale_decoder_outputs", None), c.update(tie_word_embeddings=True)))
+  with pytest.raises(params_lib.ConversionError,
+                     match="lm_head.weight differs from shared.weight.*tie_word_embeddings false"):
+    convert.convert_checkpoint("hf", "native", tied_config, tmp_path / "o4", progress=False)
+
+  bad_head = _rewrite(t5_1_1, tmp_path / "head", lambda s: s.update(
+      {"lm_head.weight": np.zeros((127, 32), np.float32)}))
+  with pytest.raises(params_lib.ConversionError,
+                     match=r"lm_head.weight.*\(127, 32\).*\(128, 32\)"):
+    convert.convert_checkpoint("hf", "native", bad_head, tmp_path / "o5", progress=False)
 
 
 def test_script_dry_run_and_error(hf_dir, tmp_path):

@@ -1,7 +1,8 @@
 """T5 model parity with Hugging Face `transformers` on random tiny weights.
 
-The reference is transformers' T5 (PyTorch, float32) with ProtT5's
-architecture: ReLU feed-forward, tied embeddings, vocabulary 128.
+The reference is transformers' T5 (PyTorch, float32), vocabulary 128, in
+ProtT5's architecture (T5 1.0: ReLU feed-forward, tied embeddings) and in
+the T5 1.1 variants (untied output layer, gated-GELU feed-forward, both).
 """
 import dataclasses
 from functools import partial
@@ -12,28 +13,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.data import fasta
 from prottrans_jax.models import layers
 from prottrans_jax.models import t5
+from t5_variants import VARIANTS, hf_encoder_output, hf_logits, padded_batch, random_hf_t5
+from t5_variants import teacher_forcing
 
-PROTT5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"  # ids 3..27; eos 1, pad 0
 LENGTHS = (150, 97, 33, 9)  # > 128 residues exercises the far buckets
-
-
-def tokenize(sequence: str) -> list[int]:
-  return [PROTT5_RESIDUES.index(c) + 3 for c in sequence] + [1]
-
-
-def padded_batch(sequences: list[str]) -> np.ndarray:
-  rows = [tokenize(s) for s in sequences]
-  batch = np.zeros((len(rows), max(map(len, rows))), np.int32)
-  for i, row in enumerate(rows):
-    batch[i, :len(row)] = row
-  return batch
 
 
 @pytest.fixture(scope="module")
@@ -42,39 +31,46 @@ def proteins(shared_data) -> list[str]:
   return [next(records).sequence[:n] for n in LENGTHS]
 
 
+def _convert(model: transformers.T5ForConditionalGeneration):
+  """(our config, our params) converted from the HF model's state dict."""
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  config = hf_t5.t5_config_from_hf(model.config.to_dict(), dtype="float32")
+  return config, hf_t5.state_dict_to_params(state, config)
+
+
 @pytest.fixture(scope="module")
 def hf_model() -> transformers.T5ForConditionalGeneration:
-  config = transformers.T5Config(
-      vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-      num_decoder_layers=3, feed_forward_proj="relu", is_encoder_decoder=True,
-      tie_word_embeddings=True, dropout_rate=0.0, decoder_start_token_id=0)
-  torch.manual_seed(0)
-  model = transformers.T5ForConditionalGeneration(config).eval()
-  with torch.no_grad():
-    # HF initialises norm scales to 1; random ones catch a mis-mapped norm.
-    for name, p in model.named_parameters():
-      if "layer_norm" in name:
-        p.uniform_(0.5, 1.5)
-  return model
+  """ProtT5's architecture (T5 1.0), 2 encoder and 3 decoder layers."""
+  return random_hf_t5(num_decoder_layers=3)
 
 
 @pytest.fixture(scope="module")
 def converted(hf_model):
-  """(our config, our params) converted from the HF model's state dict."""
-  state = {k: v.numpy() for k, v in hf_model.state_dict().items()}
-  config = hf_t5.t5_config_from_hf(hf_model.config.to_dict(), dtype="float32")
-  return config, hf_t5.state_dict_to_params(state, config)
+  return _convert(hf_model)
 
 
-def test_encoder_matches_transformers_t5_encoder_model(hf_model, converted, proteins):
-  config, params = converted
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def variant(request, hf_model, converted):
+  """(variant name, HF model, our config, our params) for every variant."""
+  if request.param == "t5_1_0":
+    return request.param, hf_model, *converted
+  model = random_hf_t5(*VARIANTS[request.param], num_decoder_layers=3)
+  return request.param, model, *_convert(model)
+
+
+def test_config_reads_the_variant(variant):
+  name, _, config, params = variant
+  feed_forward_proj, tied = VARIANTS[name]
+  assert (config.feed_forward_proj, config.tie_word_embeddings) == (feed_forward_proj, tied)
+  mlp = params["encoder"]["layers_1"]["mlp"]
+  assert set(mlp) == ({"wi_0", "wi_1", "wo"} if config.is_gated_act else {"wi", "wo"})
+  assert ("logits_dense" in params["decoder"]) == (not tied)
+
+
+def test_encoder_matches_transformers_t5_encoder_model(variant, proteins):
+  _, hf_model, config, params = variant
   tokens = padded_batch(proteins)
-  encoder = transformers.T5EncoderModel(hf_model.config).eval()
-  missing, unexpected = encoder.load_state_dict(hf_model.state_dict(), strict=False)
-  assert not missing and all(k.startswith(("decoder.", "lm_head.")) for k in unexpected)
-  with torch.no_grad():
-    expected = encoder(input_ids=torch.tensor(tokens, dtype=torch.long),
-                       attention_mask=torch.tensor(tokens > 0)).last_hidden_state.numpy()
+  expected = hf_encoder_output(hf_model, tokens)
 
   ours = jax.jit(partial(t5.T5(config).apply, method=t5.T5.encode))(
       {"params": params}, tokens)
@@ -83,36 +79,35 @@ def test_encoder_matches_transformers_t5_encoder_model(hf_model, converted, prot
   np.testing.assert_array_less(np.abs(np.asarray(ours) - expected)[valid], 1e-5)
 
 
-def test_decoder_logits_match_transformers_with_teacher_forcing(hf_model, converted, proteins):
-  config, params = converted
+def test_decoder_logits_match_transformers_with_teacher_forcing(variant, proteins):
+  _, hf_model, config, params = variant
   inputs = padded_batch(proteins)
-  targets = padded_batch([p[:20] for p in proteins])
-  decoder_inputs = np.pad(targets[:, :-1], [(0, 0), (1, 0)])  # start token 0
-  with torch.no_grad():
-    expected = hf_model(
-        input_ids=torch.tensor(inputs, dtype=torch.long),
-        attention_mask=torch.tensor(inputs > 0),
-        decoder_input_ids=torch.tensor(decoder_inputs, dtype=torch.long),
-        decoder_attention_mask=torch.tensor(targets > 0)).logits.numpy()
+  decoder_inputs, targets = teacher_forcing(proteins, 20)
+  expected = hf_logits(hf_model, inputs, decoder_inputs, targets)
 
   ours = jax.jit(t5.T5(config).apply)({"params": params}, inputs, decoder_inputs, targets)
   assert ours.dtype == jnp.float32 and ours.shape == expected.shape
   np.testing.assert_array_less(np.abs(np.asarray(ours) - expected)[targets > 0], 1e-5)
 
 
-def test_hf_to_ours_to_hf_is_byte_identical(hf_model, converted):
-  config, params = converted
+def test_hf_to_ours_to_hf_is_byte_identical(variant):
+  _, hf_model, config, params = variant
   original = {k: v.numpy() for k, v in hf_model.state_dict().items()}
   back = hf_t5.params_to_state_dict(params, config)
-  # Everything but the tied copies of shared.weight comes back.
-  assert set(back) == set(original) - set(hf_t5.TIED_COPIES)
+  # Everything but the tied copies of shared.weight comes back; untied,
+  # lm_head.weight is a tensor of its own and comes back too.
+  assert set(back) == set(original) - set(hf_t5.tied_copies(config))
+  assert ("lm_head.weight" in back) == (not config.tie_word_embeddings)
   for name, array in back.items():
     assert array.dtype == original[name].dtype, name
     assert array.tobytes() == original[name].tobytes(), name
 
 
-def test_every_param_has_logical_axis_names():
-  config = dataclasses.replace(t5.T5_CONFIGS["tiny"], dtype="float32")
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_every_param_has_logical_axis_names(name):
+  feed_forward_proj, tied = VARIANTS[name]
+  config = dataclasses.replace(t5.T5_CONFIGS["tiny"], dtype="float32",
+                               feed_forward_proj=feed_forward_proj, tie_word_embeddings=tied)
   tokens = jnp.ones((1, 4), jnp.int32)
   boxed = jax.eval_shape(t5.T5(config).init, jax.random.PRNGKey(0), tokens, tokens)["params"]
   leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
@@ -120,6 +115,19 @@ def test_every_param_has_logical_axis_names():
   for leaf in leaves:
     assert isinstance(leaf, nn.LogicallyPartitioned)
     assert len(leaf.names) == leaf.value.ndim and all(leaf.names)
+  # T5X's logical axes for the variant parameters.
+  flat = {"/".join(k.key for k in path): leaf for path, leaf in
+          jax.tree_util.tree_flatten_with_path(
+              boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))[0]}
+  mlp = ("wi_0", "wi_1") if config.is_gated_act else ("wi",)
+  for wi in mlp:
+    assert flat[f"decoder/layers_1/mlp/{wi}/kernel"].names == ("embed", "mlp")
+  assert flat["decoder/layers_1/mlp/wo/kernel"].names == ("mlp", "embed")
+  if tied:
+    assert not any("logits_dense" in n for n in flat)
+  else:
+    logits = flat["decoder/logits_dense/kernel"]
+    assert logits.names == ("embed", "vocab") and logits.value.shape == (64, 128)
 
 
 @pytest.mark.parametrize("kind", ["encoder", "decoder_self", "cross"])
@@ -194,6 +202,35 @@ def test_config_dict_round_trip_and_unknown_key():
   assert t5.T5Config.from_dict(config.to_dict()) == config
   with pytest.raises(ValueError, match="d_modell"):
     t5.T5Config.from_dict({**config.to_dict(), "d_modell": 3})
+  # A record written before the variant fields existed is T5 1.0.
+  old = {k: v for k, v in config.to_dict().items()
+         if k not in ("feed_forward_proj", "tie_word_embeddings")}
+  assert t5.T5Config.from_dict(old) == config
+  assert (config.feed_forward_proj, config.tie_word_embeddings) == ("relu", True)
+  t5_1_1 = dataclasses.replace(config, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+  assert t5.T5Config.from_dict(t5_1_1.to_dict()) == t5_1_1
+
+
+def test_feed_forward_proj_reads_as_in_transformers():
+  for value in ("relu", "gelu", "gelu_new", "gated-gelu", "gated-relu", "gated-gelu_new"):
+    hf = transformers.T5Config(feed_forward_proj=value)
+    ours = dataclasses.replace(t5.T5_CONFIGS["tiny"], feed_forward_proj=value)
+    assert (ours.is_gated_act, ours.dense_act_fn) == (hf.is_gated_act, hf.dense_act_fn), value
+  # gated-gelu is the tanh GELU, plain gelu the exact one.
+  x = jnp.linspace(-3.0, 3.0, 13)
+  for value, approximate in (("gated-gelu", True), ("gelu", False)):
+    act = layers.activation(
+        dataclasses.replace(t5.T5_CONFIGS["tiny"], feed_forward_proj=value).dense_act_fn)
+    np.testing.assert_array_equal(act(x), nn.gelu(x, approximate=approximate))
+  assert not np.allclose(nn.gelu(x, approximate=True), nn.gelu(x, approximate=False), atol=1e-4)
+  for bad, why in (("gated", "unsupported activation 'gated'"),
+                   ("relu-gated", "'ACT' or 'gated-ACT'"),
+                   ("gated-gelu-x", "'ACT' or 'gated-ACT'"),
+                   ("gated-swish", "unsupported activation 'swish'")):
+    with pytest.raises(ValueError, match=why):
+      dataclasses.replace(t5.T5_CONFIGS["tiny"], feed_forward_proj=bad)
+  with pytest.raises(ValueError, match="tie_word_embeddings"):
+    dataclasses.replace(t5.T5_CONFIGS["tiny"], tie_word_embeddings="false")
 
 
 def test_released_configs_convert(shared_data):
@@ -203,8 +240,20 @@ def test_released_configs_convert(shared_data):
                      ("prot_t5_xl_half_uniref50-enc", "prott5_xl")):
     hf = json.loads((configs / f"{name}.config.json").read_text())
     assert hf_t5.t5_config_from_hf(hf) == t5.T5_CONFIGS[ours], name
-  with pytest.raises(ValueError, match="gated-gelu"):
-    hf_t5.t5_config_from_hf({**hf, "feed_forward_proj": "gated-gelu"})
+  # T5 1.1 as older transformers write it, and as transformers 5 does
+  # (tie_word_embeddings always true, the fact in scale_decoder_outputs).
+  t5_1_1 = dataclasses.replace(t5.T5_CONFIGS["prott5_xl"], feed_forward_proj="gated-gelu",
+                               tie_word_embeddings=False)
+  for untied in ({"tie_word_embeddings": False},
+                 {"tie_word_embeddings": True, "scale_decoder_outputs": False}):
+    assert hf_t5.t5_config_from_hf({**hf, "feed_forward_proj": "gated-gelu", **untied}) == t5_1_1
+  assert hf_t5.t5_config_from_hf({**hf, "scale_decoder_outputs": True}) == t5.T5_CONFIGS["prott5_xl"]
+  assert hf_t5.hf_config_from_t5(t5_1_1)["tie_word_embeddings"] is False
+  assert hf_t5.hf_config_from_t5(t5_1_1)["feed_forward_proj"] == "gated-gelu"
+  with pytest.raises(hf_t5.ConversionError, match="gated-swish"):
+    hf_t5.t5_config_from_hf({**hf, "feed_forward_proj": "gated-swish"})
+  with pytest.raises(hf_t5.ConversionError, match="scale_decoder_outputs"):
+    hf_t5.t5_config_from_hf({**hf, "tie_word_embeddings": False, "scale_decoder_outputs": True})
 
 
 def test_flops_per_token_counts_six_n_plus_attention():
@@ -217,3 +266,27 @@ def test_flops_per_token_counts_six_n_plus_attention():
   # token (relpos tables and norms are not matmuls).
   assert abs(t5.flops_per_token(config, 1, 1) * 2 / (6 * n_params) - 1) < 0.02
   assert t5.flops_per_token(config, 512, 128) > t5.flops_per_token(config, 1, 1)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_flops_count_every_weight_matrix_of_the_variant(name):
+  feed_forward_proj, tied = VARIANTS[name]
+  config = dataclasses.replace(t5.T5_CONFIGS["base100m"], feed_forward_proj=feed_forward_proj,
+                               tie_word_embeddings=tied)
+  shapes = jax.eval_shape(t5.T5(config).init, jax.random.PRNGKey(0),
+                          jnp.ones((1, 1), jnp.int32), jnp.ones((1, 1), jnp.int32))
+  flat = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(shapes)["params"])[0]
+  sizes = {"/".join(k.key for k in path): leaf.size for path, leaf in flat}
+  # One encoder and one decoder position: every kernel is one matrix-vector
+  # product; the output layer is the embedding (tied) or logits_dense.
+  matmul_weights = sum(n for k, n in sizes.items() if k.endswith("/kernel"))
+  if tied:
+    matmul_weights += sizes["token_embedder/embedding"]
+  joined = config.num_heads * config.d_kv
+  attention = (config.num_encoder_layers * 2 + config.num_decoder_layers * 4) * joined
+  assert t5.flops_per_token(config, 1, 1) == 3 * 2 * (matmul_weights + attention) / 2
+  # Encoder forward pass alone, at 1 token: its kernels plus attention.
+  encoder_weights = sum(n for k, n in sizes.items()
+                        if k.startswith("encoder/") and k.endswith("/kernel"))
+  assert t5.encoder_forward_flops(config, 1) == 2 * (
+      encoder_weights + config.num_encoder_layers * 2 * joined)

@@ -3,8 +3,14 @@
 Pure numpy, no torch. Hugging Face stores torch `Linear` weights (out, in)
 and the relative-position table (buckets, heads) in block 0 of each stack;
 we store kernels (in, out) and the table (heads, buckets) once per stack, so
-both are transposes. The token embedding is shared; `lm_head.weight` and the
-stacks' `embed_tokens.weight` are tied copies of `shared.weight`.
+both are transposes. The token embedding is shared; the stacks'
+`embed_tokens.weight` are tied copies of `shared.weight`, and so is
+`lm_head.weight` in T5 1.0 / ProtT5.
+
+T5 1.1 variants: a gated MLP (`feed_forward_proj` "gated-ACT") is
+`DenseReluDense.wi_0` / `wi_1` / `wo` (Hugging Face keeps the module name);
+an untied output layer (`tie_word_embeddings` false) makes `lm_head.weight`
+a tensor of its own, our `decoder/logits_dense/kernel` transposed.
 
 `param_loaders` takes any Mapping, so a lazy one (hf_io's reader over
 safetensors files) converts a checkpoint one tensor at a time.
@@ -23,9 +29,10 @@ ARCHITECTURES = ("T5ForConditionalGeneration", "T5Model", "T5EncoderModel")
 # Architectures whose checkpoints have no decoder.
 ENCODER_ONLY_ARCHITECTURES = ("T5EncoderModel",)
 SHARED_EMBEDDING = "shared.weight"
+LM_HEAD = "lm_head.weight"
 # Tied copies of `shared.weight` some writers (torch state_dict()) include.
 TIED_COPIES = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight",
-               "lm_head.weight")
+               LM_HEAD)
 # Present in old checkpoints, never used by Hugging Face's model (it ignores
 # it on load): cross-attention has no position bias.
 IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
@@ -41,6 +48,19 @@ class TensorMapping:
   transpose: bool  # 2-D transpose between the two layouts
 
 
+def tied_copies(config: t5.T5Config) -> tuple[str, ...]:
+  """The names that are copies of `shared.weight` for this config.
+
+  With an untied output layer `lm_head.weight` is a tensor of its own.
+  """
+  return TIED_COPIES if config.tie_word_embeddings else tuple(
+      c for c in TIED_COPIES if c != LM_HEAD)
+
+
+def _mlp_names(config: t5.T5Config) -> tuple[str, ...]:
+  return ("wi_0", "wi_1", "wo") if config.is_gated_act else ("wi", "wo")
+
+
 def tensor_mappings(config: t5.T5Config, encoder_only: bool = False) -> list[TensorMapping]:
   """Every tensor of the model, in checkpoint order."""
   out = [TensorMapping(SHARED_EMBEDDING, "token_embedder/embedding", False)]
@@ -51,7 +71,7 @@ def tensor_mappings(config: t5.T5Config, encoder_only: bool = False) -> list[Ten
                                f"{ours_prefix}/{our_name}/kernel", True))
 
   def mlp(hf_prefix, ours_prefix):
-    for name in ("wi", "wo"):
+    for name in _mlp_names(config):
       out.append(TensorMapping(f"{hf_prefix}.DenseReluDense.{name}.weight",
                                f"{ours_prefix}/mlp/{name}/kernel", True))
 
@@ -80,6 +100,8 @@ def tensor_mappings(config: t5.T5Config, encoder_only: bool = False) -> list[Ten
         mlp(f"{hf}.2", ours)
         norm(f"{hf}.2.layer_norm.weight", f"{ours}/pre_mlp_layer_norm/scale")
     norm(f"{stack}.final_layer_norm.weight", f"{stack}/{stack}_norm/scale")
+  if not encoder_only and not config.tie_word_embeddings:
+    out.append(TensorMapping(LM_HEAD, "decoder/logits_dense/kernel", True))
   return out
 
 
@@ -92,7 +114,7 @@ def relayout(mapping: TensorMapping, array: np.ndarray) -> np.ndarray:
 
 
 def architecture(hf_config: Mapping[str, Any]) -> str:
-  """The checkpoint's architecture; raises for anything but a T5 1.0 model."""
+  """The checkpoint's architecture; raises for anything but a T5 model."""
   if hf_config.get("model_type", "t5") != "t5":
     raise ConversionError(
         f"config.json has model_type {hf_config.get('model_type')!r}; only 't5' "
@@ -105,23 +127,40 @@ def architecture(hf_config: Mapping[str, Any]) -> str:
   return names[0]
 
 
-def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> t5.T5Config:
-  """T5Config from a Hugging Face `config.json` dict (T5 1.0 / ProtT5 only).
+def ties_word_embeddings(hf_config: Mapping[str, Any]) -> bool:
+  """Whether a config.json ties the output layer to the embedding (T5 1.0).
 
-  `overrides` set the fields config.json does not carry (dtype, attention
-  chunking) or replace its values (e.g. dropout_rate).
+  Older transformers say untied (T5 1.1) with `tie_word_embeddings: false`.
+  transformers 5 reads that key once, then always writes
+  `tie_word_embeddings: true` and keeps the fact as `scale_decoder_outputs`
+  (false: untied, no d_model**-0.5 rescale), so both keys are read.
+  """
+  tie = hf_config.get("tie_word_embeddings", True)
+  scale = hf_config.get("scale_decoder_outputs")
+  if scale is None:
+    return tie is not False
+  if tie is False and scale:
+    raise ConversionError(
+        "config.json has tie_word_embeddings false but scale_decoder_outputs "
+        "true: transformers 4 reads that as untied (T5 1.1), transformers 5 as "
+        "rescaled (T5 1.0); remove the key that is wrong")
+  return bool(scale)
+
+
+def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> t5.T5Config:
+  """T5Config from a Hugging Face `config.json` dict.
+
+  T5 1.0 / ProtT5 and the T5 1.1 variants (`feed_forward_proj` "gated-ACT",
+  untied output layer). `overrides` set the fields config.json does not
+  carry (dtype, attention chunking) or replace its values (e.g.
+  dropout_rate).
   """
   architecture(hf_config)
   ff = hf_config.get("feed_forward_proj", "relu")
-  if ff != "relu":
-    raise ConversionError(
-        f"feed_forward_proj {ff!r} is not supported: this T5 is the T5 1.0 / "
-        "ProtT5 architecture with a ReLU feed-forward ('relu'); gated variants "
-        "(T5 1.1, 'gated-gelu') have a different MLP")
-  if hf_config.get("tie_word_embeddings") is False:
-    raise ConversionError(
-        "tie_word_embeddings is false (T5 1.1 style untied output layer); "
-        "ProtT5 / T5 1.0 ties the output logits to the shared embedding")
+  try:
+    t5.parse_feed_forward_proj(ff)
+  except ValueError as e:
+    raise ConversionError(f"config.json: {e}") from e
   fields = {
       "vocab_size": hf_config.get("vocab_size", 32128),
       "d_model": hf_config["d_model"],
@@ -134,6 +173,8 @@ def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> t5.T5Co
       "relative_attention_max_distance": hf_config.get("relative_attention_max_distance", 128),
       "dropout_rate": hf_config.get("dropout_rate", 0.1),
       "layer_norm_epsilon": hf_config.get("layer_norm_epsilon", 1e-6),
+      "feed_forward_proj": ff,
+      "tie_word_embeddings": ties_word_embeddings(hf_config),
   }
   fields.update(overrides)
   return t5.T5Config.from_dict(fields)
@@ -141,7 +182,11 @@ def t5_config_from_hf(hf_config: Mapping[str, Any], **overrides: Any) -> t5.T5Co
 
 def hf_config_from_t5(config: t5.T5Config, *, architecture_name: str = "T5ForConditionalGeneration",
                       torch_dtype: str = "float32") -> dict[str, Any]:
-  """A `config.json` dict `transformers` loads as this model (ProtT5 fields)."""
+  """A `config.json` dict `transformers` loads as this model (ProtT5 fields).
+
+  An untied output layer is written as `tie_word_embeddings: false`, which
+  every transformers version reads as untied and not rescaled.
+  """
   if architecture_name not in ARCHITECTURES:
     raise ConversionError(f"Unknown architecture {architecture_name!r}")
   return {
@@ -158,8 +203,8 @@ def hf_config_from_t5(config: t5.T5Config, *, architecture_name: str = "T5ForCon
       "relative_attention_max_distance": config.relative_attention_max_distance,
       "dropout_rate": config.dropout_rate,
       "layer_norm_epsilon": config.layer_norm_epsilon,
-      "feed_forward_proj": "relu",
-      "tie_word_embeddings": True,
+      "feed_forward_proj": config.feed_forward_proj,
+      "tie_word_embeddings": config.tie_word_embeddings,
       "is_encoder_decoder": True,
       "initializer_factor": 1.0,
       "pad_token_id": 0,
@@ -179,9 +224,26 @@ def _hf_shape(m: TensorMapping, shapes: Mapping[str, tuple[int, ...]]) -> tuple[
 
 def _check_tied_copy(name: str, copy: np.ndarray, shared: np.ndarray) -> None:
   if copy.shape != shared.shape or not np.array_equal(copy, shared):
-    raise ConversionError(
-        f"{name} differs from {SHARED_EMBEDDING}: untied embeddings or output "
-        "layer are not the T5 1.0 / ProtT5 architecture")
+    why = ("but config.json ties the output layer to the embedding (an untied "
+           "one, T5 1.1, has tie_word_embeddings false)" if name == LM_HEAD else
+           "and untied input embeddings are not a T5 architecture")
+    raise ConversionError(f"{name} differs from {SHARED_EMBEDDING}, {why}")
+
+
+def _variant_hints(names: set[str], config: t5.T5Config, encoder_only: bool) -> str:
+  """Why a checkpoint's tensors may not fit config.json's variant."""
+  hints = []
+  gated_names = any(".DenseReluDense.wi_0." in n for n in names)
+  if gated_names and not config.is_gated_act:
+    hints.append(f"the checkpoint has a gated MLP (wi_0, wi_1) but feed_forward_proj "
+                 f"is {config.feed_forward_proj!r}")
+  if not gated_names and config.is_gated_act and any(".DenseReluDense.wi." in n for n in names):
+    hints.append(f"the checkpoint has an ungated MLP (wi) but feed_forward_proj "
+                 f"is {config.feed_forward_proj!r}")
+  if not (encoder_only or config.tie_word_embeddings or LM_HEAD in names):
+    hints.append("config.json says the output layer is untied (T5 1.1) but the "
+                 f"checkpoint has no {LM_HEAD}")
+  return "".join(f" ({h})" for h in hints)
 
 
 def plan(names: set[str], config: t5.T5Config,
@@ -194,11 +256,15 @@ def plan(names: set[str], config: t5.T5Config,
   """
   mappings = tensor_mappings(config, encoder_only)
   expected = {m.hf for m in mappings}
-  skipped = sorted(n for n in names if n in IGNORED or n in TIED_COPIES
-                   or (encoder_only and n.startswith("decoder.")))
-  if SHARED_EMBEDDING not in names and any(c in names for c in TIED_COPIES):
+  copies = tied_copies(config)
+  skipped = sorted(n for n in names if n in IGNORED or n in copies
+                   or (encoder_only and (n.startswith("decoder.") or n == LM_HEAD)))
+  if SHARED_EMBEDDING not in names and any(c in names for c in copies):
     expected.discard(SHARED_EMBEDDING)  # taken from a tied copy instead
-  params_lib.check_names(set(names) - set(skipped), expected, "the Hugging Face checkpoint")
+  try:
+    params_lib.check_names(set(names) - set(skipped), expected, "the Hugging Face checkpoint")
+  except ConversionError as e:
+    raise ConversionError(f"{e}{_variant_hints(names, config, encoder_only)}") from None
   return mappings, skipped
 
 
@@ -219,10 +285,11 @@ def param_loaders(state_dict: Mapping[str, np.ndarray], config: t5.T5Config,
   names = set(state_dict.keys())
   mappings, _ = plan(names, config, encoder_only)
   shapes = params_lib.expected_shapes(config, encoder_only)
+  copies = tied_copies(config)
   shared_source = SHARED_EMBEDDING if SHARED_EMBEDDING in names else next(
-      c for c in TIED_COPIES if c in names)
-  tied_copies = [c for c in TIED_COPIES if c in names and c != shared_source
-                 and not (encoder_only and c.startswith("decoder."))]
+      c for c in copies if c in names)
+  to_check = [c for c in copies if c in names and c != shared_source
+              and not (encoder_only and c.startswith("decoder."))]
 
   def loader(m: TensorMapping) -> Loader:
     source = shared_source if m.hf == SHARED_EMBEDDING else m.hf
@@ -232,7 +299,7 @@ def param_loaders(state_dict: Mapping[str, np.ndarray], config: t5.T5Config,
       params_lib.check_shape(source, array.shape, _hf_shape(m, shapes))
       array = relayout(m, array)
       if source == shared_source:
-        for copy in tied_copies:  # small: vocab x d_model
+        for copy in to_check:  # small: vocab x d_model
           _check_tied_copy(copy, np.asarray(state_dict[copy]), array)
       return array if dtype is None else array.astype(dtype)
     return load
@@ -254,7 +321,8 @@ def hf_loaders(params: Mapping[str, Loader], config: t5.T5Config,
   """Our flat params (as loaders) -> {HF name: (HF shape, loader)} in order.
 
   Only `shared.weight` is written for the tied embedding: `transformers`
-  re-ties the copies on load. Raises on a missing parameter; each loader
+  re-ties the copies on load. An untied output layer is written as
+  `lm_head.weight`. Raises on a missing parameter; each loader
   raises on a shape that does not match `config`.
   """
   mappings = tensor_mappings(config, encoder_only)
@@ -276,6 +344,6 @@ def hf_loaders(params: Mapping[str, Loader], config: t5.T5Config,
 def params_to_state_dict(params: Mapping[str, Any], config: t5.T5Config,
                          encoder_only: bool = False,
                          dtype: Optional[np.dtype] = None) -> dict[str, np.ndarray]:
-  """Our nested params -> a Hugging Face state dict (numpy, `shared.weight` only)."""
+  """Our nested params -> a Hugging Face state dict (numpy; no tied copies)."""
   return {name: load() for name, (_, load) in hf_loaders(
       params_lib.loaders_of(params), config, encoder_only, dtype).items()}

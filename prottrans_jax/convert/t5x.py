@@ -11,8 +11,14 @@ as ours) and `state/step`:
   dotted zarr folders.
 
 T5X keeps the model's hyper-parameters in gin, not in the checkpoint, so the
-config is read off the parameter shapes (`config_from_shapes`); the
-relative-position max distance is not stored and defaults to T5's 128.
+config is read off the parameter names and shapes (`config_from_shapes`),
+the variant included: `mlp/wi_0` and `mlp/wi_1` instead of `mlp/wi` are
+T5 1.1's gated MLP, `decoder/logits_dense/kernel` its untied output layer.
+Activations are not stored either: a gated MLP is taken to be T5X's T5 1.1
+(`mlp_activations=("gelu", "linear")` with flax's tanh GELU, Hugging Face's
+"gated-gelu"), an ungated one ReLU (T5 1.0), unless `feed_forward_proj` is
+given. The relative-position max distance is not stored and defaults to
+T5's 128.
 """
 import os
 import pathlib
@@ -91,16 +97,34 @@ def _orbax_arrays(directory: pathlib.Path) -> dict[str, Any]:
   return out
 
 
+_WI = "encoder/layers_0/mlp/wi/kernel"
+_WI_0 = "encoder/layers_0/mlp/wi_0/kernel"
+_LOGITS_DENSE = "decoder/logits_dense/kernel"
+
+
 def config_from_shapes(shapes: dict[str, tuple[int, ...]], **overrides: Any) -> t5.T5Config:
-  """The T5Config of a T5 1.0 parameter tree, from its names and shapes."""
+  """The T5Config of a T5 parameter tree, from its names and shapes.
+
+  T5 1.0 (`mlp/wi`, logits tied to the embedding) or the T5 1.1 variants
+  (`mlp/wi_0` + `wi_1`: gated, "gated-gelu" unless `feed_forward_proj` is
+  overridden; `decoder/logits_dense/kernel`: untied). Every name and shape
+  is checked against the model later (read_t5x_checkpoint).
+  """
+  if _WI in shapes and _WI_0 in shapes:
+    raise params_lib.ConversionError(
+        f"Not a T5 network: both {_WI} (ungated MLP) and {_WI_0} (gated MLP) are present")
+  gated = _WI_0 in shapes
   try:
     vocab_size, d_model = shapes["token_embedder/embedding"]
     num_heads, num_buckets = shapes["encoder/relpos_bias/rel_embedding"]
     joined = shapes["encoder/layers_0/attention/query/kernel"][1]
-    d_ff = shapes["encoder/layers_0/mlp/wi/kernel"][1]
+    d_ff = shapes[_WI_0 if gated else _WI][1]
   except KeyError as e:
     raise params_lib.ConversionError(
-        f"Not a T5 1.0 network: parameter {e} is missing") from e
+        f"Not a T5 network: parameter {e} is missing") from e
+  except ValueError as e:
+    raise params_lib.ConversionError(
+        f"Not a T5 network: unexpected parameter shapes ({e})") from e
 
   def num_layers(stack):
     return len({m.group(1) for n in shapes if (m := re.match(rf"{stack}/layers_(\d+)/", n))})
@@ -109,7 +133,9 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **overrides: Any) -> 
                 d_kv=joined // num_heads, d_ff=d_ff,
                 num_encoder_layers=num_layers("encoder"),
                 num_decoder_layers=num_layers("decoder"),
-                relative_attention_num_buckets=num_buckets)
+                relative_attention_num_buckets=num_buckets,
+                feed_forward_proj="gated-gelu" if gated else "relu",
+                tie_word_embeddings=_LOGITS_DENSE not in shapes)
   fields.update(overrides)
   return t5.T5Config.from_dict(fields)
 
@@ -122,6 +148,9 @@ def read_t5x_checkpoint(directory: os.PathLike, encoder_only: bool = False,
   `directory` is one checkpoint (`checkpoint_<step>`) or a T5X model dir
   (its latest checkpoint). Arrays are read when their loader is called.
   `step` is the optimizer step (None if the checkpoint has none).
+  The variant (gated MLP, untied output layer) is read off the whole tree,
+  decoder included, also when `encoder_only` drops the decoder;
+  `config_overrides` replace any field (e.g. `feed_forward_proj`, `dtype`).
   """
   directory = checkpoint_directory(directory)
   arrays = (_classic_arrays(directory) if (directory / MSGPACK_FILE).is_file()
@@ -129,8 +158,6 @@ def read_t5x_checkpoint(directory: os.PathLike, encoder_only: bool = False,
   prefix = _TARGET + "."
   sources = {name[len(prefix):].replace(".", "/"): source
              for name, source in arrays.items() if name.startswith(prefix)}
-  if encoder_only:
-    sources = {n: s for n, s in sources.items() if not n.startswith("decoder/")}
 
   def shape_of(source):
     return tuple(source.shape) if isinstance(source, np.ndarray) else tuple(
@@ -138,6 +165,9 @@ def read_t5x_checkpoint(directory: os.PathLike, encoder_only: bool = False,
 
   shapes = {name: shape_of(source) for name, source in sources.items()}
   config = config_from_shapes(shapes, **config_overrides)
+  if encoder_only:
+    sources = {n: s for n, s in sources.items() if not n.startswith("decoder/")}
+    shapes = {n: shapes[n] for n in sources}
   expected = params_lib.expected_shapes(config, encoder_only)
   params_lib.check_names(set(shapes), set(expected), f"the T5X checkpoint {directory}")
   for name, shape in shapes.items():

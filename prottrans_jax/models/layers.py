@@ -383,10 +383,13 @@ class MultiHeadAttention(nn.Module):
 
 
 class MlpBlock(nn.Module):
-  """Feed-forward wi -> activation -> dropout -> wo (not gated).
+  """Feed-forward wi -> activation -> dropout -> wo, or its gated form.
 
   T5 1.0 by default (ReLU, no biases); BERT's intermediate/output pair is
   the same block with `activation="gelu"`, `use_bias` and no inner dropout.
+  `gated` is T5 1.1's gated MLP (Hugging Face's `gated-ACT`, T5X's
+  `mlp_activations=(ACT, "linear")`): activation(x @ wi_0) * (x @ wi_1),
+  then dropout and wo, with T5X's parameter names `wi_0`, `wi_1`, `wo`.
   """
   d_ff: int
   dropout_rate: float = 0.0
@@ -395,12 +398,18 @@ class MlpBlock(nn.Module):
   activation: str = "relu"
   use_bias: bool = False
   kernel_init: nn.initializers.Initializer = mlp_kernel_init
+  gated: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
-    h = Dense(self.d_ff, ("embed", "mlp"), self.kernel_init, self.dtype,
-              self.param_dtype, self.use_bias, name="wi")(x)
-    h = activation(self.activation)(h)
+    def wi(name):
+      return Dense(self.d_ff, ("embed", "mlp"), self.kernel_init, self.dtype,
+                   self.param_dtype, self.use_bias, name=name)(x)
+
+    if self.gated:
+      h = activation(self.activation)(wi("wi_0")) * wi("wi_1")
+    else:
+      h = activation(self.activation)(wi("wi"))
     h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return Dense(x.shape[-1], ("mlp", "embed"), self.kernel_init, self.dtype,

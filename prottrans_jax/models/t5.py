@@ -1,11 +1,19 @@
-"""T5 1.0 encoder-decoder as ProtT5 used it.
+"""T5 encoder-decoder: T5 1.0 as ProtT5 used it, and the T5 1.1 variants.
 
-ReLU feed-forward (not gated), RMS norms without bias, no dense biases, one
-relative-position table per stack, a token embedding shared by encoder and
-decoder and tied to the output logits (decoder output scaled by
-d_model**-0.5). The parameter tree uses T5X's names for this network, so T5X
-checkpoints and the Hugging Face name table map onto it one to one
-(prottrans_jax/convert/).
+ProtT5 is T5 1.0, the default: ReLU feed-forward (not gated), RMS norms
+without bias, no dense biases, one relative-position table per stack, a token
+embedding shared by encoder and decoder and tied to the output logits
+(decoder output scaled by d_model**-0.5).
+
+The T5 1.1 variants are supported through two config fields with Hugging
+Face's names and meaning: `feed_forward_proj="gated-gelu"` (or any
+"gated-ACT") for the gated MLP, act(x @ wi_0) * (x @ wi_1) @ wo, and
+`tie_word_embeddings=False` for an output layer of its own (`logits_dense`,
+applied to the decoder output without the d_model**-0.5 rescale).
+
+The parameter tree uses T5X's names for this network (`mlp/wi` or
+`mlp/wi_0`, `mlp/wi_1`; `decoder/logits_dense`), so T5X checkpoints and the
+Hugging Face name table map onto it one to one (prottrans_jax/convert/).
 
 Token id 0 is padding. Packed inputs (seqio's packing feature converter) carry
 segment ids; a token never attends across segments.
@@ -23,7 +31,11 @@ from prottrans_jax.models import layers
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class T5Config(configs.DictConfig):
-  """Hyper-parameters of a T5 1.0 network (names as in HF's config.json)."""
+  """Hyper-parameters of a T5 network (names as in HF's config.json).
+
+  The defaults of `feed_forward_proj` and `tie_word_embeddings` are T5 1.0 /
+  ProtT5, so configs recorded before these fields existed load unchanged.
+  """
   vocab_size: int = 128
   d_model: int
   d_kv: int
@@ -39,6 +51,49 @@ class T5Config(configs.DictConfig):
   param_dtype: str = "float32"
   attention_chunk_size: int = 1024  # queries per chunk in memory-efficient attention
   long_sequence_threshold: int = 2048  # above this length attention runs chunk by chunk
+  # "ACT" or "gated-ACT" with ACT a Hugging Face activation name (relu, gelu,
+  # gelu_new, ...); as in transformers, "gated-gelu" means the tanh GELU
+  # ("gelu_new", flax's default gelu, what T5X's T5 1.1 uses) while plain
+  # "gelu" is the exact erf GELU.
+  feed_forward_proj: str = "relu"
+  # False: the output logits come from a dense layer of their own
+  # (`decoder/logits_dense`), without the d_model**-0.5 rescale (T5 1.1).
+  tie_word_embeddings: bool = True
+
+  def __post_init__(self):
+    parse_feed_forward_proj(self.feed_forward_proj)
+    if not isinstance(self.tie_word_embeddings, bool):
+      raise ValueError(
+          f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
+
+  @property
+  def is_gated_act(self) -> bool:
+    """Whether the MLP is gated (wi_0, wi_1, wo)."""
+    return parse_feed_forward_proj(self.feed_forward_proj)[0]
+
+  @property
+  def dense_act_fn(self) -> str:
+    """The MLP's activation (a layers.ACTIVATIONS name), as transformers reads it."""
+    return parse_feed_forward_proj(self.feed_forward_proj)[1]
+
+
+def parse_feed_forward_proj(value: str) -> tuple[bool, str]:
+  """(gated, activation name) of a `feed_forward_proj`, as transformers reads it.
+
+  "ACT" or "gated-ACT"; "gated-gelu" is transformers' special case for the
+  tanh GELU ("gelu_new"). Raises ValueError for anything else.
+  """
+  parts = value.split("-") if isinstance(value, str) else []
+  if not parts or len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+    raise ValueError(
+        f"feed_forward_proj {value!r} is not valid: expected 'ACT' or "
+        "'gated-ACT', e.g. 'relu' (T5 1.0, ProtT5) or 'gated-gelu' (T5 1.1)")
+  if parts[-1] not in layers.ACTIVATIONS:
+    raise ValueError(
+        f"feed_forward_proj {value!r}: unsupported activation {parts[-1]!r}; "
+        f"known: {sorted(layers.ACTIVATIONS)}")
+  gated = len(parts) == 2
+  return gated, "gelu_new" if value == "gated-gelu" else parts[-1]
 
 
 T5_CONFIGS: dict[str, T5Config] = {
@@ -57,10 +112,16 @@ T5_CONFIGS: dict[str, T5Config] = {
 }
 
 
+def _mlp_matrices(config: T5Config) -> int:
+  """Weight matrices of one MLP: wi, wo; or wi_0, wi_1, wo when gated."""
+  return 3 if config.is_gated_act else 2
+
+
 def _encoder_layer_multiply_adds(config: T5Config, length: int) -> int:
   """Multiply-adds of one encoder layer over `length` positions."""
   d, joined = config.d_model, config.num_heads * config.d_kv
-  return (length * (4 * d * joined + 2 * d * config.d_ff)  # q, k, v, out; wi, wo
+  return (length * (4 * d * joined  # q, k, v, out
+                    + _mlp_matrices(config) * d * config.d_ff)
           + 2 * length * length * joined)  # q k^T and weights @ v
 
 
@@ -81,11 +142,16 @@ def flops_per_token(config: T5Config, encoder_length: int, decoder_length: int) 
   forward pass (the "6N" rule), plus attention scores and weighted sums
   over the full (not causally halved) key length; norms, softmax and the
   embedding lookup are negligible and left out.
+
+  A gated MLP (T5 1.1) has three matrices instead of two. The output logits
+  are one d_model x vocab product per decoder position whether they use the
+  tied embedding or an untied `logits_dense` (the untied layer adds
+  parameters, not FLOPs; the tied path's rescale is negligible).
   """
   d, joined, d_ff = config.d_model, config.num_heads * config.d_kv, config.d_ff
   le, ld = encoder_length, decoder_length
   encoder_layer = _encoder_layer_multiply_adds(config, le)
-  decoder_layer = (ld * (4 * d * joined + 2 * d * d_ff)  # self-attention; mlp
+  decoder_layer = (ld * (4 * d * joined + _mlp_matrices(config) * d * d_ff)  # self-attention; mlp
                    + ld * 2 * d * joined  # cross-attention query and out
                    + le * 2 * d * joined  # cross-attention key and value
                    + 2 * ld * ld * joined + 2 * ld * le * joined)
@@ -111,6 +177,11 @@ def _norm(config: T5Config, name: str) -> layers.RMSNorm:
   return layers.RMSNorm(epsilon=config.layer_norm_epsilon, name=name, **_dtypes(config))
 
 
+def _mlp(config: T5Config) -> layers.MlpBlock:
+  return layers.MlpBlock(config.d_ff, config.dropout_rate, activation=config.dense_act_fn,
+                         gated=config.is_gated_act, name="mlp", **_dtypes(config))
+
+
 def _constrain(x: jax.Array) -> jax.Array:
   return nn.with_logical_constraint(x, ("batch", "length", "embed"))
 
@@ -128,8 +199,7 @@ class EncoderLayer(nn.Module):
     h = _attention(cfg, "attention")(h, h, bias, deterministic)
     x = _constrain(x + dropout(h, deterministic=deterministic))
     h = _norm(cfg, "pre_mlp_layer_norm")(x)
-    h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, name="mlp", **_dtypes(cfg))(
-        h, deterministic)
+    h = _mlp(cfg)(h, deterministic)
     return _constrain(x + dropout(h, deterministic=deterministic))
 
 
@@ -150,8 +220,7 @@ class DecoderLayer(nn.Module):
     h = _attention(cfg, "encoder_decoder_attention")(h, encoded, cross_bias, deterministic)
     x = _constrain(x + dropout(h, deterministic=deterministic))
     h = _norm(cfg, "pre_mlp_layer_norm")(x)
-    h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, name="mlp", **_dtypes(cfg))(
-        h, deterministic)
+    h = _mlp(cfg)(h, deterministic)
     return _constrain(x + dropout(h, deterministic=deterministic))
 
 
@@ -218,8 +287,14 @@ class Decoder(nn.Module):
                                                 deterministic)
     x = _norm(cfg, "decoder_norm")(x)
     x = dropout(x, deterministic=deterministic)
-    # T5 1.0 ties the output layer to the embedding and rescales first.
-    logits = self.embedder.attend(x.astype(jnp.float32) * cfg.d_model**-0.5)
+    if cfg.tie_word_embeddings:
+      # T5 1.0 ties the output layer to the embedding and rescales first.
+      logits = self.embedder.attend(x.astype(jnp.float32) * cfg.d_model**-0.5)
+    else:
+      # T5 1.1: an output layer of its own, no rescale; float32 like `attend`.
+      logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), layers.mlp_kernel_init,
+                            jnp.float32, jnp.dtype(cfg.param_dtype),
+                            name="logits_dense")(x)
     return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
