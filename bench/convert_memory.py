@@ -22,8 +22,8 @@ from absl import app
 from absl import flags
 import numpy as np
 
-from prottrans_jax.convert import hf_io
-from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import formats
+from prottrans_jax.convert import hf_t5
 from prottrans_jax.models import t5
 
 flags.DEFINE_enum("config", "prott5_xl", sorted(t5.T5_CONFIGS), "Model size.")
@@ -40,10 +40,10 @@ CONVERSIONS = (
 def write_random_hf_checkpoint(directory: pathlib.Path, config: t5.T5Config) -> int:
   """A random float32 HF checkpoint, one tensor in memory at a time; its size."""
   rng = np.random.default_rng(0)
-  shapes = params_lib.expected_shapes(config)
+  shapes = hf_t5.CONVERTER.expected_shapes(config, ("decoder",))
   loaders = {name: (lambda shape=shape: rng.standard_normal(shape, np.float32) * 0.05)
              for name, shape in shapes.items()}
-  files = hf_io.write_hf_checkpoint(directory, loaders, config)
+  files = formats.write_hf_checkpoint(directory, loaders, config)
   return sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
 
 
@@ -63,8 +63,8 @@ def run_conversion(source: str, target: str, input_dir: pathlib.Path,
                    output_dir: pathlib.Path, options: dict) -> tuple[float, int]:
   """(wall seconds, peak RSS bytes) of one conversion in a fresh process."""
   return run_python(
-      "from prottrans_jax.convert import convert; "
-      f"convert.convert_checkpoint({source!r}, {target!r}, {str(input_dir)!r}, "
+      "from prottrans_jax.convert import formats; "
+      f"formats.convert_checkpoint({source!r}, {target!r}, {str(input_dir)!r}, "
       f"{str(output_dir)!r}, progress=False, **{options!r})")
 
 
@@ -78,7 +78,7 @@ def main(argv):
     print(f"{FLAGS.config}: random HF checkpoint {size / 1e9:.2f} GB written in "
           f"{time.perf_counter() - start:.1f} s")
     # What the interpreter and libraries take before any tensor is read.
-    _, imports_only = run_python("from prottrans_jax.convert import convert")
+    _, imports_only = run_python("from prottrans_jax.convert import formats")
     print(f"importing the converter alone: peak RSS {imports_only / 1e9:.2f} GB")
     for source, target, input_name, output_name, options in CONVERSIONS:
       wall, peak = run_conversion(source, target, root / input_name, root / output_name, options)

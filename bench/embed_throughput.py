@@ -38,8 +38,7 @@ import torch
 import transformers
 
 from prottrans_jax import families
-from prottrans_jax.convert import hf_bert
-from prottrans_jax.convert import hf_t5
+from prottrans_jax.convert import mapping
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
 from prottrans_jax.inference import engine
@@ -86,17 +85,16 @@ def matmul_peak_flops(size: int = 2048, repeats: int = 20) -> tuple[float, float
 
 
 def random_hf_encoder(config):
-  """A random transformers encoder (T5EncoderModel or BertModel) and our
+  """A random transformers encoder (T5EncoderModel, BertModel, ...) and our
   params of the same weights."""
   torch.manual_seed(0)
-  if isinstance(config, t5.T5Config):
-    model = transformers.T5EncoderModel(transformers.T5Config(
-        **hf_t5.hf_config_from_t5(config, architecture_name="T5EncoderModel"))).eval()
-    to_params = lambda state: hf_t5.state_dict_to_params(state, config, encoder_only=True)
-  else:
-    model = transformers.BertModel(transformers.BertConfig(
-        **hf_bert.hf_config(config, "BertModel")), add_pooling_layer=False).eval()
-    to_params = lambda state: hf_bert.state_dict_to_params(state, config, "BertModel")
+  converter = families.of(config).hf_converter
+  architecture = converter.architecture_for(config, ())
+  hf_config = transformers.AutoConfig.for_model(
+      **converter.hf_config(config, architecture, "float32"))
+  model = getattr(transformers, architecture)(hf_config).eval()
+  to_params = lambda state: mapping.state_dict_to_params(state, converter, config,
+                                                         architecture, encoder_only=True)
   return model, to_params
 
 

@@ -13,7 +13,7 @@ converters), which embedding and conversion do not.
 """
 import dataclasses
 import importlib
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Optional
 
 from flax import linen as nn
 import jax
@@ -21,6 +21,8 @@ import jax.numpy as jnp
 
 from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.convert import hf_bert
+from prottrans_jax.convert import hf_t5
+from prottrans_jax.convert import mapping
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
@@ -54,6 +56,8 @@ class ModelFamily:
     encoder_flops: (config, tokens) -> FLOPs of one encoder forward pass.
     objective_name: "module:attribute" of its training objective
       (`prottrans_jax.training.objectives.Objective`).
+    hf_converter: its Hugging Face model type (`convert.mapping.HfConverter`),
+      None where it has none.
   """
   name: str
   config_class: type
@@ -67,6 +71,7 @@ class ModelFamily:
   training_flops: Callable[[Any, Mapping[str, int]], float]
   encoder_flops: Callable[[Any, int], float]
   objective_name: str
+  hf_converter: Optional[mapping.HfConverter]
 
   def objective(self) -> Any:
     """The training objective (imports the training stack on first use)."""
@@ -97,7 +102,8 @@ def _init_electra_pretraining(module: nn.Module, rng: jax.Array) -> Any:
 _OBJECTIVES = "prottrans_jax.training.objectives"
 
 
-def _bert_family(name: str, config_class: type) -> ModelFamily:
+def _bert_family(name: str, config_class: type,
+                 hf_converter: hf_bert.BertConverter) -> ModelFamily:
   return ModelFamily(
       name=name, config_class=config_class, module=bert.Bert, init=_init_with_tokens,
       encode=bert.Bert.encode, tokenize=_protbert_tokens, first_residue_row=1,
@@ -105,7 +111,7 @@ def _bert_family(name: str, config_class: type) -> ModelFamily:
       training_flops=lambda config, lengths: (
           bert.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]),
       encoder_flops=bert.encoder_forward_flops,
-      objective_name=f"{_OBJECTIVES}:MASKED_LM")
+      objective_name=f"{_OBJECTIVES}:MASKED_LM", hf_converter=hf_converter)
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -117,10 +123,10 @@ FAMILIES: dict[str, ModelFamily] = {
             config, lengths["inputs"], lengths["targets"]) * (
                 lengths["inputs"] + lengths["targets"]),
         encoder_flops=t5.encoder_forward_flops,
-        objective_name=f"{_OBJECTIVES}:ENCODER_DECODER"),
-    "bert": _bert_family("bert", bert.BertConfig),
-    "albert": _bert_family("albert", albert.AlbertConfig),
-    "electra": _bert_family("electra", electra.ElectraConfig),
+        objective_name=f"{_OBJECTIVES}:ENCODER_DECODER", hf_converter=hf_t5.CONVERTER),
+    "bert": _bert_family("bert", bert.BertConfig, hf_bert.BERT),
+    "albert": _bert_family("albert", albert.AlbertConfig, hf_bert.ALBERT),
+    "electra": _bert_family("electra", electra.ElectraConfig, hf_bert.ELECTRA),
     # Generator + discriminator trained jointly; embeds with the
     # discriminator. Two Hugging Face models: export each with
     # `electra.generator_params` / `electra.discriminator_params`.
@@ -134,7 +140,7 @@ FAMILIES: dict[str, ModelFamily] = {
             electra.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]),
         encoder_flops=lambda config, length: bert.encoder_forward_flops(
             config.discriminator, length),
-        objective_name=f"{_OBJECTIVES}:ELECTRA"),
+        objective_name=f"{_OBJECTIVES}:ELECTRA", hf_converter=None),
 }
 
 
@@ -152,6 +158,16 @@ def of(config: Any) -> ModelFamily:
     if type(config) is family.config_class:  # pylint: disable=unidiomatic-typecheck
       return family
   raise ValueError(f"No model family for config {type(config).__name__}")
+
+
+def for_hf_model_type(model_type: str) -> ModelFamily:
+  """The family a Hugging Face `config.json` with this `model_type` loads into."""
+  for family in FAMILIES.values():
+    if family.hf_converter is not None and family.hf_converter.model_type == model_type:
+      return family
+  known = sorted(f.hf_converter.model_type for f in FAMILIES.values() if f.hf_converter)
+  raise ValueError(f"config.json has model_type {model_type!r}; supported: "
+                   f"{', '.join(known)}")
 
 
 def abstract_params(family: ModelFamily, config: Any) -> Any:

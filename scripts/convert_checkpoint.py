@@ -9,18 +9,18 @@ Face and ours, chosen by config.json's model_type and architectures.
   python scripts/convert_checkpoint.py --from native --to hf --encoder_only \
       --dtype float16 --input /path/model_dir --output /path/hf_export
 
-All logic lives in prottrans_jax.convert.convert_checkpoint.
+All logic lives in prottrans_jax.convert.formats.convert_checkpoint.
 """
 import sys
 
 from absl import app
 from absl import flags
 
-from prottrans_jax.convert import convert
+from prottrans_jax.convert import formats
 from prottrans_jax.convert import hf_io
 
-flags.DEFINE_enum("from", None, convert.SOURCES, "Input format.")
-flags.DEFINE_enum("to", None, convert.TARGETS, "Output format.")
+flags.DEFINE_enum("from", None, formats.SOURCES, "Input format.")
+flags.DEFINE_enum("to", None, formats.TARGETS, "Output format.")
 flags.DEFINE_string("input", None, "Input checkpoint directory.")
 flags.DEFINE_string("output", None, "Output directory (must not exist or be empty).")
 flags.DEFINE_bool("encoder_only", False,
@@ -42,7 +42,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   try:
-    result = convert.convert_checkpoint(
+    result = formats.convert_checkpoint(
         FLAGS["from"].value, FLAGS.to, FLAGS.input, FLAGS.output,
         encoder_only=True if FLAGS.encoder_only else None, dtype=FLAGS.dtype,
         dry_run=FLAGS.dry_run, overwrite=FLAGS.overwrite,

@@ -8,7 +8,8 @@ import torch
 import transformers
 
 from prottrans_jax import vocab as vocab_lib
-from prottrans_jax.convert import hf_bert
+from prottrans_jax import families
+from prottrans_jax.convert import mapping
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
@@ -53,9 +54,10 @@ def random_hf_model(case: str, seed: int = 0):
 def ours_from_hf(model):
   hf_config = model.config.to_dict()
   hf_config["architectures"] = [type(model).__name__]
-  config = hf_bert.config_from_hf(hf_config, dtype="float32")
+  converter = families.for_hf_model_type(hf_config["model_type"]).hf_converter
+  config = converter.config_from_hf(hf_config, dtype="float32")
   state = {n: t.detach().numpy() for n, t in model.state_dict().items()}
-  params = hf_bert.state_dict_to_params(state, config, type(model).__name__)
+  params = mapping.state_dict_to_params(state, converter, config, type(model).__name__)
   return config, params
 
 

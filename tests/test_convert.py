@@ -12,9 +12,9 @@ import safetensors.numpy
 import torch
 import transformers
 
-from prottrans_jax.convert import convert
+from prottrans_jax.convert import formats
 from prottrans_jax.convert import hf_io
-from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import mapping
 from prottrans_jax.convert import t5x
 from t5_variants import VARIANTS, random_hf_t5  # a test helper (tests/)
 from prottrans_jax.models import t5
@@ -70,7 +70,7 @@ def our_outputs(config, params):
 
 def test_hf_to_native_to_hf_round_trip(hf_dir, tmp_path):
   expected_encoded, expected_logits = hf_outputs(hf_dir)
-  convert.convert_checkpoint("hf", "native", hf_dir, tmp_path / "native", progress=False)
+  formats.convert_checkpoint("hf", "native", hf_dir, tmp_path / "native", progress=False)
   model_name, config, params = checkpoints.restore_params(tmp_path / "native")
   assert model_name == "t5" and config.d_model == 32
   config = t5.T5Config.from_dict({**config.to_dict(), "dtype": "float32"})
@@ -80,7 +80,7 @@ def test_hf_to_native_to_hf_round_trip(hf_dir, tmp_path):
   np.testing.assert_array_less(np.abs(logits - expected_logits), 1e-5)
 
   # Back to HF, sharded: from_pretrained finds every weight and nothing else.
-  written = convert.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "hf",
+  written = formats.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "hf",
                                        max_shard_bytes=40_000, progress=False)
   assert (tmp_path / "hf" / hf_io.SAFETENSORS_INDEX) in map(pathlib.Path, written)
   encoded_back, logits_back = hf_outputs(tmp_path / "hf")
@@ -93,7 +93,7 @@ def test_hf_to_native_to_hf_round_trip(hf_dir, tmp_path):
 
 
 def test_half_precision_encoder_only_export(hf_dir, tmp_path):
-  convert.convert_checkpoint("hf", "hf", hf_dir, tmp_path / "enc", encoder_only=True,
+  formats.convert_checkpoint("hf", "hf", hf_dir, tmp_path / "enc", encoder_only=True,
                              dtype="float16", progress=False)
   exported = json.loads((tmp_path / "enc" / "config.json").read_text())
   assert exported["architectures"] == ["T5EncoderModel"]
@@ -108,10 +108,10 @@ def test_half_precision_encoder_only_export(hf_dir, tmp_path):
     assert encoder.dtype == torch.float16
     theirs = encoder.eval()(input_ids=torch.tensor(TOKENS),
                             attention_mask=torch.tensor(TOKENS > 0)).last_hidden_state
-  config, loaders, encoder_only, _ = convert.read_checkpoint("hf", tmp_path / "enc")
+  config, loaders, encoder_only, _ = formats.read_checkpoint("hf", tmp_path / "enc")
   assert encoder_only
   config = t5.T5Config.from_dict({**config.to_dict(), "dtype": "float16"})
-  ours, _ = our_outputs(config, params_lib.unflatten({n: f() for n, f in loaders.items()}))
+  ours, _ = our_outputs(config, mapping.unflatten({n: f() for n, f in loaders.items()}))
   valid = TOKENS > 0
   np.testing.assert_allclose(ours[valid], theirs.float().numpy()[valid], atol=2e-2, rtol=2e-2)
 
@@ -120,8 +120,8 @@ def test_pytorch_bin_input(hf_dir, tmp_path):
   state = {n: torch.from_numpy(a.copy()) for n, a in hf_io.LazyStateDict(hf_dir).items()}
   torch.save(state, tmp_path / hf_io.TORCH_FILE)
   (tmp_path / hf_io.CONFIG_FILE).write_text((hf_dir / hf_io.CONFIG_FILE).read_text())
-  _, from_bin, _ = hf_io.read_hf_checkpoint(tmp_path)
-  _, from_safetensors, _ = hf_io.read_hf_checkpoint(hf_dir)
+  _, from_bin, _ = formats.read_hf_checkpoint(tmp_path)
+  _, from_safetensors, _ = formats.read_hf_checkpoint(hf_dir)
   for name, load in from_safetensors.items():
     np.testing.assert_array_equal(from_bin[name](), load())
 
@@ -132,9 +132,9 @@ def test_t5x_checkpoint_reproduces_its_encoder_output(shared_data, layout):
   config, loaders, step = t5x.read_t5x_checkpoint(root / layout, dtype="float32")
   assert step == 20
   assert (config.d_model, config.num_heads, config.d_kv, config.d_ff) == (32, 4, 8, 64)
-  params = params_lib.unflatten({n: f() for n, f in loaders.items()})
+  params = mapping.unflatten({n: f() for n, f in loaders.items()})
   reference = np.load(root / "params.npz")
-  for name, array in params_lib.flatten(params).items():
+  for name, array in mapping.flatten(params).items():
     np.testing.assert_array_equal(array, reference[f"target/{name}"])
 
   io = np.load(root / "encoder_io.npz")
@@ -148,7 +148,7 @@ def test_t5x_checkpoint_reproduces_its_encoder_output(shared_data, layout):
 
 
 def test_t5x_to_native_keeps_the_step(shared_data, tmp_path):
-  written = convert.convert_checkpoint(
+  written = formats.convert_checkpoint(
       "t5x", "native", shared_data / "t5x_checkpoint" / "t5x_msgpack_zarr",
       tmp_path / "native", progress=False)
   assert pathlib.Path(written[0]).name == "20"
@@ -170,28 +170,28 @@ def _rewrite(hf_dir, out, edit_state=None, edit_config=None):
 def test_clear_errors(hf_dir, tmp_path):
   bad_shape = _rewrite(hf_dir, tmp_path / "shape", lambda s: s.update(
       {"encoder.block.1.layer.1.DenseReluDense.wi.weight": np.zeros((65, 32), np.float32)}))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match=r"encoder.block.1.layer.1.DenseReluDense.wi.weight.*\(65, 32\).*\(64, 32\)"):
-    convert.convert_checkpoint("hf", "native", bad_shape, tmp_path / "o1", progress=False)
+    formats.convert_checkpoint("hf", "native", bad_shape, tmp_path / "o1", progress=False)
 
   missing = _rewrite(hf_dir, tmp_path / "missing", lambda s: s.pop(
       "decoder.block.0.layer.0.SelfAttention.k.weight"))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match="missing.*decoder.block.0.layer.0.SelfAttention.k.weight"):
-    convert.convert_checkpoint("hf", "hf", missing, tmp_path / "o2", dry_run=True)
+    formats.convert_checkpoint("hf", "hf", missing, tmp_path / "o2", dry_run=True)
 
   unknown = _rewrite(hf_dir, tmp_path / "arch", edit_config=lambda c: c.update(
       architectures=["T5ForSequenceClassification"]))
-  with pytest.raises(params_lib.ConversionError, match="T5ForSequenceClassification"):
-    convert.convert_checkpoint("hf", "native", unknown, tmp_path / "o3")
+  with pytest.raises(mapping.ConversionError, match="T5ForSequenceClassification"):
+    formats.convert_checkpoint("hf", "native", unknown, tmp_path / "o3")
 
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    convert.convert_checkpoint("hf", "native", tmp_path / "nowhere", tmp_path / "o4")
+    formats.convert_checkpoint("hf", "native", tmp_path / "nowhere", tmp_path / "o4")
 
   (tmp_path / "taken").mkdir()
   (tmp_path / "taken" / "keep.txt").write_text("mine")
   with pytest.raises(FileExistsError, match="--overwrite"):
-    convert.convert_checkpoint("hf", "hf", hf_dir, tmp_path / "taken", progress=False)
+    formats.convert_checkpoint("hf", "hf", hf_dir, tmp_path / "taken", progress=False)
   assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
 
 
@@ -206,12 +206,12 @@ def variant_hf_dir(request, tmp_path_factory) -> tuple[str, pathlib.Path]:
 def test_hf_variant_round_trip_through_native(variant_hf_dir, tmp_path):
   variant, hf_dir = variant_hf_dir
   feed_forward_proj, tied = VARIANTS[variant]
-  config, _, _, _ = convert.read_checkpoint("hf", hf_dir)
+  config, _, _, _ = formats.read_checkpoint("hf", hf_dir)
   assert (config.feed_forward_proj, config.tie_word_embeddings) == (feed_forward_proj, tied)
-  convert.convert_checkpoint("hf", "native", hf_dir, tmp_path / "native", progress=False)
+  formats.convert_checkpoint("hf", "native", hf_dir, tmp_path / "native", progress=False)
   _, restored, _ = checkpoints.restore_params(tmp_path / "native")
   assert restored == config  # the variant is recorded with the checkpoint
-  convert.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "hf",
+  formats.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "hf",
                              progress=False)
   exported = json.loads((tmp_path / "hf" / hf_io.CONFIG_FILE).read_text())
   assert (exported["feed_forward_proj"], exported["tie_word_embeddings"]) == (
@@ -242,40 +242,40 @@ def test_hf_variant_mismatch_errors_name_the_tensor(hf_dir, tmp_path):
 
   gated_config = _rewrite(hf_dir, tmp_path / "gated", edit_config=config_edit(
       feed_forward_proj="gated-gelu"))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match=r"missing.*encoder.block.0.layer.1.DenseReluDense.wi_0.weight.*"
                            r"not mapped.*encoder.block.0.layer.1.DenseReluDense.wi.weight.*"
                            r"ungated MLP \(wi\) but feed_forward_proj is 'gated-gelu'"):
-    convert.convert_checkpoint("hf", "hf", gated_config, tmp_path / "o1", dry_run=True)
+    formats.convert_checkpoint("hf", "hf", gated_config, tmp_path / "o1", dry_run=True)
 
   # As transformers 4 writes T5 1.1 (5 writes scale_decoder_outputs too).
   untied_config = _rewrite(hf_dir, tmp_path / "untied", edit_config=lambda c: (
       c.pop("scale_decoder_outputs", None), c.update(tie_word_embeddings=False)))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match=r"missing.*lm_head.weight.*untied \(T5 1.1\) but the checkpoint "
                            r"has no lm_head.weight"):
-    convert.convert_checkpoint("hf", "hf", untied_config, tmp_path / "o2", dry_run=True)
+    formats.convert_checkpoint("hf", "hf", untied_config, tmp_path / "o2", dry_run=True)
 
   t5_1_1 = tmp_path / "t5_1_1"
   random_hf_t5("gated-gelu", tie_word_embeddings=False).save_pretrained(t5_1_1)
   relu_config = _rewrite(t5_1_1, tmp_path / "relu", edit_config=config_edit(
       feed_forward_proj="relu"))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match=r"not mapped.*decoder.block.0.layer.2.DenseReluDense.wi_0.weight.*"
                            r"gated MLP \(wi_0, wi_1\) but feed_forward_proj is 'relu'"):
-    convert.convert_checkpoint("hf", "hf", relu_config, tmp_path / "o3", dry_run=True)
+    formats.convert_checkpoint("hf", "hf", relu_config, tmp_path / "o3", dry_run=True)
 
   tied_config = _rewrite(t5_1_1, tmp_path / "tied", edit_config=lambda c: (
       c.pop("scale_decoder_outputs", None), c.update(tie_word_embeddings=True)))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match="lm_head.weight differs from shared.weight.*tie_word_embeddings false"):
-    convert.convert_checkpoint("hf", "native", tied_config, tmp_path / "o4", progress=False)
+    formats.convert_checkpoint("hf", "native", tied_config, tmp_path / "o4", progress=False)
 
   bad_head = _rewrite(t5_1_1, tmp_path / "head", lambda s: s.update(
       {"lm_head.weight": np.zeros((127, 32), np.float32)}))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match=r"lm_head.weight.*\(127, 32\).*\(128, 32\)"):
-    convert.convert_checkpoint("hf", "native", bad_head, tmp_path / "o5", progress=False)
+    formats.convert_checkpoint("hf", "native", bad_head, tmp_path / "o5", progress=False)
 
 
 def test_script_dry_run_and_error(hf_dir, tmp_path):

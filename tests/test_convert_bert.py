@@ -7,9 +7,9 @@ import safetensors.numpy
 import torch
 import transformers
 
-from prottrans_jax.convert import convert
+from prottrans_jax.convert import formats
 from prottrans_jax.convert import hf_io
-from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import mapping
 from prottrans_jax.models import bert
 from prottrans_jax import checkpoints
 
@@ -30,7 +30,7 @@ def test_hf_to_native_to_hf_round_trip(case, tmp_path):
   model.save_pretrained(tmp_path / "hf")
   expected = _outputs(type(model), tmp_path / "hf")
 
-  convert.convert_checkpoint("hf", "native", tmp_path / "hf", tmp_path / "native",
+  formats.convert_checkpoint("hf", "native", tmp_path / "hf", tmp_path / "native",
                              progress=False)
   model_name, config, params = checkpoints.restore_params(tmp_path / "native")
   assert model_name == case.split("_")[0] and config.hidden_size == 32
@@ -39,7 +39,7 @@ def test_hf_to_native_to_hf_round_trip(case, tmp_path):
   hidden = np.asarray(net.apply({"params": params}, TOKENS, method=bert.Bert.encode))
   np.testing.assert_array_less(np.abs(hidden - expected.hidden_states[-1].numpy())[valid], 1e-5)
 
-  convert.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "back",
+  formats.convert_checkpoint("native", "hf", tmp_path / "native", tmp_path / "back",
                              progress=False)
   exported = json.loads((tmp_path / "back" / "config.json").read_text())
   assert exported["architectures"] == [type(model).__name__]
@@ -64,24 +64,24 @@ def test_old_checkpoint_with_tied_copies_and_buffers(tmp_path):
   state["cls.predictions.decoder.bias"] = state["cls.predictions.bias"]
   state["bert.embeddings.position_ids"] = np.arange(64)[None]
   safetensors.numpy.save_file(state, tmp_path / "hf" / hf_io.SAFETENSORS_FILE)
-  config, loaders, encoder_only = hf_io.read_hf_checkpoint(tmp_path / "hf")
+  config, loaders, encoder_only = formats.read_hf_checkpoint(tmp_path / "hf")
   assert not encoder_only and "mlm_head/bias" in loaders
-  hf_io.write_hf_checkpoint(tmp_path / "out", loaders, config)
+  formats.write_hf_checkpoint(tmp_path / "out", loaders, config)
   assert "cls.predictions.decoder.weight" not in hf_io.LazyStateDict(tmp_path / "out")
   _outputs(transformers.BertForMaskedLM, tmp_path / "out")
 
   # An untied copy is an error naming it.
   state["cls.predictions.decoder.weight"] = state["cls.predictions.decoder.weight"] + 1
   safetensors.numpy.save_file(state, tmp_path / "hf" / hf_io.SAFETENSORS_FILE)
-  _, loaders, _ = hf_io.read_hf_checkpoint(tmp_path / "hf")
-  with pytest.raises(params_lib.ConversionError, match="cls.predictions.decoder.weight"):
+  _, loaders, _ = formats.read_hf_checkpoint(tmp_path / "hf")
+  with pytest.raises(mapping.ConversionError, match="cls.predictions.decoder.weight"):
     loaders["embedder/token_embedder/embedding"]()
 
 
 def test_encoder_only_export_of_a_masked_lm(tmp_path):
   model = random_hf_model("electra_generator", seed=3)
   model.save_pretrained(tmp_path / "hf")
-  convert.convert_checkpoint("hf", "hf", tmp_path / "hf", tmp_path / "enc", encoder_only=True,
+  formats.convert_checkpoint("hf", "hf", tmp_path / "hf", tmp_path / "enc", encoder_only=True,
                              progress=False)
   exported = json.loads((tmp_path / "enc" / "config.json").read_text())
   assert exported["architectures"] == ["ElectraModel"]
@@ -89,5 +89,5 @@ def test_encoder_only_export_of_a_masked_lm(tmp_path):
   full = _outputs(transformers.ElectraForMaskedLM, tmp_path / "hf")
   np.testing.assert_array_equal(encoder.last_hidden_state.numpy(),
                                 full.hidden_states[-1].numpy())
-  vocab = (tmp_path / "enc" / hf_io.VOCAB_FILE).read_text().split()
+  vocab = (tmp_path / "enc" / "vocab.txt").read_text().split()
   assert vocab[:6] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "L"] and len(vocab) == 30

@@ -16,6 +16,7 @@ import pytest
 import transformers
 
 from prottrans_jax.convert import hf_t5
+from prottrans_jax.convert import mapping
 from prottrans_jax.data import fasta
 from prottrans_jax.models import layers
 from prottrans_jax.models import t5
@@ -34,8 +35,9 @@ def proteins(shared_data) -> list[str]:
 def _convert(model: transformers.T5ForConditionalGeneration):
   """(our config, our params) converted from the HF model's state dict."""
   state = {k: v.numpy() for k, v in model.state_dict().items()}
-  config = hf_t5.t5_config_from_hf(model.config.to_dict(), dtype="float32")
-  return config, hf_t5.state_dict_to_params(state, config)
+  config = hf_t5.CONVERTER.config_from_hf(model.config.to_dict(), dtype="float32")
+  return config, mapping.state_dict_to_params(state, hf_t5.CONVERTER, config,
+                                              "T5ForConditionalGeneration")
 
 
 @pytest.fixture(scope="module")
@@ -93,10 +95,10 @@ def test_decoder_logits_match_transformers_with_teacher_forcing(variant, protein
 def test_hf_to_ours_to_hf_is_byte_identical(variant):
   _, hf_model, config, params = variant
   original = {k: v.numpy() for k, v in hf_model.state_dict().items()}
-  back = hf_t5.params_to_state_dict(params, config)
+  back = mapping.params_to_state_dict(params, hf_t5.CONVERTER, config)
   # Everything but the tied copies of shared.weight comes back; untied,
   # lm_head.weight is a tensor of its own and comes back too.
-  assert set(back) == set(original) - set(hf_t5.tied_copies(config))
+  assert set(back) == set(original) - set(hf_t5.CONVERTER.tied_copies(config, ["decoder"]))
   assert ("lm_head.weight" in back) == (not config.tie_word_embeddings)
   for name, array in back.items():
     assert array.dtype == original[name].dtype, name
@@ -111,7 +113,8 @@ def test_every_param_has_logical_axis_names(name):
   tokens = jnp.ones((1, 4), jnp.int32)
   boxed = jax.eval_shape(t5.T5(config).init, jax.random.PRNGKey(0), tokens, tokens)["params"]
   leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-  assert len(leaves) == len(hf_t5.tensor_mappings(config))
+  assert len(leaves) == len(hf_t5.CONVERTER.tensor_plan(
+      config, "T5ForConditionalGeneration", ["decoder"]))
   for leaf in leaves:
     assert isinstance(leaf, nn.LogicallyPartitioned)
     assert len(leaf.names) == leaf.value.ndim and all(leaf.names)
@@ -239,21 +242,21 @@ def test_released_configs_convert(shared_data):
                      ("prot_t5_xxl_uniref50", "prott5_xxl"),
                      ("prot_t5_xl_half_uniref50-enc", "prott5_xl")):
     hf = json.loads((configs / f"{name}.config.json").read_text())
-    assert hf_t5.t5_config_from_hf(hf) == t5.T5_CONFIGS[ours], name
+    assert hf_t5.CONVERTER.config_from_hf(hf) == t5.T5_CONFIGS[ours], name
   # T5 1.1 as older transformers write it, and as transformers 5 does
   # (tie_word_embeddings always true, the fact in scale_decoder_outputs).
   t5_1_1 = dataclasses.replace(t5.T5_CONFIGS["prott5_xl"], feed_forward_proj="gated-gelu",
                                tie_word_embeddings=False)
   for untied in ({"tie_word_embeddings": False},
                  {"tie_word_embeddings": True, "scale_decoder_outputs": False}):
-    assert hf_t5.t5_config_from_hf({**hf, "feed_forward_proj": "gated-gelu", **untied}) == t5_1_1
-  assert hf_t5.t5_config_from_hf({**hf, "scale_decoder_outputs": True}) == t5.T5_CONFIGS["prott5_xl"]
-  assert hf_t5.hf_config_from_t5(t5_1_1)["tie_word_embeddings"] is False
-  assert hf_t5.hf_config_from_t5(t5_1_1)["feed_forward_proj"] == "gated-gelu"
+    assert hf_t5.CONVERTER.config_from_hf({**hf, "feed_forward_proj": "gated-gelu", **untied}) == t5_1_1
+  assert hf_t5.CONVERTER.config_from_hf({**hf, "scale_decoder_outputs": True}) == t5.T5_CONFIGS["prott5_xl"]
+  assert hf_t5.CONVERTER.hf_config(t5_1_1, "T5ForConditionalGeneration")["tie_word_embeddings"] is False
+  assert hf_t5.CONVERTER.hf_config(t5_1_1, "T5ForConditionalGeneration")["feed_forward_proj"] == "gated-gelu"
   with pytest.raises(hf_t5.ConversionError, match="gated-swish"):
-    hf_t5.t5_config_from_hf({**hf, "feed_forward_proj": "gated-swish"})
+    hf_t5.CONVERTER.config_from_hf({**hf, "feed_forward_proj": "gated-swish"})
   with pytest.raises(hf_t5.ConversionError, match="scale_decoder_outputs"):
-    hf_t5.t5_config_from_hf({**hf, "tie_word_embeddings": False, "scale_decoder_outputs": True})
+    hf_t5.CONVERTER.config_from_hf({**hf, "tie_word_embeddings": False, "scale_decoder_outputs": True})
 
 
 def test_flops_per_token_counts_six_n_plus_attention():

@@ -17,9 +17,9 @@ import pytest
 import tensorstore as ts
 import transformers
 
-from prottrans_jax.convert import convert
+from prottrans_jax.convert import formats
 from prottrans_jax.convert import hf_io
-from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import mapping
 from prottrans_jax.convert import t5x
 from prottrans_jax.data import fasta
 from prottrans_jax.models import t5
@@ -158,7 +158,7 @@ def test_t5x_variant_reproduces_transformers(t5x_checkpoint, proteins):
   assert (config.feed_forward_proj, config.tie_word_embeddings) == VARIANTS[variant]
   assert "decoder/logits_dense/kernel" in loaders
   assert ("encoder/layers_1/mlp/wi_1/kernel" in loaders) == (variant == "t5_1_1")
-  params = params_lib.unflatten({n: load() for n, load in loaders.items()})
+  params = mapping.unflatten({n: load() for n, load in loaders.items()})
 
   inputs = padded_batch(proteins)
   decoder_inputs, targets = teacher_forcing(proteins, 24)
@@ -173,7 +173,7 @@ def test_t5x_variant_reproduces_transformers(t5x_checkpoint, proteins):
 
 def test_t5x_variant_converts_to_hf(t5x_checkpoint, proteins, tmp_path):
   variant, hf, model_dir = t5x_checkpoint
-  convert.convert_checkpoint("t5x", "hf", model_dir, tmp_path / "hf", progress=False)
+  formats.convert_checkpoint("t5x", "hf", model_dir, tmp_path / "hf", progress=False)
   exported = json.loads((tmp_path / "hf" / hf_io.CONFIG_FILE).read_text())
   feed_forward_proj, tied = VARIANTS[variant]
   assert (exported["feed_forward_proj"], exported["tie_word_embeddings"]) == (
@@ -222,22 +222,22 @@ def test_t5x_shapes_that_fit_no_variant_name_the_tensor(tmp_path):
     return t5x.read_t5x_checkpoint(tmp_path / name)
 
   logits = "decoder/logits_dense/kernel"
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match=rf"target/{logits}: checkpoint has \(128, 32\), "
                            r"the model expects \(32, 128\)"):
     read("transposed_logits", lambda p: p.update({logits: np.ascontiguousarray(p[logits].T)}))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match="missing from the T5X checkpoint.*encoder/layers_1/mlp/wi_1/kernel"):
     read("half_gated", lambda p: p.pop("encoder/layers_1/mlp/wi_1/kernel"))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match="target/decoder/layers_0/mlp/wi_0/kernel.*\\(32, 65\\)"):
     read("wrong_d_ff", lambda p: p.update(
         {"decoder/layers_0/mlp/wi_0/kernel": np.zeros((32, 65), np.float32)}))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match="encoder/layers_0/mlp/wi/kernel.*encoder/layers_0/mlp/wi_0/kernel"):
     read("gated_and_not", lambda p: p.update(
         {"encoder/layers_0/mlp/wi/kernel": p["encoder/layers_0/mlp/wi_0/kernel"]}))
-  with pytest.raises(params_lib.ConversionError,
+  with pytest.raises(mapping.ConversionError,
                      match="not mapped to the model.*encoder/layers_0/mlp/wi_2/kernel"):
     read("three_inputs", lambda p: p.update(
         {"encoder/layers_0/mlp/wi_2/kernel": p["encoder/layers_0/mlp/wi_0/kernel"]}))

@@ -29,7 +29,8 @@ import flax.serialization
 import numpy as np
 import tensorstore as ts
 
-from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import hf_t5
+from prottrans_jax.convert import mapping
 from prottrans_jax.models import t5
 
 MSGPACK_FILE = "checkpoint"
@@ -111,7 +112,7 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **overrides: Any) -> 
   is checked against the model later (read_t5x_checkpoint).
   """
   if _WI in shapes and _WI_0 in shapes:
-    raise params_lib.ConversionError(
+    raise mapping.ConversionError(
         f"Not a T5 network: both {_WI} (ungated MLP) and {_WI_0} (gated MLP) are present")
   gated = _WI_0 in shapes
   try:
@@ -120,10 +121,10 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **overrides: Any) -> 
     joined = shapes["encoder/layers_0/attention/query/kernel"][1]
     d_ff = shapes[_WI_0 if gated else _WI][1]
   except KeyError as e:
-    raise params_lib.ConversionError(
+    raise mapping.ConversionError(
         f"Not a T5 network: parameter {e} is missing") from e
   except ValueError as e:
-    raise params_lib.ConversionError(
+    raise mapping.ConversionError(
         f"Not a T5 network: unexpected parameter shapes ({e})") from e
 
   def num_layers(stack):
@@ -142,7 +143,7 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], **overrides: Any) -> 
 
 def read_t5x_checkpoint(directory: os.PathLike, encoder_only: bool = False,
                         **config_overrides: Any
-                        ) -> tuple[t5.T5Config, dict[str, params_lib.Loader], Optional[int]]:
+                        ) -> tuple[t5.T5Config, dict[str, mapping.Loader], Optional[int]]:
   """(config, {our name: loader}, step) of a T5X checkpoint.
 
   `directory` is one checkpoint (`checkpoint_<step>`) or a T5X model dir
@@ -168,10 +169,10 @@ def read_t5x_checkpoint(directory: os.PathLike, encoder_only: bool = False,
   if encoder_only:
     sources = {n: s for n, s in sources.items() if not n.startswith("decoder/")}
     shapes = {n: shapes[n] for n in sources}
-  expected = params_lib.expected_shapes(config, encoder_only)
-  params_lib.check_names(set(shapes), set(expected), f"the T5X checkpoint {directory}")
+  expected = hf_t5.CONVERTER.expected_shapes(config, () if encoder_only else (hf_t5.DECODER,))
+  mapping.check_names(set(shapes), set(expected), f"the T5X checkpoint {directory}")
   for name, shape in shapes.items():
-    params_lib.check_shape(f"{_TARGET}/{name}", shape, expected[name])
+    mapping.check_shape(f"{_TARGET}/{name}", shape, expected[name])
 
   def loader(source):
     return (lambda: source) if isinstance(source, np.ndarray) else (lambda: _read(source))

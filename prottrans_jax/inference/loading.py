@@ -7,8 +7,8 @@ import numpy as np
 
 from prottrans_jax import checkpoints
 from prottrans_jax import families
-from prottrans_jax.convert import convert
-from prottrans_jax.convert import params as params_lib
+from prottrans_jax.convert import formats
+from prottrans_jax.convert import mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +40,9 @@ def from_hf(directory: str) -> LoadedModel:
   all work; only the encoder is read, one tensor at a time, and cast to the
   parameter dtype.
   """
-  config, loaders, _, _ = convert.read_checkpoint("hf", directory,
-                                                  encoder_only=True)
+  config, loaders, _ = formats.read_hf_checkpoint(directory, encoder_only=True)
   dtype = np.dtype(config.param_dtype)
-  params = params_lib.unflatten(
+  params = mapping.unflatten(
       {name: np.asarray(load(), dtype=dtype) for name, load in loaders.items()})
   return LoadedModel(families.of(config).name, config, params,
                      source=str(directory))

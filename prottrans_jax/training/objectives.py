@@ -80,34 +80,28 @@ def _apply(model, params, batch, dropout_rng, model_features, rngs=None, **kwarg
                      **kwargs, enable_dropout=dropout_rng is not None, rngs=rngs)
 
 
-def _cross_entropy_loss(logits, targets, weights, z_loss):
-  sums = losses.cross_entropy_sums(logits, targets, weights, z_loss)
-  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
+def _token_cross_entropy(model_features: tuple[str, ...], targets: str, weights: str):
+  """(loss_sums, eval_outputs) of a model whose output is logits over
+  `batch[targets]`, weighted by `batch[weights]`."""
+
+  def loss_sums(model, params, batch, dropout_rng, z_loss):
+    sums = losses.cross_entropy_sums(_apply(model, params, batch, dropout_rng, model_features),
+                                     batch[targets], batch[weights], z_loss)
+    return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
+
+  def eval_outputs(model, params, batch):
+    return (_apply(model, params, batch, None, model_features), batch[targets],
+            batch[weights])
+
+  return loss_sums, eval_outputs
 
 
-def encoder_decoder_sums(model, params, batch, dropout_rng, z_loss):
-  """T5's loss sums: decoder cross-entropy (+ z-loss) on the targets."""
-  logits = _apply(model, params, batch, dropout_rng, _ENC_DEC_MODEL_FEATURES)
-  return _cross_entropy_loss(logits, batch["decoder_target_tokens"],
-                             batch["decoder_loss_weights"], z_loss)
-
-
-def encoder_decoder_eval(model, params, batch):
-  """(logits, targets, weights) of T5's eval: teacher-forced decoder."""
-  return (_apply(model, params, batch, None, _ENC_DEC_MODEL_FEATURES),
-          batch["decoder_target_tokens"], batch["decoder_loss_weights"])
-
-
-def masked_lm_sums(model, params, batch, dropout_rng, z_loss):
-  """Masked-LM cross-entropy on every position BERT masking selected."""
-  logits = _apply(model, params, batch, dropout_rng, _MLM_MODEL_FEATURES)
-  return _cross_entropy_loss(logits, batch["encoder_target_tokens"],
-                             batch["encoder_loss_weights"], z_loss)
-
-
-def masked_lm_eval(model, params, batch):
-  return (_apply(model, params, batch, None, _MLM_MODEL_FEATURES),
-          batch["encoder_target_tokens"], batch["encoder_loss_weights"])
+# T5: teacher-forced decoder cross-entropy (+ z-loss) on the targets.
+encoder_decoder_sums, encoder_decoder_eval = _token_cross_entropy(
+    _ENC_DEC_MODEL_FEATURES, "decoder_target_tokens", "decoder_loss_weights")
+# BERT family: cross-entropy on every position BERT masking selected.
+masked_lm_sums, masked_lm_eval = _token_cross_entropy(
+    _MLM_MODEL_FEATURES, "encoder_target_tokens", "encoder_loss_weights")
 
 
 def _selected(batch: Batch) -> jnp.ndarray:

@@ -1,0 +1,225 @@
+"""Reading and writing each checkpoint format, and converting between them.
+
+Formats: "hf" (a Hugging Face directory: config.json + safetensors or
+pytorch_model.bin), "t5x" (native T5X, both layouts) and "native" (this
+project's Orbax MODEL_DIR). Which model a Hugging Face directory holds is
+its config.json's `model_type`, looked up in the family records
+(prottrans_jax/families.py), whose `hf_converter` knows the names; the
+file formats themselves are hf_io.py, t5x.py and prottrans_jax/checkpoints.py.
+
+Every reader returns `{our flat name: loader}` (mapping.Loader); every
+writer pulls tensors through the loaders one at a time, so every conversion
+streams: peak memory is about one tensor whatever the checkpoint's size
+(bench/convert_memory.py measures it on ProtT5-XL). Native checkpoints are
+read one leaf per restore and written with `checkpoints.LazyArray` leaves.
+"""
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import tqdm
+
+from prottrans_jax import checkpoints
+from prottrans_jax import families
+from prottrans_jax.convert import hf_io
+from prottrans_jax.convert import mapping
+from prottrans_jax.convert import t5x
+
+SOURCES = ("hf", "t5x", "native")
+TARGETS = ("native", "hf")
+# config.json files from before transformers wrote `model_type` are T5's.
+_DEFAULT_MODEL_TYPE = "t5"
+
+
+def _hf_family(hf_config: dict) -> families.ModelFamily:
+  try:
+    return families.for_hf_model_type(hf_config.get("model_type", _DEFAULT_MODEL_TYPE))
+  except ValueError as e:
+    raise mapping.ConversionError(str(e)) from None
+
+
+def _converter(config: Any) -> mapping.HfConverter:
+  family = families.of(config)
+  if family.hf_converter is None:
+    raise mapping.ConversionError(
+        f"a {family.name!r} model has no Hugging Face counterpart"
+        + ("; export its generator or discriminator (models/electra.py "
+           "generator_params / discriminator_params)" if family.name == "electra_pretraining"
+           else ""))
+  return family.hf_converter
+
+
+def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = None,
+                       **config_overrides: Any
+                       ) -> tuple[Any, dict[str, mapping.Loader], bool]:
+  """(config, {our name: loader}, encoder_only) of a Hugging Face directory.
+
+  Any model type a family record has a converter for (ProtT5, ProtBert,
+  ProtAlbert, ProtElectra). `encoder_only=None` keeps what the checkpoint
+  holds (a T5EncoderModel or a BertModel without pooler is encoder-only);
+  True skips the decoder / heads. Names and shapes are checked before
+  anything large is read.
+  """
+  hf_config = hf_io.load_hf_config(directory)
+  converter = _hf_family(hf_config).hf_converter
+  architecture = converter.architecture(hf_config)
+  config = converter.config_from_hf(hf_config, **config_overrides)
+  loaders, parts = mapping.read_state_dict(hf_io.LazyStateDict(directory), converter, config,
+                                           architecture, bool(encoder_only))
+  return config, loaders, not parts
+
+
+def write_hf_checkpoint(directory: os.PathLike, params: dict[str, mapping.Loader],
+                        config: Any, *, encoder_only: bool = False, dtype: str = "float32",
+                        max_shard_bytes: int = hf_io.DEFAULT_MAX_SHARD_BYTES,
+                        on_tensor: Optional[Callable[[str], None]] = None) -> list[pathlib.Path]:
+  """Writes config.json, safetensors (sharded above `max_shard_bytes`) and
+  the tokenizer files of `config`'s model type.
+
+  `params` maps our flat names to loaders (`mapping.loaders_of` wraps
+  arrays); the architecture follows the parts they hold (none with
+  `encoder_only`). Returns the files written.
+  """
+  if dtype not in hf_io.EXPORT_DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
+  converter = _converter(config)
+  np_dtype = hf_io.EXPORT_DTYPES[dtype]
+  architecture, tensors = mapping.hf_tensors(params, converter, config, encoder_only, np_dtype)
+  written = hf_io.write_safetensors(
+      directory, [(name, shape, load) for name, (shape, load) in tensors.items()], np_dtype,
+      max_shard_bytes, on_tensor)
+  out = pathlib.Path(directory)
+  files = {hf_io.CONFIG_FILE: json.dumps(converter.hf_config(config, architecture, dtype),
+                                         indent=2) + "\n",
+           **converter.tokenizer_files(config)}
+  for name, text in files.items():
+    (out / name).write_text(text)
+  return written + [out / name for name in files]
+
+
+def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[bool] = None
+                    ) -> tuple[Any, dict[str, mapping.Loader], bool, Optional[int]]:
+  """(config, loaders, encoder_only, step) of a checkpoint in format `source`.
+
+  `encoder_only=None` keeps what the checkpoint holds; True drops
+  everything outside the encoder (T5's decoder, the BERT family's heads).
+  """
+  if not pathlib.Path(input_dir).is_dir():
+    raise FileNotFoundError(f"Input directory does not exist: {input_dir}")
+  if source == "hf":
+    config, loaders, encoder_only = read_hf_checkpoint(input_dir, encoder_only)
+    return config, loaders, encoder_only, None
+  if source == "t5x":
+    config, loaders, step = t5x.read_t5x_checkpoint(input_dir, bool(encoder_only))
+    return config, loaders, bool(encoder_only), step
+  if source == "native":
+    _, config, params = checkpoints.lazy_params(input_dir)
+    _converter(config)  # Only models with a Hugging Face counterpart convert.
+    outside = families.of(config).non_encoder_parts
+    flat = mapping.flatten(params)
+    encoder_only = bool(encoder_only) or not any(mapping.top_level(n) in outside for n in flat)
+    if encoder_only:
+      flat = {n: a for n, a in flat.items() if mapping.top_level(n) not in outside}
+    return config, {n: lazy.load for n, lazy in flat.items()}, encoder_only, None
+  raise ValueError(f"Unknown source format {source!r}; expected one of {SOURCES}")
+
+
+def _our_shapes(config: Any, encoder_only: bool,
+                names: Sequence[str]) -> dict[str, tuple[int, ...]]:
+  """Our parameter names and shapes for `config`; `names` (what the source
+  holds) say which parts (decoder, heads) it has."""
+  converter = _converter(config)
+  return converter.expected_shapes(config, () if encoder_only else
+                                   converter.parts_of_params(names))
+
+
+def mapping_lines(source: str, target: str, input_dir: os.PathLike, config: Any,
+                  encoder_only: bool, names: Sequence[str]) -> list[str]:
+  """One line per tensor: source name -> our name -> target name, shape."""
+  shapes = _our_shapes(config, encoder_only, names)
+  converter = _converter(config)
+  parts = () if encoder_only else converter.parts_of_params(names)
+  architecture = (converter.architecture(hf_io.load_hf_config(input_dir)) if source == "hf"
+                  else converter.architecture_for(config, parts))
+  hf_names = {m.ours: m.hf for m in converter.tensor_plan(config, architecture, parts)}
+  name_in = {"hf": hf_names.get, "t5x": lambda n: f"target/{n}", "native": str}
+  name_out = {"hf": hf_names.get, "native": lambda n: f"params/{n}"}
+  return [f"{name_in[source](n)} -> {n} -> {name_out[target](n)} {shape}"
+          for n, shape in shapes.items()]
+
+
+def _prepare_output(output_dir: pathlib.Path, input_dir: os.PathLike, overwrite: bool) -> None:
+  if output_dir.resolve() == pathlib.Path(input_dir).resolve():
+    raise ValueError("The output directory must differ from the input directory")
+  if output_dir.exists() and any(output_dir.iterdir()):
+    if not overwrite:
+      raise FileExistsError(
+          f"Output directory {output_dir} exists and is not empty; pass "
+          "--overwrite to replace it")
+    shutil.rmtree(output_dir)
+
+
+def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
+                       output_dir: os.PathLike, *, encoder_only: Optional[bool] = None,
+                       dtype: Optional[str] = None, dry_run: bool = False,
+                       overwrite: bool = False,
+                       max_shard_bytes: int = hf_io.DEFAULT_MAX_SHARD_BYTES,
+                       progress: bool = True) -> list[str]:
+  """Converts `input_dir` (format `source`) into `output_dir` (format `target`).
+
+  Args:
+    source: "hf", "t5x" or "native".
+    target: "native" (an Orbax MODEL_DIR our trainer restores) or "hf".
+    encoder_only: None keeps what the input holds; True drops the decoder
+      (the released `prot_t5_xl_half_uniref50-enc` is such an export).
+    dtype: "float32", "float16" or "bfloat16": the exported tensors' dtype
+      for hf (default float32), the parameter dtype for native (default the
+      config's param_dtype).
+    dry_run: only check the input and return the mapping, write nothing.
+    overwrite: replace a non-empty `output_dir`.
+    max_shard_bytes: hf output is sharded above this size.
+    progress: show a progress bar.
+
+  Returns:
+    The mapping lines (dry run) or the paths written.
+  """
+  if target not in TARGETS:
+    raise ValueError(f"Unknown target format {target!r}; expected one of {TARGETS}")
+  if dtype is not None and dtype not in hf_io.EXPORT_DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
+  config, loaders, encoder_only, step = read_checkpoint(source, input_dir, encoder_only)
+  if dry_run:
+    return mapping_lines(source, target, input_dir, config, encoder_only, list(loaders))
+  output_dir = pathlib.Path(output_dir)
+  _prepare_output(output_dir, input_dir, overwrite)
+  bar = tqdm.tqdm(total=len(loaders), unit="tensor", disable=not progress,
+                  desc=f"{source} -> {target}")
+  if target == "hf":
+    written = write_hf_checkpoint(
+        output_dir, loaders, config, encoder_only=encoder_only, dtype=dtype or "float32",
+        max_shard_bytes=max_shard_bytes, on_tensor=lambda _: bar.update(1))
+    bar.close()
+    return [str(p) for p in written]
+
+  if dtype is not None:
+    config = dataclasses.replace(config, param_dtype=dtype)
+  param_dtype = hf_io.EXPORT_DTYPES[config.param_dtype]
+  shapes = _our_shapes(config, encoder_only, list(loaders))
+
+  def load_counted(load: mapping.Loader) -> np.ndarray:
+    array = np.asarray(load(), dtype=param_dtype)
+    bar.update(1)
+    return array
+
+  # Read only while Orbax writes each one: about one tensor in memory.
+  lazy = {name: checkpoints.LazyArray(shapes[name], param_dtype,
+                                      lambda load=load: load_counted(load))
+          for name, load in loaders.items()}
+  step_dir = checkpoints.write_params_checkpoint(
+      output_dir, mapping.unflatten(lazy), config, step=step or 0)
+  bar.close()
+  return [str(step_dir)]
