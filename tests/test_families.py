@@ -161,3 +161,17 @@ def test_unknown_family_and_config_are_clear_errors():
     families.for_hf_model_type("gpt2")
   assert families.of(TINY["t5"]).objective().feature_converter.__name__ == (
       "EncDecFeatureConverter")
+
+
+@pytest.mark.parametrize("old, new, attribute", [
+    ("prottrans_jax.training.checkpoints", "prottrans_jax.checkpoints", "restore_params"),
+    ("prottrans_jax.models.registry", "prottrans_jax.families", "FAMILIES"),
+    ("prottrans_jax.convert.convert", "prottrans_jax.convert.formats", "convert_checkpoint"),
+])
+def test_renamed_modules_still_import_and_warn(old, new, attribute):
+  code = (f"import warnings; warnings.simplefilter('always'); import {old} as m, {new} as n; "
+          f"assert m.{attribute} is n.{attribute}")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "DeprecationWarning" in result.stderr and new in result.stderr
