@@ -1,6 +1,7 @@
 """scripts/embed.py end to end: checkpoints in, HDF5 out, killed and resumed."""
 
 import gzip
+import json
 import os
 import pathlib
 import signal
@@ -18,6 +19,8 @@ import pytest
 
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
+from prottrans_jax.inference import engine
+from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 from prottrans_jax.models import t5
@@ -59,7 +62,10 @@ def mixed_lengths_fasta(tmp_path_factory):
 def _embed_command(fasta_path, output, model_dir, *extra):
   return [sys.executable, str(EMBED), f"--input={fasta_path}",
           f"--output={output}", f"--checkpoint_dir={model_dir}",
-          "--max_residues=2048", "--noprogress", *extra]
+          "--max_tokens=2048", "--noprogress", *extra]
+
+
+MAX_TOKENS = 2048  # _embed_command's --max_tokens.
 
 
 def _env():
@@ -108,6 +114,81 @@ def test_killed_run_resumes_to_the_uninterrupted_file(
     for name in a:
       np.testing.assert_array_equal(a[name][()], b[name][()])
       assert a[name].attrs["original_id"] == b[name].attrs["original_id"]
+
+
+def test_former_flag_max_residues_works_with_a_warning(model_dir, tmp_path):
+  fasta_path = tmp_path / "three.fasta"
+  fasta_path.write_text(">a\nMKTAYIAKQR\n>b\nMKTAYIAKQRQISFVKSHFSRQ\n"
+                        ">c\nGSHMKTAY\n")
+  output = tmp_path / "o.h5"
+  command = _embed_command(fasta_path, output, model_dir)
+  old = [arg.replace("--max_tokens=", "--max_residues=") for arg in command]
+  result = subprocess.run(old, env=_env(), capture_output=True, text=True,
+                          timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert ("--max_residues is deprecated and will be removed: use "
+          "--max_tokens") in result.stderr
+  with h5py.File(output) as f:
+    recorded = json.loads(f.attrs[h5_writer.SETTINGS_ATTRIBUTE])
+    assert len(f) == 3
+  assert recorded["max_tokens"] == MAX_TOKENS and "max_residues" not in recorded
+  # The new name resumes the file as the same setting; nothing is left to do.
+  again = subprocess.run(command, env=_env(), check=True,
+                         capture_output=True, text=True, timeout=600)
+  assert "0 proteins embedded" in again.stdout
+  assert "3 already there" in again.stdout
+  assert "deprecated" not in again.stderr
+
+  both = subprocess.run([*command, f"--max_residues={MAX_TOKENS}"],
+                        env=_env(), capture_output=True, text=True,
+                        timeout=600)
+  assert both.returncode != 0
+  assert "give --max_tokens only" in both.stderr
+
+
+def test_output_of_the_previous_version_resumes(model_dir, shared_data,
+                                                tmp_path):
+  """Files recorded `max_residues` before the rename to `max_tokens`."""
+  records = list(fasta.read_fasta(shared_data / "sequences" /
+                                  "globins45.fasta"))[:5]
+  fasta_path = tmp_path / "five.fasta"
+  fasta_path.write_text("".join(f">{r.description}\n{r.sequence}\n"
+                                for r in records))
+  model = loading.from_checkpoint(str(model_dir))
+  settings = engine.EmbedSettings(max_tokens=MAX_TOKENS)
+  straight = tmp_path / "straight.h5"
+  run.embed_fasta(str(fasta_path), str(straight), model, settings,
+                  progress=False)
+  with h5py.File(straight) as f:
+    current = json.loads(f.attrs[h5_writer.SETTINGS_ATTRIBUTE])
+    first_two = {name: (f[name].attrs["original_id"], f[name][()])
+                 for name in sorted(f)[:2]}
+
+  def previous_version_file(path, max_residues):
+    """What the previous version wrote before it was killed: the same
+    settings with the budget under its former key, two proteins."""
+    recorded = dict(current, max_residues=max_residues)
+    del recorded["max_tokens"]
+    h5_writer.EmbeddingWriter(str(path), recorded).write(first_two)
+    with h5py.File(path) as f:
+      assert "max_residues" in f.attrs[h5_writer.SETTINGS_ATTRIBUTE]
+
+  old = tmp_path / "old.h5"
+  previous_version_file(old, MAX_TOKENS)
+  summary = run.embed_fasta(str(fasta_path), str(old), model, settings,
+                            progress=False)
+  assert (summary.already_done, summary.embedded) == (2, 3)
+  with h5py.File(straight) as a, h5py.File(old) as b:
+    assert sorted(a) == sorted(b)
+    for name in a:
+      np.testing.assert_array_equal(a[name][()], b[name][()])
+
+  # Another budget under the former name is still another setting.
+  other = tmp_path / "other.h5"
+  previous_version_file(other, MAX_TOKENS // 2)
+  with pytest.raises(h5_writer.OutputError, match="other settings"):
+    run.embed_fasta(str(fasta_path), str(other), model, settings,
+                    progress=False)
 
 
 def test_script_reports_bad_input_by_record_and_exits_nonzero(

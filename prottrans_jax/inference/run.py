@@ -14,6 +14,10 @@ from prottrans_jax.inference import h5_writer
 
 logger = logging.getLogger(__name__)
 
+# Settings renamed since files were first written: {former: current}. An
+# output recorded under the former name still resumes.
+RENAMED_SETTINGS = {"max_residues": "max_tokens"}
+
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
@@ -70,8 +74,8 @@ def embed_fasta(input_path: str, output_path: str, model: LoadedModel,
                   "per_protein": settings.per_protein,
                   "compute_dtype": settings.dtype,
                   "output_dtype": output_dtype,
-                  "max_residues": settings.max_residues},
-        overwrite=overwrite)
+                  "max_tokens": settings.max_tokens},
+        overwrite=overwrite, renamed_settings=RENAMED_SETTINGS)
     existing = writer.existing_names()
     done = np.array([names[r.id] in existing for r in records], bool)
   if jax.process_count() > 1:
