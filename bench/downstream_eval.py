@@ -31,6 +31,7 @@ from absl import app
 from absl import flags
 import jax
 
+from prottrans_jax import cli
 from prottrans_jax.downstream import features
 from prottrans_jax.downstream import metrics
 from prottrans_jax.downstream import pipeline
@@ -64,8 +65,8 @@ _LOC_HEAD = flags.DEFINE_enum("localization_head", "mlp",
 _EPOCHS = flags.DEFINE_integer("max_epochs", 40, "Upper bound on epochs.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Encoder compute dtype.")
-_MAX_RESIDUES = flags.DEFINE_integer("max_residues", 16384,
-                                     "Embedding batch budget (tokens).")
+_MAX_TOKENS = cli.define_max_tokens_flag(16384)  # And --max_residues (old).
+flags.adopt_module_key_flags(cli)  # --help lists --max_tokens.
 
 flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
                                      required=True)
@@ -120,7 +121,7 @@ def _embed(model: loading.LoadedModel, proteins, path: str,
   readers.write_fasta(proteins, fasta_path)
   run.embed_fasta(fasta_path, path, model, engine.EmbedSettings(
       per_protein=per_protein, dtype=_DTYPE.value,
-      max_residues=_MAX_RESIDUES.value), progress=False)
+      max_tokens=_MAX_TOKENS.value), progress=False)
   return path
 
 

@@ -3,7 +3,7 @@
 
 Both run the same random weights (a transformers model converted by our
 converter) on the same real proteins, in the same batches (sorted by length,
-padded tokens per batch within --max_residues), in one process, and the
+padded tokens per batch within --max_tokens), in one process, and the
 script prints residues/s of each, their ratio, and our achieved FLOP/s as a
 fraction of this machine's dense float32 matmul peak measured in the same
 run. Our engine pads each batch to its bucket (buckets fitted to the
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import transformers
 
+from prottrans_jax import cli
 from prottrans_jax import families
 from prottrans_jax.convert import mapping
 from prottrans_jax.data import fasta
@@ -62,10 +63,14 @@ _MAX_PROTEINS = flags.DEFINE_integer(
     "range (0: all). The XL run uses at most --xl_proteins.")
 _XL_PROTEINS = flags.DEFINE_integer(
     "xl_proteins", 12, "Proteins for configs of a billion parameters or more.")
-_MAX_RESIDUES = flags.DEFINE_integer("max_residues", 4096,
-                                     "Padded tokens per batch, both engines.")
+_MAX_TOKENS = cli.define_max_tokens_flag(
+    4096, "Padded tokens per batch: rows x our bucket length, special "
+    "tokens included. Both engines get the same batches (transformers pads "
+    "each to its longest protein). --max_residues is its deprecated former "
+    "name.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed passes of each engine, "
                                "taken in turns.", lower_bound=1)
+flags.adopt_module_key_flags(cli)  # --help lists --max_tokens.
 
 
 def matmul_peak_flops(size: int = 2048, repeats: int = 20) -> tuple[float, float]:
@@ -107,12 +112,12 @@ def spread(records: list[fasta.FastaRecord], count: int) -> list:
   return [ordered[i] for i in picks]
 
 
-def transformers_pass(model, family, records, max_residues: int):
+def transformers_pass(model, family, records, max_tokens: int):
   """A function that embeds `records` with transformers in our engine's
   batches, each padded to its longest protein."""
   token_lengths = [len(r.sequence) + family.num_special_tokens for r in records]
   batches = []
-  for batch in batching.plan_batches(token_lengths, max_residues):
+  for batch in batching.plan_batches(token_lengths, max_tokens):
     longest = max(token_lengths[i] for i in batch.indices)
     ids = np.zeros((len(batch.indices), longest), np.int64)
     for row, index in enumerate(batch.indices):
@@ -127,11 +132,11 @@ def transformers_pass(model, family, records, max_residues: int):
   return embed
 
 
-def our_pass(config, params, records, max_residues: int):
+def our_pass(config, params, records, max_tokens: int):
   """A function that embeds `records` with our engine (tokenizing and
   fetching the results included, as in scripts/embed.py)."""
   embedder = engine.Embedder(config, params,
-                             engine.EmbedSettings(max_residues=max_residues))
+                             engine.EmbedSettings(max_tokens=max_tokens))
 
   def embed():
     for _ in embedder.embed(records):
@@ -176,9 +181,9 @@ def main(argv):
     config = dataclasses.replace(config, dtype="float32")
     residues = sum(len(r.sequence) for r in subset)
     seconds = timed_rounds(
-        {"ours": our_pass(config, params, subset, _MAX_RESIDUES.value),
+        {"ours": our_pass(config, params, subset, _MAX_TOKENS.value),
          "hf": transformers_pass(hf_model, family, subset,
-                                 _MAX_RESIDUES.value)}, _ROUNDS.value)
+                                 _MAX_TOKENS.value)}, _ROUNDS.value)
     del params, hf_model
     ours, theirs = np.median(seconds["ours"]), np.median(seconds["hf"])
     ratios = [t / o for t, o in zip(seconds["hf"], seconds["ours"])]

@@ -1,6 +1,6 @@
-"""Shared command-line plumbing for the scripts: multi-process start-up and
-the T5X-style gin entry point. Scripts stay a few lines: flags in, one
-library call."""
+"""Shared command-line plumbing for the scripts: multi-process start-up,
+the embedding batch budget and the T5X-style gin entry point. Scripts stay a
+few lines: flags in, one library call."""
 
 import dataclasses
 import sys
@@ -38,6 +38,58 @@ def define_distributed_flags() -> DistributedFlags:
           "flags but --process_id."),
       flags.DEFINE_integer("num_processes", 1, "Processes in all."),
       flags.DEFINE_integer("process_id", 0, "This process's index."))
+
+
+MAX_TOKENS_HELP = (
+    "Padded tokens per batch: rows x the batch's padded length, counting "
+    "every row's special tokens ([CLS], [SEP], </s>) and padding, not just "
+    "residues. A protein longer than this still gets a batch of its own "
+    "(one row per data-parallel device). Lower it if memory runs out; raise "
+    "it for speed.")
+
+
+class MaxTokensFlag:
+  """--max_tokens, and --max_residues, its deprecated former name."""
+
+  def __init__(self, max_tokens: flags.FlagHolder,
+               max_residues: flags.FlagHolder):
+    self.max_tokens = max_tokens
+    self.max_residues = max_residues
+    self._warned = False
+
+  @property
+  def value(self) -> int:
+    """The budget; warns on stderr (once) if the former name was used."""
+    if self.max_residues.value is None:
+      return self.max_tokens.value
+    if not self._warned:
+      self._warned = True
+      logging.warning("--max_residues is deprecated and will be removed: "
+                      "use --max_tokens (the same number: padded tokens per "
+                      "batch, special tokens included)")
+    return self.max_residues.value
+
+
+def define_max_tokens_flag(default: int, help_text: str = MAX_TOKENS_HELP,
+                           flag_values: flags.FlagValues = flags.FLAGS
+                           ) -> MaxTokensFlag:
+  """--max_tokens (padded tokens per embedding batch) and its deprecated
+  alias --max_residues; giving both is a usage error."""
+  max_tokens = flags.DEFINE_integer("max_tokens", default, help_text,
+                                    lower_bound=1, flag_values=flag_values)
+  max_residues = flags.DEFINE_integer(
+      "max_residues", None, "Deprecated: the former name of --max_tokens, "
+      "which counts the same padded tokens (special tokens included).",
+      lower_bound=1, flag_values=flag_values)
+
+  def one_name(_):
+    return not (flag_values["max_tokens"].present
+                and flag_values["max_residues"].present)
+  flags.register_multi_flags_validator(
+      ["max_tokens", "max_residues"], one_name,
+      message="give --max_tokens only: --max_residues is its deprecated "
+      "former name", flag_values=flag_values)
+  return MaxTokensFlag(max_tokens, max_residues)
 
 
 @dataclasses.dataclass(frozen=True)

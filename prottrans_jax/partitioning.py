@@ -61,7 +61,6 @@ RULES_2D: LogicalRules = (
 REPLICATED_RULES: LogicalRules = (
     ("length", None),
     ("relpos_buckets", None),
-    ("layers", None),
     # BERT family: the embedding tables' width, learned positions, token
     # types and the discriminator's single output (small next to the layers).
     ("token_embed", None),

@@ -43,9 +43,7 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Compute dtype of the encoder's activations.")
 _OUTPUT_DTYPE = flags.DEFINE_enum("output_dtype", "float32",
                                   ["float32", "float16"], "dtype on disk.")
-_MAX_RESIDUES = flags.DEFINE_integer(
-    "max_residues", 16384, "Padded tokens per batch (lower it if memory "
-    "runs out; raise it for speed).")
+_MAX_TOKENS = cli.define_max_tokens_flag(16384)  # And --max_residues (old).
 _NUM_PARTITIONS = flags.DEFINE_integer(
     "num_partitions", 1, "Model-parallel ways; the other devices split "
     "the batch.")
@@ -69,6 +67,7 @@ flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
 
 def main(argv):
   del argv
+  max_tokens = _MAX_TOKENS.value  # Warns now if given as --max_residues.
   _DISTRIBUTED.initialize()
   try:
     model = (loading.from_checkpoint(_CHECKPOINT.value) if _CHECKPOINT.value
@@ -77,7 +76,7 @@ def main(argv):
         _INPUT.value, _OUTPUT.value, model,
         engine.EmbedSettings(per_protein=_PER_PROTEIN.value,
                              dtype=_DTYPE.value,
-                             max_residues=_MAX_RESIDUES.value,
+                             max_tokens=max_tokens,
                              num_partitions=_NUM_PARTITIONS.value),
         fasta.FastaPolicy(empty_records=_EMPTY.value,
                           invalid_characters=_INVALID.value,

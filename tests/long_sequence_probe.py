@@ -31,7 +31,7 @@ def main(length: int) -> None:
       jax.random.key(0), jnp.ones((1, 8), jnp.int32),
       method=t5.T5.encode))["params"]
   embedder = engine.Embedder(CONFIG, params,
-                             engine.EmbedSettings(max_residues=1),
+                             engine.EmbedSettings(max_tokens=1),
                              devices=jax.local_devices()[:1])
   rng = np.random.default_rng(0)
   record = fasta.FastaRecord(

@@ -192,7 +192,7 @@ def ss_embeddings(shared_data, tmp_path_factory):
   h5_path = str(directory / "ss.h5")
   run.embed_fasta(fasta_path, h5_path, loading.LoadedModel(
       "t5", config, params, "random"), engine.EmbedSettings(
-          max_residues=8192), progress=False)
+          max_tokens=8192), progress=False)
   return train, test, fasta_path, h5_path
 
 

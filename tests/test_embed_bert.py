@@ -53,7 +53,7 @@ def test_embed_script_matches_transformers(case, shared_data, tmp_path):
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
   subprocess.run([sys.executable, str(REPO / "scripts" / "embed.py"),
                   f"--input={input_fasta}", f"--output={output}",
-                  f"--hf_model_dir={tmp_path / 'hf'}", "--max_residues=256", "--noprogress"],
+                  f"--hf_model_dir={tmp_path / 'hf'}", "--max_tokens=256", "--noprogress"],
                  env=env, check=True, capture_output=True, timeout=600)
   with h5py.File(output) as f:
     assert len(f) == len(records)

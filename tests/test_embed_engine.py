@@ -56,6 +56,43 @@ def test_bucket_lengths_and_batches_respect_the_budget():
   assert batching.fit_buckets([35001, 5, 2049, 100]) == [5, 100, 4096, 36864]
 
 
+def test_max_tokens_counts_special_tokens_and_padding(model):
+  # Four 30-residue proteins are 31 tokens with T5's </s>: a budget of 60
+  # tokens holds one row (two rows would be 62 tokens), though two rows of
+  # residues alone (60) would fit.
+  records = _records([30, 30, 30, 30])
+  embedder = engine.Embedder(model.config, model.params,
+                             engine.EmbedSettings(max_tokens=60),
+                             devices=jax.devices()[:1])
+  assert [len(batch) for batch in embedder.embed(records)] == [1, 1, 1, 1]
+  embedder = engine.Embedder(model.config, model.params,
+                             engine.EmbedSettings(max_tokens=62),
+                             devices=jax.devices()[:1])
+  assert [len(batch) for batch in embedder.embed(records)] == [2, 2]
+
+
+def test_former_name_max_residues_still_works_with_a_warning():
+  with pytest.warns(DeprecationWarning, match=r"max_residues.*max_tokens"):
+    old = engine.EmbedSettings(max_residues=4096, per_protein=True)
+  assert old == engine.EmbedSettings(max_tokens=4096, per_protein=True)
+  assert [f.name for f in dataclasses.fields(old)] == [
+      "per_protein", "dtype", "max_tokens", "num_partitions"]
+  with pytest.warns(DeprecationWarning, match=r"\.max_tokens"):
+    assert old.max_residues == 4096
+  assert dataclasses.replace(old, dtype="bfloat16").max_tokens == 4096
+  with pytest.raises(TypeError, match="pass max_tokens= only"):
+    engine.EmbedSettings(max_tokens=1, max_residues=2)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    old.max_tokens = 1  # type: ignore[misc]
+
+  lengths = [5, 700, 30, 1000, 31]
+  with pytest.warns(DeprecationWarning, match=r"max_residues.*max_tokens"):
+    old_plan = list(batching.plan_batches(lengths, max_residues=2048))
+  assert old_plan == list(batching.plan_batches(lengths, max_tokens=2048))
+  with pytest.raises(TypeError, match="pass max_tokens= only"):
+    batching.plan_batches(lengths, 2048, max_residues=2048)
+
+
 def _padded_tokens(lengths, buckets):
   return sum(min(b for b in buckets if b >= n) for n in lengths)
 
@@ -89,8 +126,8 @@ def test_fitted_buckets_on_real_proteins(shared_data):
 def test_one_row_per_residue_and_per_protein_is_the_mean(model):
   lengths = [1, 2, 511, 512, 513, 1000]
   records = _records(lengths)
-  per_residue = _embed(model, records, max_residues=4096)
-  per_protein = _embed(model, records, max_residues=4096, per_protein=True)
+  per_residue = _embed(model, records, max_tokens=4096)
+  per_protein = _embed(model, records, max_tokens=4096, per_protein=True)
   for record, n in zip(records, lengths):
     assert per_residue[record.id].shape == (n, CONFIG.d_model)
     np.testing.assert_allclose(per_protein[record.id],
@@ -100,9 +137,9 @@ def test_one_row_per_residue_and_per_protein_is_the_mean(model):
 
 def test_embedding_alone_equals_embedding_in_a_padded_batch(model):
   records = _records([37, 200, 90, 150, 12])
-  together = _embed(model, records, max_residues=4096)
+  together = _embed(model, records, max_tokens=4096)
   for record in records:
-    alone = _embed(model, [record], max_residues=4096)
+    alone = _embed(model, [record], max_tokens=4096)
     np.testing.assert_allclose(alone[record.id], together[record.id],
                                atol=1e-5, rtol=0)
 
@@ -110,13 +147,13 @@ def test_embedding_alone_equals_embedding_in_a_padded_batch(model):
 def test_eight_devices_give_the_embeddings_of_one(model):
   records = _records([300, 45, 120, 260, 80, 33, 150, 99, 10])
   eight = engine.Embedder(model.config, model.params,
-                          engine.EmbedSettings(max_residues=4096))
+                          engine.EmbedSettings(max_tokens=4096))
   one = engine.Embedder(model.config, model.params,
-                        engine.EmbedSettings(max_residues=4096),
+                        engine.EmbedSettings(max_tokens=4096),
                         devices=jax.devices()[:1])
   model_parallel = engine.Embedder(
       model.config, model.params,
-      engine.EmbedSettings(max_residues=4096, num_partitions=2))
+      engine.EmbedSettings(max_tokens=4096, num_partitions=2))
   assert eight.data_parallel == 8 and one.data_parallel == 1
   results = [{r.id: e for batch in embedder.embed(records) for r, e in batch}
              for embedder in (eight, one, model_parallel)]
@@ -129,11 +166,11 @@ def test_eight_devices_give_the_embeddings_of_one(model):
 
 def test_chunked_attention_equals_full_attention(model):
   records = _records([700, 333])
-  full = _embed(model, records, max_residues=4096)
+  full = _embed(model, records, max_tokens=4096)
   chunked_model = dataclasses.replace(
       model, config=dataclasses.replace(CONFIG, long_sequence_threshold=256,
                                         attention_chunk_size=128))
-  chunked = _embed(chunked_model, records, max_residues=4096)
+  chunked = _embed(chunked_model, records, max_tokens=4096)
   for record in records:
     np.testing.assert_allclose(chunked[record.id], full[record.id],
                                atol=1e-5, rtol=0)

@@ -19,10 +19,6 @@ from prottrans_jax.downstream import trainer
 
 logger = logging.getLogger(__name__)
 
-# What each task trains, and which head kinds can do it.
-TASK_HEAD_KINDS = {"secondary_structure": ("ss_cnn",),
-                   "localization": ("mlp", "light_attention")}
-
 
 @dataclasses.dataclass(frozen=True)
 class TrainedHead:

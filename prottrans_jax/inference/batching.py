@@ -1,8 +1,11 @@
-"""Length buckets and residue-budget batches for embedding.
+"""Length buckets and token-budget batches for embedding.
 
-Proteins are sorted by length and grouped so that each batch holds about
-`max_residues` padded tokens. Every batch is padded to one of a few bucket
-lengths, so the encoder compiles once per bucket, not once per batch shape.
+Proteins are sorted by length and grouped so that each batch holds at most
+`max_tokens` padded tokens: rows times the bucket length, the special tokens
+of every row and the padding included (only a batch of one row per
+data-parallel device may exceed it, for a very long protein). Every batch
+is padded to one of a few bucket lengths, so the encoder compiles once per
+bucket, not once per batch shape.
 
 The buckets are fitted to the proteins being embedded (`fit_buckets`): as
 many as the fixed grid of `bucket_length` would use (powers of two and the
@@ -21,6 +24,8 @@ import dataclasses
 from typing import Iterator, Sequence
 
 import numpy as np
+
+from prottrans_jax import deprecation
 
 MIN_BUCKET = 16
 STEPS_PER_OCTAVE = 4
@@ -99,10 +104,11 @@ class Batch:
   rows: int  # Padded number of rows: a multiple of the data-parallel size.
 
 
-def plan_batches(token_lengths: Sequence[int], max_residues: int,
+@deprecation.renamed_argument("max_residues", "max_tokens")
+def plan_batches(token_lengths: Sequence[int], max_tokens: int,
                  row_multiple: int = 1, linear_from: int = 2048
                  ) -> Iterator[Batch]:
-  """Groups sequences by bucket, longest first, within a residue budget.
+  """Groups sequences by bucket, longest first, within a token budget.
 
   The plan depends only on `token_lengths` (buckets are fitted to all of
   them), so every process of a multi-host run, and a resumed run, plans the
@@ -113,14 +119,16 @@ def plan_batches(token_lengths: Sequence[int], max_residues: int,
 
   Args:
     token_lengths: tokens per sequence (residues plus special tokens).
-    max_residues: padded tokens per batch; a batch always holds at least
-      `row_multiple` rows, even for one very long protein.
+    max_tokens: padded tokens per batch, rows x bucket length (special
+      tokens and padding count, like residues); a batch always holds at
+      least `row_multiple` rows, even for one very long protein, and may
+      then exceed it. Formerly `max_residues` (still accepted, deprecated).
     row_multiple: rows are padded to a multiple of this (the number of
       data-parallel devices), so each device gets a whole share.
     linear_from: see `fit_buckets`.
   """
-  if max_residues <= 0 or row_multiple <= 0:
-    raise ValueError("max_residues and row_multiple must be positive")
+  if max_tokens <= 0 or row_multiple <= 0:
+    raise ValueError("max_tokens and row_multiple must be positive")
   buckets = np.asarray(fit_buckets(token_lengths, linear_from))
   order = sorted(range(len(token_lengths)), key=lambda i: -token_lengths[i])
   current: list[int] = []
@@ -133,7 +141,7 @@ def plan_batches(token_lengths: Sequence[int], max_residues: int,
   for index in order:
     bucket = int(buckets[np.searchsorted(buckets, token_lengths[index])])
     capacity = max(row_multiple,
-                   (max_residues // bucket) // row_multiple * row_multiple)
+                   (max_tokens // bucket) // row_multiple * row_multiple)
     if current and (bucket != current_bucket or len(current) >= capacity):
       yield emit()
       current = []

@@ -1,9 +1,9 @@
 """The embedding engine: proteins in, per-residue or per-protein vectors out.
 
 How it stays fast:
-- proteins are sorted by length and batched by a residue budget, padded to a
-  few bucket lengths, so the encoder compiles a handful of times
-  (`batching.py`);
+- proteins are sorted by length and batched by a budget of padded tokens
+  (`max_tokens`), padded to a few bucket lengths, so the encoder compiles a
+  handful of times (`batching.py`);
 - the jitted encoder runs data-parallel over every device (batch rows on the
   `data` mesh axis) and model-parallel with `num_partitions` > 1, using the
   same logical-axis rules as training; with `jax.distributed`, every host
@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from prottrans_jax import deprecation
 from prottrans_jax import families
 from prottrans_jax import partitioning
 from prottrans_jax.data import fasta
@@ -41,6 +42,7 @@ from prottrans_jax.inference import batching
 logger = logging.getLogger(__name__)
 
 
+@deprecation.renamed_argument("max_residues", "max_tokens")
 @dataclasses.dataclass(frozen=True)
 class EmbedSettings:
   """What to compute and how to lay it out.
@@ -48,12 +50,14 @@ class EmbedSettings:
   Attributes:
     per_protein: mean over residues, (d,) per protein, instead of (L, d).
     dtype: compute dtype of activations ("float32" or "bfloat16").
-    max_residues: padded tokens per batch (memory vs. speed).
+    max_tokens: padded tokens per batch (memory vs. speed): rows x bucket
+      length, special tokens included. Formerly `max_residues`, which still
+      works (constructor keyword and attribute) with a DeprecationWarning.
     num_partitions: model-parallel ways; the remaining devices split batches.
   """
   per_protein: bool = False
   dtype: str = "float32"
-  max_residues: int = 16384
+  max_tokens: int = 16384
   num_partitions: int = 1
 
 
@@ -134,7 +138,7 @@ class Embedder:
     token_lengths = [len(r.sequence) + self.family.num_special_tokens
                      for r in records]
     batches = list(batching.plan_batches(token_lengths,
-                                         self.settings.max_residues,
+                                         self.settings.max_tokens,
                                          self.data_parallel))
     padded = sum(b.length * b.rows for b in batches)
     logger.info("%d proteins in %d batches padded to %d lengths; padding "

@@ -9,7 +9,9 @@ The file is closed after every batch, so what is on disk is a valid HDF5 file
 between batches; a killed run leaves every finished batch readable, and a
 restarted run skips the proteins already there. The root attributes record
 the settings that produced the file; a restart with other settings is refused
-instead of mixing two kinds of embeddings in one file.
+instead of mixing two kinds of embeddings in one file. A setting that was
+renamed (`renamed_settings`) still matches under its former name, so files
+written before the rename resume.
 """
 
 import json
@@ -39,9 +41,22 @@ class EmbeddingWriter:
   """Appends embeddings to an HDF5 file, one dataset per protein."""
 
   def __init__(self, path: str, settings: Mapping[str, object],
-               overwrite: bool = False):
+               overwrite: bool = False,
+               renamed_settings: Mapping[str, str] | None = None):
+    """Opens `path`: a new file, or one this writer may resume.
+
+    Args:
+      path: the HDF5 file.
+      settings: what produced the embeddings (JSON-serialisable values),
+        recorded in the file and compared on resume.
+      overwrite: replace an existing file instead of resuming it.
+      renamed_settings: {former key: current key} for settings whose name
+        changed: an existing file that recorded the former key resumes when
+        the values agree (its recorded settings are left as they are).
+    """
     self.path = path
     self._settings = json.dumps(dict(settings), sort_keys=True)
+    self._renamed = dict(renamed_settings or {})
     if os.path.exists(path):
       if overwrite:
         logger.warning("--overwrite: replacing %s", path)
@@ -64,11 +79,24 @@ class EmbeddingWriter:
     if previous is None:
       raise OutputError(f"{self.path} exists and was not written by this "
                         "embedder; pass --overwrite to replace it")
-    if previous != self._settings:
+    if previous != self._settings and not self._renamed_match(previous):
       raise OutputError(
           f"{self.path} exists with other settings ({previous}); now asked "
           f"for {self._settings}. Pass --overwrite to replace it, or another "
           "--output")
+
+  def _renamed_match(self, previous: str) -> bool:
+    """Whether `previous` are these settings, some under former names."""
+    try:
+      recorded = json.loads(previous)
+    except (TypeError, ValueError):
+      return False
+    if not isinstance(recorded, dict):
+      return False
+    current = {self._renamed.get(key, key): value
+               for key, value in recorded.items()}
+    return len(current) == len(recorded) and current == json.loads(
+        self._settings)
 
   def existing_names(self) -> set[str]:
     with h5py.File(self.path, "r") as f:

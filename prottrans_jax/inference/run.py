@@ -2,6 +2,9 @@
 
 import dataclasses
 import logging
+import os
+import time
+
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -12,6 +15,39 @@ from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
 
 logger = logging.getLogger(__name__)
+
+# Settings renamed since files were first written: {former: current}. An
+# output recorded under the former name still resumes.
+RENAMED_SETTINGS = {"max_residues": "max_tokens"}
+
+# Test hook, for tests that kill a run at a known point: with
+# PROTTRANS_JAX_PAUSE_AFTER_BATCHES=N in the environment, a run that has
+# written its N-th batch (the file is closed after every batch, so that
+# batch is on disk) prints a line starting with PAUSED_MARKER and blocks
+# until it is killed. Unset, as always outside tests, it costs one
+# environment lookup per run.
+PAUSE_AFTER_BATCHES_ENV = "PROTTRANS_JAX_PAUSE_AFTER_BATCHES"
+PAUSED_MARKER = "PROTTRANS_JAX_PAUSED"
+
+
+def _pause_after_batches() -> int | None:
+  value = os.environ.get(PAUSE_AFTER_BATCHES_ENV)
+  if not value:
+    return None
+  if not value.isdigit() or int(value) < 1:
+    raise ValueError(f"{PAUSE_AFTER_BATCHES_ENV}={value!r}: expected a "
+                     "positive number of batches (a test hook; unset it)")
+  return int(value)
+
+
+def _pause_for_test(batches: int, proteins: int, output_path: str) -> None:
+  """Announces the pause on stdout and blocks until the process is killed."""
+  logger.warning("%s=%d: pausing until killed", PAUSE_AFTER_BATCHES_ENV,
+                 batches)
+  print(f"{PAUSED_MARKER} batches={batches} proteins={proteins} "
+        f"output={output_path}", flush=True)
+  while True:
+    time.sleep(3600)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +84,7 @@ def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
   uninterrupted run would have written. Any other existing file is refused
   unless `overwrite`.
   """
+  pause_after = _pause_after_batches()
   records = list(fasta.read_fasta(input_path, policy))
   names = _dataset_names(records)
   # With several processes (jax.distributed) all compute, process 0 writes.
@@ -60,8 +97,8 @@ def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
                   "per_protein": settings.per_protein,
                   "compute_dtype": settings.dtype,
                   "output_dtype": output_dtype,
-                  "max_residues": settings.max_residues},
-        overwrite=overwrite)
+                  "max_tokens": settings.max_tokens},
+        overwrite=overwrite, renamed_settings=RENAMED_SETTINGS)
     existing = writer.existing_names()
     done = np.array([names[r.id] in existing for r in records], bool)
   if jax.process_count() > 1:
@@ -73,7 +110,7 @@ def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
     logger.info("resuming %s: %d of %d proteins already embedded",
                 output_path, already_done, len(records))
   embedder = engine.Embedder(model.config, model.params, settings)
-  embedded = residues = 0
+  embedded = residues = batches = 0
   for results in engine.embed_with_progress(embedder, records, is_done,
                                             disable=not progress or writer is None):
     new = {names[r.id]: (r.description, array)
@@ -82,5 +119,8 @@ def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
       writer.write(new, dtype=output_dtype)
     embedded += len(new)
     residues += sum(len(r.sequence) for r, _ in results if not is_done(r))
+    batches += 1
+    if batches == pause_after:
+      _pause_for_test(batches, already_done + embedded, output_path)
   return EmbedSummary(proteins=len(records), already_done=already_done,
                       embedded=embedded, residues=residues)
