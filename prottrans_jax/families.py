@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from flax import linen as nn
 import jax
-import jax.numpy as jnp
+import numpy as np
 
 from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.convert import hf_bert
@@ -28,8 +28,10 @@ from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import t5
 
-# Dummy inputs for abstract initialisation: no parameter shape depends on them.
-_TOKENS = jnp.ones((1, 8), jnp.int32)
+# Dummy inputs for initialisation: no parameter shape depends on them. NumPy,
+# so that importing this module does not start a JAX backend (multi-process
+# runs must call jax.distributed.initialize first).
+_TOKENS = np.ones((1, 8), np.int32)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,7 @@ skipped; they are never written (`transformers` re-ties them on load).
 import json
 from typing import Any, Mapping, Optional, Sequence
 
-import jax.numpy as jnp
+import numpy as np
 
 from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.convert import mapping
@@ -216,7 +216,7 @@ class BertConverter(mapping.HfConverter):
       if "pooler" in parts:
         module.pooler(hidden)
 
-    tokens = jnp.ones((1, 1), jnp.int32)
+    tokens = np.ones((1, 1), np.int32)
     return mapping.abstract_shapes(
         lambda rng: model.init(rng, tokens, method=build)["params"])
 

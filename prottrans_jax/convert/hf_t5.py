@@ -18,7 +18,7 @@ T5ForConditionalGeneration and T5Model hold it, T5EncoderModel does not.
 """
 from typing import Any, Mapping, Sequence
 
-import jax.numpy as jnp
+import numpy as np
 
 from prottrans_jax.convert import mapping
 from prottrans_jax.models import t5
@@ -205,7 +205,7 @@ class T5Converter(mapping.HfConverter):
                       parts: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """`parts` without the decoder: the token embedding and the encoder (what
     `T5.encode` builds), as in Hugging Face's `T5EncoderModel`."""
-    model, tokens = t5.T5(config), jnp.ones((1, 1), jnp.int32)
+    model, tokens = t5.T5(config), np.ones((1, 1), np.int32)
     if DECODER in parts:
       init = lambda rng: model.init(rng, tokens, tokens)["params"]
     else:
