@@ -7,8 +7,8 @@ import pytest
 import torch
 import transformers
 
-from prottrans_jax import vocab as vocab_lib
 from prottrans_jax import families
+from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.convert import mapping
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert

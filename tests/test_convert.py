@@ -17,8 +17,8 @@ from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.convert import t5x
 from t5_variants import VARIANTS, random_hf_t5  # a test helper (tests/)
-from prottrans_jax.models import t5
 from prottrans_jax import checkpoints
+from prottrans_jax.models import t5
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A real protein fragment + eos, and a shorter one padded (ProtT5 ids).

@@ -7,11 +7,11 @@ import safetensors.numpy
 import torch
 import transformers
 
+from prottrans_jax import checkpoints
 from prottrans_jax.convert import formats
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.models import bert
-from prottrans_jax import checkpoints
 
 from test_bert_models import CASES, TOKENS, random_hf_model
 

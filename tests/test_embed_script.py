@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prottrans_jax import checkpoints
+from prottrans_jax import families
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
 from prottrans_jax.inference import batching
@@ -24,9 +26,7 @@ from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
-from prottrans_jax.models import registry
 from prottrans_jax.models import t5
-from prottrans_jax import checkpoints
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 EMBED = REPO / "scripts" / "embed.py"
@@ -80,7 +80,7 @@ def _first_batches(fasta_path, count):
   """Dataset names of the proteins in the first `count` batches the engine
   plans for `fasta_path` (the plan depends on the lengths alone)."""
   records = list(fasta.read_fasta(fasta_path))
-  special = registry.family_of(CONFIG).num_special_tokens
+  special = families.of(CONFIG).num_special_tokens
   plan = list(batching.plan_batches(
       [len(r.sequence) + special for r in records], MAX_TOKENS, DEVICES))
   return [h5_writer.dataset_name(records[i].id)

@@ -134,10 +134,10 @@ def test_hugging_face_converter_round_trip(name, tmp_path):
 
 _NO_TRAINING_CHECK = """
 import sys
-import prottrans_jax.inference.engine, prottrans_jax.inference.loading
-import prottrans_jax.inference.run, prottrans_jax.convert.formats
 import prottrans_jax.convert.t5x
 from prottrans_jax.inference import loading
+import prottrans_jax.inference.engine, prottrans_jax.inference.loading
+import prottrans_jax.inference.run, prottrans_jax.convert.formats
 loading.from_hf(sys.argv[1])
 print([m for m in sys.modules if m.startswith("prottrans_jax.training")])
 """

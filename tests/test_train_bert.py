@@ -13,10 +13,10 @@ import optax
 import pytest
 import tensorflow as tf
 
+from prottrans_jax import checkpoints
 from prottrans_jax import families
 from prottrans_jax import gin_utils
 from prottrans_jax.models import electra
-from prottrans_jax import checkpoints
 from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import trainer

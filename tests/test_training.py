@@ -12,11 +12,11 @@ import jax
 import numpy as np
 import pytest
 
-import prottrans_jax.tasks  # pylint: disable=unused-import  (registers the seqio tasks)
+from prottrans_jax import checkpoints
 from prottrans_jax import families
 from prottrans_jax import partitioning
 from prottrans_jax.models import t5
-from prottrans_jax import checkpoints
+import prottrans_jax.tasks  # pylint: disable=unused-import  (registers the seqio tasks)
 from prottrans_jax.training import inputs
 from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers

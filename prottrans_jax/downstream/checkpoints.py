@@ -5,7 +5,7 @@
                                               source and training facts
 
 The config travels inside the step directory, so a head restores from its
-directory alone, like the encoders' checkpoints (training/checkpoints.py).
+directory alone, like the encoders' checkpoints (prottrans_jax/checkpoints.py).
 """
 
 import logging
