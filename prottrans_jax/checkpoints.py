@@ -8,6 +8,14 @@ Layout of a MODEL_DIR:
     train_info/              json: step, data position (training only)
     model_config/            json: {"model_name": family, "config": {...}}
 
+On disk the parameters (and the optimizer state's mirrors of them) are
+always in the canonical, unscanned layout (`encoder/layers_0/...`, the names
+the converters map), whatever the config's `scan_layers`: `save` converts a
+scanned model's trees to it and the restores convert back to the layout the
+target config wants (families.ModelFamily.to_layout / to_canonical), on the
+devices, under jit, into the target shardings. A checkpoint written with one
+setting therefore resumes, embeds and converts with the other.
+
 Every step directory records its model family and config, so a step
 directory copied elsewhere restores on its own, and embedding, conversion and
 evaluation need nothing but the path. A step without `opt_state` is a
@@ -24,11 +32,13 @@ embedding loader all use it, and it imports none of them.
 """
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Callable
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -75,14 +85,50 @@ def checkpoint_manager(model_dir: str | pathlib.Path, *,
       item_names=ITEM_NAMES, item_handlers=item_handlers)
 
 
+def _shardings(abstract: Any) -> Any:
+  return jax.tree_util.tree_map(lambda x: x.sharding, abstract)
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def _to_canonical(config: Any, tree: Any) -> Any:
+  """`tree` (params or optimizer state in `config`'s layout) in the on-disk
+  layout, computed under jit where its shards are (no host gather)."""
+  family = families.of(config)
+  if tree is None or not family.scanned_stacks(config):
+    return tree
+  tree = jax.tree_util.tree_map(
+      lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
+  out = family.to_canonical(config, _abstract(tree))
+  return jax.jit(functools.partial(family.to_canonical, config),
+                 out_shardings=_shardings(out))(tree)
+
+
+def _to_layout(config: Any, tree: Any, target: Any) -> Any:
+  """Canonical `tree` in `config`'s layout, placed as the abstract `target`
+  says (shardings), under jit. (Donating the canonical buffers would not
+  help: stacked outputs cannot reuse per-layer inputs.)"""
+  family = families.of(config)
+  if not family.scanned_stacks(config):
+    return tree
+  return jax.jit(functools.partial(family.to_layout, config),
+                 out_shardings=_shardings(target))(tree)
+
+
 def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
          config: Any, opt_state: Any = None,
          train_info: dict[str, Any] | None = None) -> None:
   """Saves one step (in the background if the manager is asynchronous).
 
-  `config` is the model's config (its family is recorded with it). Without
-  `opt_state` and `train_info` this writes a params-only checkpoint.
+  `config` is the model's config (its family is recorded with it); `params`
+  and `opt_state` are in its layout and are written canonical (scanned
+  stacks unstacked into `layers_<i>`). Without `opt_state` and `train_info`
+  this writes a params-only checkpoint.
   """
+  params, opt_state = _to_canonical(config, params), _to_canonical(config, opt_state)
   items = {PARAMS: ocp.args.StandardSave(params),
            MODEL_CONFIG: ocp.args.JsonSave(_config_record(config))}
   if opt_state is not None:
@@ -146,7 +192,9 @@ def write_params_checkpoint(model_dir: str | pathlib.Path, params: Any, config: 
   """A params-only checkpoint of a `config` network in MODEL_DIR.
 
   Leaves are jax or numpy arrays, or `LazyArray`s, which are loaded one at a
-  time while writing (peak memory about one tensor). Returns the step
+  time while writing (peak memory about one tensor). `params` are in the
+  canonical layout whatever `config.scan_layers` says (what converters
+  produce; a scanned model's trees go through `save`). Returns the step
   directory. Training started on this MODEL_DIR fine-tunes from these params
   (fresh optimizer state, step counting on from `step`).
   """
@@ -165,20 +213,28 @@ def has_optimizer_state(manager: ocp.CheckpointManager, step: int) -> bool:
 
 
 def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
-                        abstract_params: Any,
+                        config: Any, abstract_params: Any,
                         abstract_opt_state: Any = None
                         ) -> dict[str, Any]:
   """Restores a step's items onto the given abstract (sharded) targets.
 
-  `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings; pass
-  `abstract_opt_state=None` for a params-only checkpoint.
+  `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings, in the
+  layout `config` (the model being trained) wants; the canonical trees on
+  disk are read shard by shard onto the same devices and converted there.
+  Pass `abstract_opt_state=None` for a params-only checkpoint.
   """
-  items = {PARAMS: ocp.args.StandardRestore(abstract_params)}
+  family = families.of(config)
+  on_disk = functools.partial(family.to_canonical, config)
+  items = {PARAMS: ocp.args.StandardRestore(on_disk(abstract_params))}
   if abstract_opt_state is not None:
-    items[OPT_STATE] = ocp.args.StandardRestore(abstract_opt_state)
+    items[OPT_STATE] = ocp.args.StandardRestore(on_disk(abstract_opt_state))
     items[TRAIN_INFO] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
-  return {name: restored[name] for name in items}
+  out = {name: restored[name] for name in items}
+  out[PARAMS] = _to_layout(config, out[PARAMS], abstract_params)
+  if abstract_opt_state is not None:
+    out[OPT_STATE] = _to_layout(config, out[OPT_STATE], abstract_opt_state)
+  return out
 
 
 def step_directory(path: str | pathlib.Path) -> pathlib.Path:
@@ -215,28 +271,40 @@ def _params_metadata(path: str | pathlib.Path) -> tuple[pathlib.Path, str, Any, 
   return step_dir, model_name, config, metadata
 
 
-def restore_params(path: str | pathlib.Path, shardings: Any = None
-                   ) -> tuple[str, Any, Any]:
+def restore_params(path: str | pathlib.Path, shardings: Any = None,
+                   layout_config: Any = None) -> tuple[str, Any, Any]:
   """(model_name, config, params) from a MODEL_DIR or one step's directory.
 
-  A MODEL_DIR restores its latest step. Params land on `shardings` (a tree
-  matching the params) when given, else on the first local device.
+  A MODEL_DIR restores its latest step. The params come back in the layout
+  of the returned config (the recorded one: scanned stacks stacked when it
+  has `scan_layers`), or of `layout_config` when given (a run that starts
+  from this checkpoint with its own config). They land on `shardings` (a
+  tree matching them) when given, else on the first local device.
   """
   step_dir, model_name, config, metadata = _params_metadata(path)
-  checkpointer = ocp.StandardCheckpointer()
+  layout_config = config if layout_config is None else layout_config
+  family = families.of(layout_config)
+  on_disk = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                                   metadata)
+  in_layout = family.to_layout(layout_config, on_disk)
   if shardings is None:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    shardings = jax.tree_util.tree_map(lambda _: device, metadata)
+    shardings = jax.tree_util.tree_map(lambda _: device, in_layout)
   target = jax.tree_util.tree_map(
       lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
-      metadata, shardings)
-  params = checkpointer.restore(step_dir / PARAMS, target)
+      in_layout, shardings)
+  params = ocp.StandardCheckpointer().restore(
+      step_dir / PARAMS, family.to_canonical(layout_config, target))
+  params = _to_layout(layout_config, params, target)
   logging.info("restored params of %s from %s", model_name, step_dir)
   return model_name, config, params
 
 
 def lazy_params(path: str | pathlib.Path) -> tuple[str, Any, Any]:
   """(model_name, config, params) with `LazyArray` leaves, read on `load()`.
+
+  The params are what the disk holds: the canonical layout, whatever the
+  config's `scan_layers` (converters always see `layers_<i>` names).
 
   Each load restores that one leaf to host memory (numpy), so a converter
   can walk a checkpoint larger than memory tensor by tensor.

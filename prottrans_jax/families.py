@@ -26,6 +26,7 @@ from prottrans_jax.convert import mapping
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
+from prottrans_jax.models import layers
 from prottrans_jax.models import t5
 
 # Dummy inputs for initialisation: no parameter shape depends on them. NumPy,
@@ -60,6 +61,9 @@ class ModelFamily:
       (`prottrans_jax.training.objectives.Objective`).
     hf_converter: its Hugging Face model type (`convert.mapping.HfConverter`),
       None where it has none.
+    scanned_stacks: config -> {path of a layer stack's parent module: its
+      number of layer weight sets} for every stack the config scans (empty
+      when `scan_layers` is off): what `to_layout` / `to_canonical` convert.
   """
   name: str
   config_class: type
@@ -74,11 +78,26 @@ class ModelFamily:
   encoder_flops: Callable[[Any, int], float]
   objective_name: str
   hf_converter: Optional[mapping.HfConverter]
+  scanned_stacks: Callable[[Any], dict[tuple[str, ...], int]]
 
   def objective(self) -> Any:
     """The training objective (imports the training stack on first use)."""
     module, attribute = self.objective_name.split(":")
     return getattr(importlib.import_module(module), attribute)
+
+  def to_layout(self, config: Any, tree: Any) -> Any:
+    """A canonical tree (the unscanned layout checkpoints hold and converters
+    name: `encoder/layers_0/...`) in the layout `config`'s module uses
+    (scanned stacks: `encoder/layers/...`, each leaf stacked on a leading
+    axis). `tree` is a parameter tree or any tree holding mirrors of one
+    (an optax state); leaves are arrays (eager or traced) or
+    `jax.ShapeDtypeStruct`s. Returns `tree` itself when nothing is scanned.
+    """
+    return layers.stack_layers(tree, self.scanned_stacks(config))
+
+  def to_canonical(self, config: Any, tree: Any) -> Any:
+    """The inverse of `to_layout`: a tree in `config`'s layout, canonical."""
+    return layers.unstack_layers(tree, self.scanned_stacks(config))
 
 
 def _prott5_tokens(sequence: str, vocab=vocab_lib.ProtT5Vocabulary()) -> list[int]:
@@ -104,6 +123,24 @@ def _init_electra_pretraining(module: nn.Module, rng: jax.Array) -> Any:
 _OBJECTIVES = "prottrans_jax.training.objectives"
 
 
+def _t5_stacks(config: t5.T5Config) -> dict[tuple[str, ...], int]:
+  if not config.scan_layers:
+    return {}
+  return {("encoder",): config.num_encoder_layers, ("decoder",): config.num_decoder_layers}
+
+
+def _bert_stacks(config: bert.BertConfig) -> dict[tuple[str, ...], int]:
+  return {("encoder",): config.num_layer_weights} if config.scan_layers else {}
+
+
+def _electra_pretraining_stacks(config: electra.ElectraPretrainingConfig
+                                ) -> dict[tuple[str, ...], int]:
+  return {(name,): network.num_layer_weights
+          for name, network in (("generator", config.generator),
+                                ("discriminator", config.discriminator))
+          if network.scan_layers}
+
+
 def _bert_family(name: str, config_class: type,
                  hf_converter: hf_bert.BertConverter) -> ModelFamily:
   return ModelFamily(
@@ -113,7 +150,8 @@ def _bert_family(name: str, config_class: type,
       training_flops=lambda config, lengths: (
           bert.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]),
       encoder_flops=bert.encoder_forward_flops,
-      objective_name=f"{_OBJECTIVES}:MASKED_LM", hf_converter=hf_converter)
+      objective_name=f"{_OBJECTIVES}:MASKED_LM", hf_converter=hf_converter,
+      scanned_stacks=_bert_stacks)
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -125,7 +163,8 @@ FAMILIES: dict[str, ModelFamily] = {
             config, lengths["inputs"], lengths["targets"]) * (
                 lengths["inputs"] + lengths["targets"]),
         encoder_flops=t5.encoder_forward_flops,
-        objective_name=f"{_OBJECTIVES}:ENCODER_DECODER", hf_converter=hf_t5.CONVERTER),
+        objective_name=f"{_OBJECTIVES}:ENCODER_DECODER", hf_converter=hf_t5.CONVERTER,
+        scanned_stacks=_t5_stacks),
     "bert": _bert_family("bert", bert.BertConfig, hf_bert.BERT),
     "albert": _bert_family("albert", albert.AlbertConfig, hf_bert.ALBERT),
     "electra": _bert_family("electra", electra.ElectraConfig, hf_bert.ELECTRA),
@@ -142,7 +181,8 @@ FAMILIES: dict[str, ModelFamily] = {
             electra.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]),
         encoder_flops=lambda config, length: bert.encoder_forward_flops(
             config.discriminator, length),
-        objective_name=f"{_OBJECTIVES}:ELECTRA", hf_converter=None),
+        objective_name=f"{_OBJECTIVES}:ELECTRA", hf_converter=None,
+        scanned_stacks=_electra_pretraining_stacks),
 }
 
 

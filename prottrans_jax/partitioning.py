@@ -60,6 +60,10 @@ RULES_2D: LogicalRules = (
 # models use has an explicit decision.
 REPLICATED_RULES: LogicalRules = (
     ("length", None),
+    # The leading axis of scanned layer stacks (models/layers.py,
+    # `scan_layers`): every device holds its shard of every layer, as
+    # unscanned. Removed once as dead code; scan-over-layers is its user.
+    ("layers", None),
     ("relpos_buckets", None),
     # BERT family: the embedding tables' width, learned positions, token
     # types and the discriminator's single output (small next to the layers).

@@ -92,6 +92,35 @@ def test_config_checkpoint_loader_encode(name, tmp_path):
         atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("name", sorted(families.FAMILIES))
+def test_layout_conversion_to_the_scanned_module_and_back(name):
+  """The record converts the canonical tree (checkpoints' and converters'
+  layout) to what the scanned network builds (names, shapes, the "layers"
+  logical axis) and back, bit for bit; the scanned network encodes as the
+  unscanned one."""
+  family, config = families.get(name), TINY[name]
+  scanned = config.with_layer_options(scan_layers=True)
+  params = _random_params(family, config)
+  assert family.to_layout(config, params) is params  # unscanned: nothing to do
+  stacked = family.to_layout(scanned, params)
+
+  boxed = families.abstract_params(family, scanned)
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  expected = jax.tree_util.tree_map(lambda x: x.value.shape, boxed, is_leaf=is_box)
+  assert jax.tree_util.tree_map(np.shape, stacked) == expected
+  stacks = [path for path, _ in jax.tree_util.tree_flatten_with_path(boxed, is_leaf=is_box)[0]
+            if "['layers']" in jax.tree_util.keystr(path)]
+  assert stacks and all(
+      leaf.names[0] == "layers" for path, leaf in jax.tree_util.tree_flatten_with_path(
+          boxed, is_leaf=is_box)[0] if path in stacks)
+
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         family.to_canonical(scanned, stacked), params)
+  tokens = _tokens(family)
+  np.testing.assert_allclose(_encode(family, scanned, stacked, tokens),
+                             _encode(family, config, params, tokens), atol=1e-5, rtol=1e-5)
+
+
 def _hf_outputs(path, architecture, tokens):
   with torch.no_grad():
     model, info = getattr(transformers, architecture).from_pretrained(

@@ -205,7 +205,8 @@ class BertConverter(mapping.HfConverter):
 
   def expected_shapes(self, config: bert.BertConfig,
                       parts: Sequence[str]) -> dict[str, tuple[int, ...]]:
-    model = bert.Bert(config)
+    # Canonical names (`layers_<i>`) whatever `config.scan_layers` says.
+    model = bert.Bert(config.with_layer_options(scan_layers=False))
 
     def build(module, tokens):
       hidden = module.encode(tokens)

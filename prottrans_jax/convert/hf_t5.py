@@ -204,8 +204,10 @@ class T5Converter(mapping.HfConverter):
   def expected_shapes(self, config: t5.T5Config,
                       parts: Sequence[str]) -> dict[str, tuple[int, ...]]:
     """`parts` without the decoder: the token embedding and the encoder (what
-    `T5.encode` builds), as in Hugging Face's `T5EncoderModel`."""
-    model, tokens = t5.T5(config), np.ones((1, 1), np.int32)
+    `T5.encode` builds), as in Hugging Face's `T5EncoderModel`. Names are
+    canonical (`layers_<i>`) whatever `config.scan_layers` says."""
+    model = t5.T5(config.with_layer_options(scan_layers=False))
+    tokens = np.ones((1, 1), np.int32)
     if DECODER in parts:
       init = lambda rng: model.init(rng, tokens, tokens)["params"]
     else:

@@ -62,14 +62,23 @@ class EmbedSettings:
 
 
 class Embedder:
-  """A loaded encoder, placed on a mesh, ready to embed batches."""
+  """A loaded encoder, placed on a mesh, ready to embed batches.
+
+  `params` are in `config`'s layout (what `loading` returns): scanned
+  stacks are unstacked, and the encoder runs unscanned.
+  """
 
   def __init__(self, config: Any, params: Any,
                settings: EmbedSettings = EmbedSettings(),
                devices: Sequence[jax.Device] | None = None):
     self.settings = settings
     self.family = families.of(config)
-    self.config = config.with_dtype(settings.dtype)
+    # `params` are in `config`'s layout. Embedding runs the canonical one
+    # (unscanned, no remat: both only pay in training, with a backward
+    # pass), so a checkpoint embeds the same whichever layout trained it.
+    params = self.family.to_canonical(config, params)
+    self.config = config.with_dtype(settings.dtype).with_layer_options(
+        scan_layers=False, remat_policy="none")
     self.mesh = partitioning.create_mesh(settings.num_partitions,
                                          devices=devices)
     self.rules = partitioning.logical_axis_rules(1)

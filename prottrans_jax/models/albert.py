@@ -19,6 +19,7 @@ class AlbertConfig(bert.BertConfig):
   num_hidden_groups: int = 1
 
   def __post_init__(self):
+    super().__post_init__()
     if self.num_hidden_layers % self.num_hidden_groups:
       raise ValueError(f"num_hidden_layers {self.num_hidden_layers} is not a multiple "
                        f"of num_hidden_groups {self.num_hidden_groups}")

@@ -11,6 +11,10 @@ which differ only in what their configs switch on):
 - layers may share weights (`num_layer_weights` < `num_hidden_layers`,
   ALBERT's hidden groups).
 
+`scan_layers` runs the layers as one scan (parameters stacked under
+`encoder/layers`, one entry per weight set); checkpoints and converters
+always see the unscanned names (`encoder/layers_0/...`).
+
 Parameter names follow this project's T5X-like style (`layers_0/attention/
 query/kernel`); prottrans_jax/convert/hf_bert.py maps them onto Hugging
 Face's. The width of the embedding tables is the logical axis `token_embed`
@@ -50,6 +54,15 @@ class BertConfig(configs.DictConfig):
   param_dtype: str = "float32"
   attention_chunk_size: int = 1024  # queries per chunk in memory-efficient attention
   long_sequence_threshold: int = 2048  # above this length attention runs chunk by chunk
+  # The layers as one `nn.scan` (parameters `encoder/layers/...` with a
+  # leading "layers" axis, one entry per weight set, in memory; checkpoints
+  # keep `layers_<i>`), and what each layer's backward pass recomputes
+  # ("none", "minimal", "full"; layers.REMAT_POLICIES says what each saves).
+  scan_layers: bool = False
+  remat_policy: str = "none"
+
+  def __post_init__(self):
+    layers.check_layer_options(self.scan_layers, self.remat_policy)
 
   @property
   def embedding_dim(self) -> int:
@@ -58,12 +71,10 @@ class BertConfig(configs.DictConfig):
 
   @property
   def num_layer_weights(self) -> int:
-    """Distinct layer weight sets (ALBERT shares them across layers)."""
+    """Distinct layer weight sets (ALBERT shares them across contiguous
+    runs of layers: layer i uses set i // (layers / sets), Hugging Face
+    ALBERT's grouping)."""
     return self.num_hidden_layers
-
-  def layer_weights_index(self, layer: int) -> int:
-    """Which weight set layer `layer` uses (Hugging Face ALBERT's formula)."""
-    return int(layer / (self.num_hidden_layers / self.num_layer_weights))
 
   @property
   def mlm_activation(self) -> str:
@@ -211,12 +222,13 @@ class Encoder(nn.Module):
     valid = tokens > 0
     bias = layers.AttentionBias(q_valid=valid, kv_valid=valid, q_segment_ids=segment_ids,
                                 kv_segment_ids=segment_ids)
-    # Created once per weight set; calling one module several times shares
-    # its parameters (ALBERT).
-    weight_sets = [EncoderLayer(cfg, name=f"layers_{i}") for i in range(cfg.num_layer_weights)]
-    for i in range(cfg.num_hidden_layers):
-      x = weight_sets[cfg.layer_weights_index(i)](x, bias, deterministic)
-    return x
+    # One module per weight set; ALBERT calls each several times, which
+    # shares its parameters (scanned: broadcast over an inner scan).
+    return layers.apply_layers(
+        lambda name: EncoderLayer(cfg, name=name), x, bias,
+        num_layers=cfg.num_hidden_layers, num_weight_sets=cfg.num_layer_weights,
+        scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy,
+        deterministic=deterministic)
 
 
 class MlmHead(nn.Module):

@@ -11,8 +11,8 @@ _C = TypeVar("_C", bound="DictConfig")
 
 
 class DictConfig:
-  """Mixin for frozen dataclass configs: `to_dict` / `from_dict` and the
-  dtype policy (`with_dtype`)."""
+  """Mixin for frozen dataclass configs: `to_dict` / `from_dict`, the
+  dtype policy (`with_dtype`) and the layer options (`with_layer_options`)."""
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -33,3 +33,14 @@ class DictConfig:
     """This config computing its activations in `dtype` (parameters keep
     `param_dtype`). A config made of several networks overrides this."""
     return dataclasses.replace(self, dtype=dtype)
+
+  def with_layer_options(self: _C, *, scan_layers: bool | None = None,
+                         remat_policy: str | None = None) -> _C:
+    """This config with its layer stacks scanned or not and rematerialised
+    by `remat_policy` (None keeps a setting). `scan_layers=False` is the
+    canonical parameter layout, the one checkpoints hold. A config made of
+    several networks overrides this."""
+    changes = {name: value for name, value in (("scan_layers", scan_layers),
+                                               ("remat_policy", remat_policy))
+               if value is not None}
+    return dataclasses.replace(self, **changes)

@@ -77,6 +77,16 @@ class ElectraPretrainingConfig(configs.DictConfig):
     return dataclasses.replace(self, generator=self.generator.with_dtype(dtype),
                                discriminator=self.discriminator.with_dtype(dtype))
 
+  def with_layer_options(self, *, scan_layers: Optional[bool] = None,
+                         remat_policy: Optional[str] = None
+                         ) -> "ElectraPretrainingConfig":
+    """Both networks with these layer options (each may also be set on its
+    own: gin's `generator/` and `discriminator/` scopes)."""
+    options = {"scan_layers": scan_layers, "remat_policy": remat_policy}
+    return dataclasses.replace(
+        self, generator=self.generator.with_layer_options(**options),
+        discriminator=self.discriminator.with_layer_options(**options))
+
 
 ELECTRA_CONFIGS: dict[str, ElectraConfig] = {
     "tiny_generator": ElectraConfig(embedding_size=64, hidden_size=32, num_hidden_layers=2,

@@ -12,7 +12,7 @@ Parameters live in `param_dtype`; activations are computed in `dtype`;
 attention logits, softmax and RMS statistics are float32.
 """
 import math
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 from flax import linen as nn
 from flax import struct
@@ -414,3 +414,235 @@ class MlpBlock(nn.Module):
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     return Dense(x.shape[-1], ("mlp", "embed"), self.kernel_init, self.dtype,
                  self.param_dtype, self.use_bias, name="wo")(h)
+
+
+# --- Stacks of layers: scanned or not, rematerialised or not. ---------------
+#
+# Every stack of identical layers (T5's encoder and decoder, a BERT's
+# encoder) runs through `apply_layers`, so that what the config chooses in
+# gin (`scan_layers`, `remat_policy`) means the same in every family, as in
+# T5X's scalable T5 and MaxText.
+#
+# Unscanned, layer i's parameters are `layers_<i>/...` (T5X's names: the
+# converters map them and checkpoints store them, whatever the setting).
+# Scanned, one `nn.scan` runs the layers and its parameters are one subtree
+# `layers/...` whose every leaf has a leading axis, one entry per layer
+# weight set, with the logical axis name "layers". `stack_layers` and
+# `unstack_layers` turn one layout into the other.
+
+# Logical axis name of the leading (layer) axis of scanned parameters.
+LAYERS_AXIS = "layers"
+# Name of the parameter subtree of a scanned stack.
+SCANNED_LAYERS = "layers"
+
+
+def layer_name(index: int) -> str:
+  """Name of layer weight set `index` in the unscanned (canonical) layout."""
+  return f"layers_{index}"
+
+
+# What the backward pass may keep from each layer's forward pass (what it
+# does not keep, it recomputes; the layer's inputs are always kept):
+# - "none": no rematerialisation, everything is saved (fastest, most memory);
+# - "minimal": only the results of matrix products without batch dimensions,
+#   i.e. the outputs of the dense projections (q, k, v, attention out, MLP
+#   wi/wo); attention scores and weighted sums (batched products over
+#   batch x heads), norms, activations, softmax and dropout are recomputed.
+#   That is T5X's and MaxText's "minimal" (jax's
+#   `dots_with_no_batch_dims_saveable`, also exported as
+#   `checkpoint_dots_with_no_batch_dims`);
+# - "full": nothing (`nothing_saveable`): the whole layer is recomputed
+#   from its input (least memory, about one more forward pass of compute).
+REMAT_POLICIES = {
+    "none": None,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def check_layer_options(scan_layers: bool, remat_policy: str) -> None:
+  """Raises ValueError unless `scan_layers` is a bool and `remat_policy` one
+  of REMAT_POLICIES (config fields of every family with layer stacks)."""
+  if not isinstance(scan_layers, bool):
+    raise ValueError(f"scan_layers must be True or False, got {scan_layers!r}")
+  if not isinstance(remat_policy, str) or remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy {remat_policy!r} is not one of "
+                     f"{', '.join(map(repr, REMAT_POLICIES))}")
+
+
+def apply_layers(make_layer, x: jax.Array, *args, num_layers: int,
+                 num_weight_sets: Optional[int] = None, scan_layers: bool,
+                 remat_policy: str, deterministic: bool) -> jax.Array:
+  """Runs `num_layers` layers on `x`: `x = layer(x, *args, deterministic=...)`.
+
+  Call it from a compact method: `make_layer(name)` creates one layer module
+  (a child of that method's module) named `name`. `args` (attention biases,
+  the encoder output) are the same for every layer.
+
+  Args:
+    make_layer: name -> an unbound layer module.
+    x: the residual stream, the layers' carry.
+    *args: the layers' other inputs (pytrees of arrays).
+    num_layers: how many layers run.
+    num_weight_sets: how many distinct weight sets they use (ALBERT shares
+      them: layer i uses set i // (num_layers // num_weight_sets), Hugging
+      Face ALBERT's grouping); default one per layer.
+    scan_layers: run the stack as one `nn.scan` (parameters stacked under
+      `layers`, leading axis the weight set; compiles one layer, not
+      `num_layers`); else as a Python loop (`layers_0`, `layers_1`, ...).
+    remat_policy: a REMAT_POLICIES name, applied to each layer.
+    deterministic: passed to every layer (no dropout when True).
+  """
+  check_layer_options(scan_layers, remat_policy)
+  num_weight_sets = num_weight_sets or num_layers
+  if num_layers % num_weight_sets:
+    raise ValueError(f"{num_layers} layers cannot share {num_weight_sets} "
+                     "weight sets evenly")
+  repeats = num_layers // num_weight_sets
+
+  def call(layer, x, *args):
+    return layer(x, *args, deterministic=deterministic)
+
+  if remat_policy != "none":
+    # Inside a scan the loop already keeps XLA from merging the recomputation
+    # with the forward pass, so CSE prevention would only cost (as in T5X).
+    call = nn.remat(call, policy=REMAT_POLICIES[remat_policy],
+                    prevent_cse=not scan_layers)
+
+  if not scan_layers:
+    weight_sets = [make_layer(layer_name(i)) for i in range(num_weight_sets)]
+    for i in range(num_layers):
+      x = call(weight_sets[i // repeats], x, *args)
+    return x
+
+  broadcast_args = (nn.broadcast,) * len(args)
+
+  def one_layer(layer, x, *args):
+    return call(layer, x, *args), None
+
+  body = one_layer
+  if repeats > 1:
+    # A shared weight set: its `repeats` uses are an inner scan over which
+    # the parameters are broadcast (one set, no layer axis of their own).
+    body = nn.scan(one_layer, variable_broadcast="params",
+                   split_rngs={"params": False, "dropout": True},
+                   in_axes=broadcast_args, length=repeats)
+  stack = nn.scan(body, variable_axes={"params": 0},
+                  split_rngs={"params": True, "dropout": True},
+                  in_axes=broadcast_args, length=num_weight_sets,
+                  metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
+  x, _ = stack(make_layer(SCANNED_LAYERS), x, *args)
+  return x
+
+
+# Parameter layouts. `stacks` maps the path of each scanned stack's parent
+# module (("encoder",), ("decoder",), ...) to its number of weight sets. The
+# transforms apply to a parameter tree and to any tree that holds parameter
+# mirrors (an optax state: moments, factored statistics), to arrays (eagerly
+# or traced under jit) and to `jax.ShapeDtypeStruct`s (shapes and shardings).
+
+
+def _stack_leaves(*leaves):
+  first = leaves[0]
+  if isinstance(first, jax.ShapeDtypeStruct):
+    sharding = first.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(
+          sharding.mesh, jax.sharding.PartitionSpec(None, *sharding.spec))
+    return jax.ShapeDtypeStruct((len(leaves),) + tuple(first.shape), first.dtype,
+                                sharding=sharding)
+  if all(isinstance(leaf, np.ndarray) for leaf in leaves):
+    return np.stack(leaves)
+  return jnp.stack(leaves)
+
+
+def _layer_of(leaf, index: int):
+  if isinstance(leaf, jax.ShapeDtypeStruct):
+    sharding = leaf.sharding
+    if isinstance(sharding, jax.sharding.NamedSharding):
+      sharding = jax.sharding.NamedSharding(
+          sharding.mesh, jax.sharding.PartitionSpec(*tuple(sharding.spec)[1:]))
+    return jax.ShapeDtypeStruct(tuple(leaf.shape)[1:], leaf.dtype, sharding=sharding)
+  return leaf[index]
+
+
+def _stack_one(parent: dict, num: int, where: str) -> dict:
+  names = [layer_name(i) for i in range(num)]
+  missing = [n for n in names if n not in parent]
+  if missing:
+    raise ValueError(f"{where}: no {', '.join(missing)} to stack (the config "
+                     f"has {num} layer weight sets; found "
+                     f"{sorted(k for k in parent if k.startswith('layers_'))})")
+  extra = sorted(k for k in parent if k.startswith("layers_") and k not in names)
+  if extra:
+    raise ValueError(f"{where}: {', '.join(extra)} beyond the config's {num} "
+                     "layer weight sets")
+  structures = {jax.tree_util.tree_structure(parent[n]) for n in names}
+  if len(structures) != 1:
+    raise ValueError(f"{where}: layers_0..{num - 1} differ in structure")
+  out = {k: v for k, v in parent.items() if k not in names}
+  out[SCANNED_LAYERS] = jax.tree_util.tree_map(_stack_leaves, *(parent[n] for n in names))
+  return out
+
+
+def _unstack_one(parent: dict, num: int, where: str) -> dict:
+  stacked = parent[SCANNED_LAYERS]
+  for path, leaf in jax.tree_util.tree_flatten_with_path(stacked)[0]:
+    if not leaf.shape or leaf.shape[0] != num:
+      raise ValueError(
+          f"{where}/{SCANNED_LAYERS}{jax.tree_util.keystr(path)} has shape "
+          f"{tuple(leaf.shape)}: expected a leading axis of {num} layer weight sets")
+  out = {k: v for k, v in parent.items() if k != SCANNED_LAYERS}
+  for i in range(num):
+    out[layer_name(i)] = jax.tree_util.tree_map(lambda leaf, i=i: _layer_of(leaf, i),
+                                                stacked)
+  return out
+
+
+def _get(tree: Any, path: tuple[str, ...]) -> Any:
+  for key in path:
+    if not isinstance(tree, dict) or key not in tree:
+      return None
+    tree = tree[key]
+  return tree if isinstance(tree, dict) else None
+
+
+def _replace(tree: dict, path: tuple[str, ...], value: dict) -> dict:
+  if not path:
+    return value
+  return {**tree, path[0]: _replace(tree[path[0]], path[1:], value)}
+
+
+def _relayout(tree: Any, stacks: Mapping[tuple[str, ...], int], marker: str,
+              convert) -> Any:
+  """`convert(parent, num, where)` applied to every stack parent that holds
+  `marker`, wherever a parameter tree (or a mirror of one) sits in `tree`."""
+  if not stacks:
+    return tree
+
+  def is_root(node):
+    return isinstance(node, dict) and any(
+        (parent := _get(node, path)) is not None and marker in parent
+        for path in stacks)
+
+  def relayout_root(root):
+    for path, num in stacks.items():
+      parent = _get(root, path)
+      if parent is not None and marker in parent:
+        root = _replace(root, path, convert(parent, num, "/".join(path)))
+    return root
+
+  leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=is_root)
+  return jax.tree_util.tree_unflatten(
+      treedef, [relayout_root(leaf) if is_root(leaf) else leaf for leaf in leaves])
+
+
+def stack_layers(tree: Any, stacks: Mapping[tuple[str, ...], int]) -> Any:
+  """Canonical -> scanned: `layers_0..N-1` of each stack become `layers`,
+  every leaf stacked on a new leading axis (N = `stacks[path]`)."""
+  return _relayout(tree, stacks, layer_name(0), _stack_one)
+
+
+def unstack_layers(tree: Any, stacks: Mapping[tuple[str, ...], int]) -> Any:
+  """Scanned -> canonical: the inverse of `stack_layers`."""
+  return _relayout(tree, stacks, SCANNED_LAYERS, _unstack_one)

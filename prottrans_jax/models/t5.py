@@ -14,6 +14,9 @@ applied to the decoder output without the d_model**-0.5 rescale).
 The parameter tree uses T5X's names for this network (`mlp/wi` or
 `mlp/wi_0`, `mlp/wi_1`; `decoder/logits_dense`), so T5X checkpoints and the
 Hugging Face name table map onto it one to one (prottrans_jax/convert/).
+With `scan_layers` each stack runs as one scan and holds its layers stacked
+(`encoder/layers/...`); checkpoints and converters always see the unscanned
+names (`encoder/layers_0/...`; families.py converts between the two).
 
 Token id 0 is padding. Packed inputs (seqio's packing feature converter) carry
 segment ids; a token never attends across segments.
@@ -59,9 +62,16 @@ class T5Config(configs.DictConfig):
   # False: the output logits come from a dense layer of their own
   # (`decoder/logits_dense`), without the d_model**-0.5 rescale (T5 1.1).
   tie_word_embeddings: bool = True
+  # Both stacks as one `nn.scan` each (parameters `encoder/layers/...` with
+  # a leading "layers" axis in memory; checkpoints keep `layers_<i>`), and
+  # what each layer's backward pass recomputes ("none", "minimal", "full";
+  # layers.REMAT_POLICIES says what each saves).
+  scan_layers: bool = False
+  remat_policy: str = "none"
 
   def __post_init__(self):
     parse_feed_forward_proj(self.feed_forward_proj)
+    layers.check_layer_options(self.scan_layers, self.remat_policy)
     if not isinstance(self.tie_word_embeddings, bool):
       raise ValueError(
           f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
@@ -243,8 +253,10 @@ class Encoder(nn.Module):
             cfg.num_heads, cfg.relative_attention_num_buckets,
             jnp.dtype(cfg.param_dtype), name="relpos_bias")(),
         bidirectional=True, max_distance=cfg.relative_attention_max_distance)
-    for i in range(cfg.num_encoder_layers):
-      x = EncoderLayer(cfg, name=f"layers_{i}")(x, bias, deterministic)
+    x = layers.apply_layers(
+        lambda name: EncoderLayer(cfg, name=name), x, bias,
+        num_layers=cfg.num_encoder_layers, scan_layers=cfg.scan_layers,
+        remat_policy=cfg.remat_policy, deterministic=deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return _constrain(dropout(x, deterministic=deterministic))
 
@@ -282,9 +294,10 @@ class Decoder(nn.Module):
         q_segment_ids=decoder_segment_ids, kv_segment_ids=encoder_segment_ids)
 
     x = _constrain(dropout(self.embedder(decoder_input_tokens), deterministic=deterministic))
-    for i in range(cfg.num_decoder_layers):
-      x = DecoderLayer(cfg, name=f"layers_{i}")(x, encoded, self_bias, cross_bias,
-                                                deterministic)
+    x = layers.apply_layers(
+        lambda name: DecoderLayer(cfg, name=name), x, encoded, self_bias, cross_bias,
+        num_layers=cfg.num_decoder_layers, scan_layers=cfg.scan_layers,
+        remat_policy=cfg.remat_policy, deterministic=deterministic)
     x = _norm(cfg, "decoder_norm")(x)
     x = dropout(x, deterministic=deterministic)
     if cfg.tie_word_embeddings:

@@ -5,6 +5,11 @@ rate lives in the optimizer state. The train step writes the schedule's value
 for the train state's own step there, rather than letting optax count steps:
 the step then survives a params-only restore (fine-tuning continues the step
 count, as in T5X) and the logged learning rate is the one applied.
+
+Every optimizer here treats the layers of a scanned stack (parameters under
+a `layers` key, stacked on a leading axis: models/layers.py) as the separate
+parameters they are unscanned (`per_layer`), so a scanned run takes the same
+steps as an unscanned one.
 """
 
 from typing import Any, Callable, Sequence
@@ -12,6 +17,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+
+from prottrans_jax.models import layers
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -52,6 +59,58 @@ def constant_schedule(learning_rate: float) -> Schedule:
   return optax.constant_schedule(learning_rate)
 
 
+def _is_stacked(path: Sequence[Any]) -> bool:
+  """Whether the leaf at `path` (of a parameter tree or of a state mirroring
+  one) belongs to a scanned layer stack: its leading axis is the layer."""
+  return any(isinstance(key, jax.tree_util.DictKey) and key.key == layers.SCANNED_LAYERS
+             for key in path)
+
+
+def _layer_axes(tree: Any) -> Any:
+  """0 for every leaf of a scanned stack, None for the rest (vmap axes)."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 0 if _is_stacked(path) else None, tree)
+
+
+def per_layer(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`inner` with each layer of a scanned stack treated as its own parameter.
+
+  Adafactor's factoring, parameter-scale RMS and update clipping, and LAMB's
+  trust ratio are computed per parameter; on a stacked [layers, ...] leaf
+  they would mix the layers (and factor the wrong dimensions), so a scanned
+  run would drift from an unscanned one from the first update on. Here
+  `inner` runs vmapped over axis 0 of the stacked leaves (and unmapped over
+  the others): every layer gets exactly the computation its unscanned
+  `layers_<i>` parameter gets, and the state of a stacked leaf is the stack
+  of its layers' states, which is what `families.ModelFamily.to_canonical`
+  unstacks for checkpoints. The state is `inner`'s own (no wrapper), so
+  `with_learning_rate` works on it; without stacked leaves this is `inner`,
+  bit for bit. `inner` must treat parameters independently (every optax
+  per-parameter rule does; a global-norm clip does not, and fails to trace).
+  """
+
+  def init(params):
+    axes = _layer_axes(params)
+    if not any(a == 0 for a in jax.tree_util.tree_leaves(axes)):
+      return inner.init(params)
+    one_layer = jax.tree_util.tree_map_with_path(
+        lambda path, x: jax.ShapeDtypeStruct(x.shape[1:] if _is_stacked(path) else x.shape,
+                                             x.dtype), params)
+    state_axes = _layer_axes(jax.eval_shape(inner.init, one_layer))
+    return jax.vmap(inner.init, in_axes=(axes,), out_axes=state_axes)(params)
+
+  def update(updates, state, params=None):
+    axes = _layer_axes(updates)
+    if not any(a == 0 for a in jax.tree_util.tree_leaves(axes)):
+      return inner.update(updates, state, params)
+    state_axes = _layer_axes(state)
+    return jax.vmap(inner.update,
+                    in_axes=(axes, state_axes, None if params is None else axes),
+                    out_axes=(axes, state_axes))(updates, state, params)
+
+  return optax.GradientTransformation(init, update)
+
+
 def adafactor(decay_rate: float = 0.8,
               clipping_threshold: float | None = 1.0,
               min_dim_size_to_factor: int = 128,
@@ -61,7 +120,7 @@ def adafactor(decay_rate: float = 0.8,
               weight_decay_rate: float | None = None
               ) -> optax.GradientTransformation:
   """Adafactor with factored second moments, T5's settings by default."""
-  return optax.inject_hyperparams(optax.adafactor, static_args=(
+  return per_layer(optax.inject_hyperparams(optax.adafactor, static_args=(
       "min_dim_size_to_factor", "multiply_by_parameter_scale", "factored",
       "dtype_momentum"))(
           learning_rate=0.0,
@@ -71,14 +130,14 @@ def adafactor(decay_rate: float = 0.8,
           multiply_by_parameter_scale=multiply_by_parameter_scale,
           factored=factored,
           momentum=momentum,
-          weight_decay_rate=weight_decay_rate)
+          weight_decay_rate=weight_decay_rate))
 
 
 def adamw(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
           weight_decay: float = 0.01) -> optax.GradientTransformation:
   """AdamW (the BERT family's optimizer at small batch sizes)."""
-  return optax.inject_hyperparams(optax.adamw)(
-      learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  return per_layer(optax.inject_hyperparams(optax.adamw)(
+      learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 def _key_name(key: Any) -> str:
@@ -136,8 +195,8 @@ def lamb(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
   """LAMB as BERT (and ProtBert) pre-trained with it: Adam moments, weight
   decay and the layer-wise trust ratio, the last two on every parameter
   but biases and LayerNorm parameters (`is_layer_adapted`)."""
-  return optax.inject_hyperparams(_bert_lamb)(
-      learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+  return per_layer(optax.inject_hyperparams(_bert_lamb)(
+      learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
 
 
 def with_learning_rate(opt_state: optax.OptState,

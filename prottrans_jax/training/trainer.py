@@ -88,14 +88,18 @@ def _format(metrics: Mapping[str, float]) -> str:
 
 
 def _restore_or_init(*, manager, layout, init, tx, seed: int,
-                     initial_checkpoint: str | None
+                     initial_checkpoint: str | None, config: Any
                      ) -> tuple[train_state_lib.TrainState, int]:
-  """The state to start from and the number of batches already consumed."""
+  """The state to start from and the number of batches already consumed.
+
+  Checkpoints hold the canonical layout; restores come back in `config`'s
+  (the run's model config: scanned or not), whichever wrote them.
+  """
   abstract = _abstract(layout.abstract_state, layout.shardings)
   step = manager.latest_step()
   if step is not None and checkpoints.has_optimizer_state(manager, step):
     restored = checkpoints.restore_train_items(
-        manager, step, abstract_params=abstract.params,
+        manager, step, config=config, abstract_params=abstract.params,
         abstract_opt_state=abstract.opt_state)
     info = restored[checkpoints.TRAIN_INFO]
     state = train_state_lib.TrainState(
@@ -106,13 +110,15 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
     return state, int(info["batches_consumed"])
   if step is not None:
     params = checkpoints.restore_train_items(
-        manager, step, abstract_params=abstract.params)[checkpoints.PARAMS]
+        manager, step, config=config,
+        abstract_params=abstract.params)[checkpoints.PARAMS]
     logging.info("restored params-only checkpoint at step %d from %s; "
                  "optimizer state initialised fresh", step, manager.directory)
     return train_state_lib.state_from_params(params, tx, layout, step), 0
   if initial_checkpoint:
     _, _, params = checkpoints.restore_params(
-        initial_checkpoint, shardings=layout.shardings.params)
+        initial_checkpoint, shardings=layout.shardings.params,
+        layout_config=config)
     logging.info("initialised params from %s; optimizer state fresh",
                  initial_checkpoint)
     return train_state_lib.state_from_params(params, tx, layout, 0), 0
@@ -186,7 +192,7 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     manager = checkpoints.checkpoint_manager(model_dir, keep=keep_checkpoints)
     state, batches_consumed = _restore_or_init(
         manager=manager, layout=layout, init=init, tx=optimizer, seed=seed,
-        initial_checkpoint=initial_checkpoint)
+        initial_checkpoint=initial_checkpoint, config=model_config)
     first_step = int(state.step)
 
     step_fn = steps.make_train_step(
