@@ -122,7 +122,8 @@ def test_script_prints_hbm_and_flops_and_exits_zero():
   assert result.returncode == 0, result.stderr[-5000:]
   out = result.stdout
   assert "TPU v4-8 (jax topology v4:2x2x1" in out
-  assert re.search(r"total +[0-9.]+ GiB = [0-9.]+% of 32 GiB HBM", out), out
+  # Under a GiB, the table is in MiB.
+  assert re.search(r"total +[0-9.]+ MiB = [0-9.]+% of 32 GiB HBM", out), out
   assert "limit 90% of HBM: fits" in out
   assert re.search(r"XLA cost analysis +[0-9.e+]+", out), out
   assert re.search(r"model formula +[0-9.e+]+", out), out
@@ -134,14 +135,54 @@ def test_script_exits_nonzero_when_the_step_does_not_fit():
   result = _script(f"--gin_file={POD}", SHORT,
                    "--gin.aot.compile_train_step.hbm_gib_per_device=0.0009765625")
   assert result.returncode == 3, result.stderr[-5000:]
-  assert re.search(r"DOES NOT FIT: [0-9.]+ GiB is at or above 0.001 GiB, "
-                   r"over by [0-9.]+ GiB", result.stdout), result.stdout
+  assert re.search(r"DOES NOT FIT: [0-9.]+ MiB is at or above 0.900 MiB, "
+                   r"over by [0-9.]+ MiB", result.stdout), result.stdout
 
 
 def test_script_gin_typo_exits_nonzero_naming_the_binding():
   result = _script(f"--gin_file={POD}", "--gin.BATCH_SIZ=8")
   assert result.returncode != 0
   assert "BATCH_SIZ" in result.stderr
+
+
+def _report(**changes):
+  memory = {"argument_size_in_bytes": 4 * GIB, "output_size_in_bytes": 4 * GIB,
+            "alias_size_in_bytes": 4 * GIB, "temp_size_in_bytes": 20 * GIB,
+            "generated_code_size_in_bytes": GIB // 2,
+            "host_temp_size_in_bytes": 0}
+  fields = dict(
+      topology=aot.parse_topology("v4-128"), device_kind="TPU v4",
+      family="t5", parameters=2_820_000_000,
+      mesh_shape={"data": 16, "model": 4}, parameter_partitioning_dims=2,
+      batch_size=128, num_microbatches=1,
+      task_feature_lengths={"inputs": 512, "targets": 512}, memory=memory,
+      state_bytes=3 * GIB, hbm_bytes_per_device=32 * GIB, hbm_limit=0.9,
+      xla_flops=1.1e14, xla_optimal_seconds=0.5,
+      model_flops_per_device=1.0e14, peak_tflops_per_device=275.0,
+      compile_seconds=60.0)
+  fields.update(changes)
+  return aot.Report(**fields)
+
+
+def test_report_text():
+  """24.5 GiB of 32: fits under 90%; MFU = 1e14 / 0.5 s / 275e12."""
+  text = _report().text()
+  assert "total              24.500 GiB = 76.6% of 32 GiB HBM" in text
+  assert "limit 90% of HBM: fits" in text
+  assert "XLA cost analysis     1.1e+14  (XLA / formula 1.100)" in text
+  assert "estimated step time   0.5 s" in text
+  assert "estimated MFU         72.7% of 275 TFLOP/s per TPU v4" in text
+  # XLA's -1 (or any negative figure) is "not reported", not a number.
+  text = _report(xla_flops=-1.0, xla_optimal_seconds=-1.0).text()
+  assert "XLA cost analysis     not reported (-1)" in text
+  assert "estimated step time   not reported (optimal_seconds -1)" in text
+  assert "estimated MFU         not reported" in text
+  # 29 GiB of 32 is 90.6%: at or above the limit.
+  memory = dict(_report().memory, temp_size_in_bytes=24 * GIB + GIB // 2)
+  over = _report(memory=memory)
+  assert not over.fits
+  assert ("DOES NOT FIT: 29.000 GiB is at or above 28.800 GiB, over by "
+          "0.200 GiB") in over.text()
 
 
 @pytest.mark.parametrize("name, message", [

@@ -246,7 +246,8 @@ class Report:
   state_bytes: int  # params + optimizer state per device, from shardings
   hbm_bytes_per_device: int
   hbm_limit: float
-  xla_flops_per_device: float | None  # None: not reported
+  # XLA's cost analysis as given (None: absent; -1 or below: not reported).
+  xla_flops: float | None
   xla_optimal_seconds: float | None
   model_flops_per_device: float
   peak_tflops_per_device: float | None
@@ -270,82 +271,101 @@ class Report:
     return self.hbm_fraction < self.hbm_limit
 
   @property
+  def xla_flops_per_device(self) -> float | None:
+    """XLA's FLOPs of the partitioned (per-device) step, if reported."""
+    return _reported(self.xla_flops)
+
+  @property
+  def estimated_step_seconds(self) -> float | None:
+    """XLA's `optimal_seconds`, if reported."""
+    return _reported(self.xla_optimal_seconds)
+
+  @property
   def estimated_mfu(self) -> float | None:
-    if not self.xla_optimal_seconds or not self.peak_tflops_per_device:
+    """Model FLOPs over the estimated step time, against the device peak."""
+    seconds = self.estimated_step_seconds
+    if not seconds or not self.peak_tflops_per_device:
       return None
-    return (self.model_flops_per_device / self.xla_optimal_seconds
+    return (self.model_flops_per_device / seconds
             / (self.peak_tflops_per_device * 1e12))
 
   def text(self) -> str:
-    m, hbm_gib = self.memory, self.hbm_bytes_per_device / GIB
+    """The printout of scripts/aot_compile.py."""
+    m = self.memory
+    limit_bytes = self.hbm_limit * self.hbm_bytes_per_device
+    unit, name = (GIB, "GiB") if self.total_bytes >= GIB else (2**20, "MiB")
+
+    def size(n, width=10):
+      return f"{n / unit:{width}.3f} {name}"
+
     lengths = ", ".join(f"{k} {v}" for k, v in
                         self.task_feature_lengths.items())
     mesh = " x ".join(f"{k} {v}" for k, v in self.mesh_shape.items())
-
-    def gib(n):
-      return f"{n / GIB:10.3f} GiB"
-
     params = (f"{self.parameters / 1e9:.3f}B" if self.parameters >= 1e8
               else f"{self.parameters / 1e6:.3f}M")
     lines = [
-        f"{self.family} train step, {params} parameters,"
-        f" compiled ahead of time in {self.compile_seconds:.0f} s for",
+        f"{self.family} train step, {params} parameters, compiled ahead of "
+        f"time in {self.compile_seconds:.0f} s for",
         f"  {self.topology.describe()}",
         f"  mesh {mesh} ({self.parameter_partitioning_dims}-D parameter "
         f"partitioning); batch {self.batch_size} in "
         f"{self.num_microbatches} microbatch(es); lengths {lengths}",
         "HBM per device (compiled.memory_analysis()):",
-        f"  arguments      {gib(m['argument_size_in_bytes'])}  (of which "
-        f"params + optimizer state {self.state_bytes / GIB:.3f} GiB by "
-        "shapes and shardings)",
-        f"  outputs        {gib(m['output_size_in_bytes'])}",
-        f"  aliased        {gib(-m['alias_size_in_bytes'])}  "
-        "(outputs written into donated arguments)",
-        f"  temporaries    {gib(m['temp_size_in_bytes'])}",
-        f"  generated code {gib(m['generated_code_size_in_bytes'])}",
-        f"  total          {gib(self.total_bytes)} = "
-        f"{100 * self.hbm_fraction:.1f}% of {hbm_gib:g} GiB HBM",
+        f"  arguments      {size(m['argument_size_in_bytes'])}  (params + "
+        f"optimizer state by shapes and shardings: "
+        f"{size(self.state_bytes, 0)})",
+        f"  outputs        {size(m['output_size_in_bytes'])}",
+        f"  aliased        {size(-m['alias_size_in_bytes'])}  (outputs "
+        "written into the donated state)",
+        f"  temporaries    {size(m['temp_size_in_bytes'])}",
+        f"  generated code {size(m['generated_code_size_in_bytes'])}",
+        f"  total          {size(self.total_bytes)} = "
+        f"{100 * self.hbm_fraction:.1f}% of "
+        f"{self.hbm_bytes_per_device / GIB:g} GiB HBM",
     ]
     host = {k: v for k, v in m.items() if k.startswith("host_") and v}
     if host:
       lines.append("  host memory (not HBM): " + ", ".join(
-          f"{k} {v / GIB:.3f} GiB" for k, v in host.items()))
+          f"{k} {size(v, 0)}" for k, v in host.items()))
     lines.append(
         f"  limit {100 * self.hbm_limit:.0f}% of HBM: " +
         ("fits" if self.fits else
-         f"DOES NOT FIT: {self.total_bytes / GIB:.3f} GiB is at or above "
-         f"{self.hbm_limit * hbm_gib:.3f} GiB, over by "
-         f"{(self.total_bytes - self.hbm_limit * self.hbm_bytes_per_device) / GIB:.3f} GiB"))
-    xla = ("not reported" if self.xla_flops_per_device is None
-           else f"{self.xla_flops_per_device:.4g}")
-    ratio = ("" if self.xla_flops_per_device is None else
-             f" (XLA / formula {self.xla_flops_per_device / self.model_flops_per_device:.3f})")
+         f"DOES NOT FIT: {size(self.total_bytes, 0)} is at or above "
+         f"{size(limit_bytes, 0)}, over by "
+         f"{size(self.total_bytes - limit_bytes, 0)}"))
+    xla, model = self.xla_flops_per_device, self.model_flops_per_device
     lines += [
         "FLOPs per step per device:",
-        f"  XLA cost analysis     {xla}",
-        f"  model formula         {self.model_flops_per_device:.4g}  "
-        f"(families record's training_flops x batch / devices){ratio}",
+        "  XLA cost analysis     " + (
+            f"{xla:.4g}  (XLA / formula {xla / model:.3f})" if xla
+            else f"not reported ({_raw(self.xla_flops)})"),
+        f"  model formula         {model:.4g}  (the family's training_flops "
+        "x batch / devices: matmuls, 3x forward)",
     ]
-    if self.xla_optimal_seconds is None:
-      lines.append("  estimated step time   not reported")
-    else:
-      lines.append(f"  estimated step time   {self.xla_optimal_seconds:.4g} s "
-                   "(XLA's optimal_seconds)")
-    mfu_value = self.estimated_mfu
-    if mfu_value is None:
-      lines.append("  estimated MFU         not reported")
-    else:
-      lines.append(f"  estimated MFU         {100 * mfu_value:.1f}% of "
-                   f"{self.peak_tflops_per_device:g} TFLOP/s per "
-                   f"{self.device_kind} device at that step time")
+    seconds, mfu_value = self.estimated_step_seconds, self.estimated_mfu
+    lines.append("  estimated step time   " + (
+        f"{seconds:.4g} s (XLA's optimal_seconds)" if seconds else
+        f"not reported (optimal_seconds {_raw(self.xla_optimal_seconds)})"))
+    lines.append("  estimated MFU         " + (
+        f"{100 * mfu_value:.1f}% of {self.peak_tflops_per_device:g} TFLOP/s "
+        f"per {self.device_kind} device at that step time"
+        if mfu_value is not None else "not reported"))
     return "\n".join(lines)
 
 
-def _reported(value: Any) -> float | None:
+def _reported(value: float | None) -> float | None:
   """A cost-analysis figure, None where XLA does not report it (-1)."""
-  if value is None or float(value) < 0:
+  if value is None or value < 0:
     return None
-  return float(value)
+  return value
+
+
+def _raw(value: float | None) -> str:
+  return "absent" if value is None else f"{value:.4g}"
+
+
+def _float_or_none(value: Any) -> float | None:
+  return None if value is None else float(value)
 
 
 def _step_arguments(train_arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -435,8 +455,8 @@ def compile_train_step(*, topology: str | None = None,
       state_bytes=sum(train_state_lib.state_bytes_per_device(
           step.layout).values()),
       hbm_bytes_per_device=hbm, hbm_limit=hbm_limit,
-      xla_flops_per_device=_reported(cost.get("flops")),
-      xla_optimal_seconds=_reported(cost.get("optimal_seconds")),
+      xla_flops=_float_or_none(cost.get("flops")),
+      xla_optimal_seconds=_float_or_none(cost.get("optimal_seconds")),
       model_flops_per_device=model_flops,
       peak_tflops_per_device=mfu.published_peak_tflops(devices[0].device_kind),
       compile_seconds=seconds)
