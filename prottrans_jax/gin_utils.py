@@ -8,7 +8,7 @@ depends on gin. Scripts call `parse` and then the configured function.
 
 import pathlib
 import re
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import gin
 
@@ -51,13 +51,22 @@ def _add_search_paths() -> None:
       _added_search_paths.add(path)
 
 
-def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
+def _is_required(value: Any) -> bool:
+  return (isinstance(value, gin.config.ConfigurableReference)
+          and str(value) == "%gin.REQUIRED")
+
+
+def parse(gin_files: Sequence[str], bindings: Sequence[str],
+          unused_macros: Sequence[str] = ()) -> None:
   """Parses files then bindings; every mistake is a `GinConfigError`.
 
   Caught here, naming the binding: an unknown configurable or parameter
   (gin's own check), a macro set on the command line that no gin file
   defines (a typo gin would otherwise accept silently), a value that does not
   parse, and a macro left at `%gin.REQUIRED` (e.g. MODEL_DIR).
+
+  `unused_macros` are macros the caller never reads (the ahead-of-time
+  compiler has no MODEL_DIR): left `%gin.REQUIRED`, they are set to None.
   """
   gin.clear_config()
   _add_search_paths()
@@ -80,6 +89,14 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
                                           finalize_config=False)
     except (ValueError, SyntaxError) as e:
       raise GinConfigError(f"--gin.{binding}: {e}") from e
+  for macro in unused_macros:
+    try:
+      value = gin.query_parameter("%" + macro)
+    except ValueError:
+      continue  # no gin file defines it
+    if _is_required(value):
+      gin.parse_config_files_and_bindings([], [f"{macro} = None"],
+                                          finalize_config=False)
   try:
     gin.finalize()
   except ValueError as e:
@@ -91,3 +108,16 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str]) -> None:
           f"required gin macro {required.group(1)} is not set: pass "
           f"--gin.{required.group(1)}=...") from e
     raise GinConfigError(str(e)) from e
+
+
+def configured_arguments(fn: Callable[..., Any]) -> dict[str, Any]:
+  """The keyword arguments the parsed gin files bind to `fn`: references
+  called (`@f()`), macros read; {} if no gin file configures `fn`.
+
+  What the configured `fn` would be called with, less its own defaults; how
+  a tool reuses a run's configuration without running it.
+  """
+  try:
+    return dict(gin.get_bindings(fn, resolve_references=True))
+  except ValueError:
+    return {}

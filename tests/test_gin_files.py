@@ -22,6 +22,7 @@ from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import t5
+from prottrans_jax.training import aot
 from prottrans_jax.training import trainer
 
 T5_RUNS = ("runs/pretrain.gin", "runs/finetune.gin")
@@ -51,6 +52,11 @@ FAMILY_FILES = {
     "models/electra_family.gin": electra.ElectraPretrainingConfig,
 }
 T5_FAMILY = "models/t5_family.gin"
+# Pod files: a model file + run file and the TPU topology they are meant for
+# (scripts/aot_compile.py compiles them for it; tests/test_aot_compile.py).
+POD_FILES = {
+    "pods/prott5_tiny_v4-8.gin": t5.T5Config,
+}
 # Run files used without a model file (the model comes from the checkpoint).
 STANDALONE_RUNS = ("runs/eval.gin",)
 # What each run file leaves to the command line (`%gin.REQUIRED` macros).
@@ -60,10 +66,13 @@ REQUIRED_BINDINGS = {
     "runs/pretrain_bert.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/quickstart.gin": (),
     "runs/eval.gin": ("MODEL_DIR = '/tmp/unused'",),
+    "pods/prott5_tiny_v4-8.gin": ("MODEL_DIR = '/tmp/unused'",
+                                  "TRAIN_STEPS = 10"),
 }
 COMBINATIONS = ([(model, run) for model, (_, runs) in MODEL_FILES.items()
                  for run in runs] +
-                [(run,) for run in STANDALONE_RUNS])
+                [(run,) for run in STANDALONE_RUNS] +
+                [(pod,) for pod in POD_FILES])
 
 
 def _discovered() -> list[str]:
@@ -189,9 +198,14 @@ def test_combination_parses_and_builds_its_configuration(files):
     with pytest.raises(gin_utils.GinConfigError, match=f"macro {macro} is not set"):
       gin_utils.parse(files, [b for b in required if b != left_out])
   gin_utils.parse(files, required)  # finalizes, too
-  if files[0] in MODEL_FILES:
+  if files[0] in POD_FILES:
+    # The topology it names is one the ahead-of-time tool knows.
+    aot.parse_topology(gin_utils.configured_arguments(
+        aot.compile_train_step)["topology"])
+  if files[0] in MODEL_FILES or files[0] in POD_FILES:
     bound = _bound_arguments(trainer.train)
-    config_class, _ = MODEL_FILES[files[0]]
+    config_class = (POD_FILES[files[0]] if files[0] in POD_FILES
+                    else MODEL_FILES[files[0]][0])
     config = bound["model_config"]
     assert type(config) is config_class  # pylint: disable=unidiomatic-typecheck
     # The run file's DROPOUT_RATE overrides the model file's required one

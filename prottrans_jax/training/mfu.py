@@ -41,13 +41,21 @@ def measure_matmul_tflops(size: int = 1024, repeats: int = 10,
   return 2 * size**3 * repeats / seconds / 1e12
 
 
+def published_peak_tflops(device_kind: str) -> float | None:
+  """The vendor's peak per JAX device of this `device_kind`, if listed."""
+  for kind, tflops in PEAK_TFLOPS_BY_DEVICE_KIND:
+    if kind.lower() in device_kind.lower():
+      return tflops
+  return None
+
+
 def peak_tflops_per_device(override: float | None = None,
                            device: jax.Device | None = None) -> float:
   """`override` if given, else the device kind's peak (measured on CPU)."""
   if override:
     return float(override)
   device = device or jax.local_devices()[0]
-  for kind, tflops in PEAK_TFLOPS_BY_DEVICE_KIND:
-    if kind.lower() in device.device_kind.lower():
-      return tflops
+  peak = published_peak_tflops(device.device_kind)
+  if peak is not None:
+    return peak
   return measure_matmul_tflops(device=device)

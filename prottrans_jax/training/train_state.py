@@ -47,7 +47,10 @@ def state_layout(init_boxed_params: Callable[[jax.Array], Any],
 
   Works with an `AbstractMesh` too: nothing is allocated.
   """
-  boxed = jax.eval_shape(init_boxed_params, jax.random.key(0))
+  # The key is made inside the traced function: a concrete one would be
+  # placed on the mesh in effect, which may be a TPU topology's
+  # compile-only devices (ahead-of-time compilation, training/aot.py).
+  boxed = jax.eval_shape(lambda: init_boxed_params(jax.random.key(0)))
   # Plain `.value`: unboxing with `nn.meta.unbox` would add sharding
   # constraints, which only make sense on traced values.
   abstract_params = jax.tree_util.tree_map(

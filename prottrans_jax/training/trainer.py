@@ -7,10 +7,11 @@ TensorBoard summaries in train/ and eval/. Started again on the same MODEL_DIR, 
 checkpoint and its data position and continues as if never stopped.
 """
 
+import dataclasses
 import functools
 import pathlib
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
 import flax.linen as nn
@@ -42,6 +43,86 @@ def _abstract(tree: Any, shardings: Any) -> Any:
   return jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       tree, shardings)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """A configuration's train step, built and jitted but not yet compiled.
+
+  What `train` runs and what the ahead-of-time tool (training/aot.py)
+  compiles for a TPU topology: both get it from `build_train_step`.
+
+  Attributes:
+    family, objective, model: the model family record, its training
+      objective and the Flax module.
+    init: rng -> boxed params (what the layout is planned from).
+    mesh, rules: the device mesh and logical-axis rules in effect.
+    layout: abstract train state and its shardings.
+    batch_sharding: sharding of every [batch, length] input feature.
+    step_fn: `steps.make_train_step`'s jitted step.
+    abstract_state, abstract_batch: the step's arguments as sharded
+      ShapeDtypeStructs (nothing allocated).
+  """
+  family: families.ModelFamily
+  objective: Any
+  model: nn.Module
+  init: Callable[[jax.Array], Any]
+  mesh: jax.sharding.Mesh
+  rules: partitioning.LogicalRules
+  layout: train_state_lib.StateLayout
+  batch_sharding: jax.sharding.NamedSharding
+  step_fn: Callable
+  abstract_state: train_state_lib.TrainState
+  abstract_batch: dict[str, jax.ShapeDtypeStruct]
+
+  def lower(self) -> jax.stages.Lowered:
+    """The step traced for its abstract arguments, under its mesh and rules."""
+    with partitioning.activate(self.mesh, self.rules):
+      return self.step_fn.lower(self.abstract_state, self.abstract_batch)
+
+
+def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformation,
+                     learning_rate: optimizers.Schedule,
+                     loss: steps.LossConfig,
+                     partition: partitioning.PartitionConfig,
+                     batch_size: int, task_feature_lengths: Mapping[str, int],
+                     num_microbatches: int, seed: int,
+                     devices: Sequence[jax.Device] | None = None) -> TrainStep:
+  """The train step `train` runs for these arguments (`train`'s own names).
+
+  Args:
+    devices: what the mesh is laid over; default all devices. They may be a
+      TPU topology's compile-only devices (nothing is placed on them here:
+      the state and batch are abstract).
+  """
+  family = families.of(model_config)
+  objective = family.objective()
+  mesh = partition.mesh(devices)
+  rules = partition.rules()
+  data_shards = mesh.shape[partitioning.DATA_AXIS]
+  if batch_size % data_shards:
+    raise ValueError(f"batch size {batch_size} is not divisible by the "
+                     f"mesh's {data_shards} data shards ({dict(mesh.shape)})")
+  model = family.module(model_config)
+  init = init_fn(family, model)
+  with partitioning.activate(mesh, rules):
+    layout = train_state_lib.state_layout(init, optimizer, mesh, rules)
+    batch_sharding = partitioning.batch_sharding(mesh, rules)
+  step_fn = steps.make_train_step(
+      model=model, objective=objective, tx=optimizer, schedule=learning_rate,
+      loss_config=loss, dropout_seed=seed, num_microbatches=num_microbatches,
+      layout=layout, batch_sharding=batch_sharding)
+  abstract_batch = {
+      name: jax.ShapeDtypeStruct(
+          (batch_size, task_feature_lengths[length]), jnp.int32,
+          sharding=batch_sharding)
+      for name, length in objective.features.items()}
+  return TrainStep(
+      family=family, objective=objective, model=model, init=init, mesh=mesh,
+      rules=rules, layout=layout, batch_sharding=batch_sharding,
+      step_fn=step_fn,
+      abstract_state=_abstract(layout.abstract_state, layout.shardings),
+      abstract_batch=abstract_batch)
 
 
 # Marks a summary as a scalar for TensorBoard's scalars dashboard. Written
@@ -177,37 +258,28 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     model_dir.mkdir(parents=True, exist_ok=True)
     if describe_config is not None:
       (model_dir / CONFIG_FILE).write_text(describe_config())
-  family = families.of(model_config)
-  objective = family.objective()
 
   # Measured (on CPU) before the mesh is in effect: the benchmark runs on
   # one device.
   peak = mfu.peak_tflops_per_device(peak_tflops_per_device)
-  mesh, rules = partition.mesh(), partition.rules()
-  model = family.module(model_config)
-  init = init_fn(family, model)
+  train_step = build_train_step(
+      model_config=model_config, optimizer=optimizer,
+      learning_rate=learning_rate, loss=loss, partition=partition,
+      batch_size=batch_size, task_feature_lengths=task_feature_lengths,
+      num_microbatches=num_microbatches, seed=seed)
+  family, objective = train_step.family, train_step.objective
+  model, init = train_step.model, train_step.init
+  mesh, rules = train_step.mesh, train_step.rules
   with partitioning.activate(mesh, rules):
-    layout = train_state_lib.state_layout(init, optimizer, mesh, rules)
-    batch_sharding = partitioning.batch_sharding(mesh, rules)
+    layout, batch_sharding = train_step.layout, train_step.batch_sharding
     manager = checkpoints.checkpoint_manager(model_dir, keep=keep_checkpoints)
     state, batches_consumed = _restore_or_init(
         manager=manager, layout=layout, init=init, tx=optimizer, seed=seed,
         initial_checkpoint=initial_checkpoint, config=model_config)
     first_step = int(state.step)
 
-    step_fn = steps.make_train_step(
-        model=model, objective=objective, tx=optimizer, schedule=learning_rate,
-        loss_config=loss, dropout_seed=seed, num_microbatches=num_microbatches,
-        layout=layout, batch_sharding=batch_sharding)
-    batch_shapes = {
-        name: jax.ShapeDtypeStruct(
-            (batch_size, task_feature_lengths[length]), jnp.int32,
-            sharding=batch_sharding)
-        for name, length in objective.features.items()}
     compile_start = time.perf_counter()
-    step_fn = step_fn.lower(
-        _abstract(layout.abstract_state, layout.shardings),
-        batch_shapes).compile()
+    step_fn = train_step.lower().compile()
     logging.info("train step compiled in %.1fs; mesh %s; params %d",
                  time.perf_counter() - compile_start, dict(mesh.shape),
                  sum(x.size for x in jax.tree_util.tree_leaves(
