@@ -73,7 +73,9 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   try:
     gin.parse_config_files_and_bindings(list(gin_files), [],
                                         finalize_config=False)
-  except (ValueError, SyntaxError, IOError) as e:
+  except (ValueError, SyntaxError, IOError, NameError) as e:
+    # NameError: a configurable's module is not imported in the file
+    # (`from __gin__ import dynamic_registration` needs the import line).
     raise GinConfigError(f"in --gin_file: {e}") from e
   for binding in bindings:
     macro = _MACRO.match(binding)
@@ -87,7 +89,7 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
     try:
       gin.parse_config_files_and_bindings([], [binding],
                                           finalize_config=False)
-    except (ValueError, SyntaxError) as e:
+    except (ValueError, SyntaxError, NameError) as e:
       raise GinConfigError(f"--gin.{binding}: {e}") from e
   for macro in unused_macros:
     try:

@@ -373,6 +373,19 @@ def test_mistake_in_a_file_that_includes_a_family_file_is_a_gin_config_error(
     gin_utils.parse([str(path)], ["DROPOUT_RATE = 0.1"])
 
 
+def test_module_used_without_its_import_line_is_a_gin_config_error(tmp_path):
+  """With dynamic registration gin raises NameError for a module the file
+  never imports (easy to do in a new pod file); it must name the module."""
+  path = tmp_path / "pod.gin"
+  path.write_text("from __gin__ import dynamic_registration\n"
+                  "import prottrans_jax.models.t5 as t5\n"
+                  f"include '{T5_FAMILY}'\n{TINY_T5_SIZES}\n"
+                  "partitioning.PartitionConfig.num_partitions = 2\n")
+  with pytest.raises(gin_utils.GinConfigError,
+                     match="'partitioning' was not provided by an import"):
+    gin_utils.parse([str(path)], ["DROPOUT_RATE = 0.1"])
+
+
 def test_value_of_the_wrong_kind_is_found(tmp_path):
   path = tmp_path / "wrong_kind.gin"
   path.write_text(f"include '{T5_FAMILY}'\n{TINY_T5_SIZES}\n"
