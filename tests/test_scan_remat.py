@@ -406,6 +406,23 @@ def test_bad_layer_options_are_clear_errors(make):
     make(remat_policy="partial")
   with pytest.raises(ValueError, match="scan_layers must be True or False, got 'yes'"):
     make(scan_layers="yes")
+  with pytest.raises(ValueError, match="scan_unroll must be a positive int, got 0"):
+    make(scan_unroll=0)
+
+
+@pytest.mark.parametrize("name", ["t5", "bert"])
+def test_scan_unroll_runs_the_same_layers(name, batches):
+  """Two layers per loop iteration (how the AOT tool counts one layer's
+  cost) computes what one per iteration does, from the same parameters."""
+  config = _scanned(CONFIGS[name])
+  params = families.of(config).to_layout(config, _canonical_params(CONFIGS[name]))
+  batch = batches[name][0]
+  results = [jax.jit(jax.value_and_grad(_loss_fn(config.with_layer_options(scan_unroll=unroll))))(
+      params, batch, None) for unroll in (1, 2)]
+  (loss, grads), (unrolled_loss, unrolled_grads) = results
+  scale = max(float(np.max(np.abs(g))) for g in jax.tree_util.tree_leaves(grads))
+  assert abs(float(unrolled_loss) - float(loss)) < 1e-6 * abs(float(loss))
+  assert _max_difference(unrolled_grads, grads) < 1e-6 * scale
 
 
 def test_gin_sets_scan_and_remat_per_family_and_network():

@@ -57,12 +57,15 @@ class BertConfig(configs.DictConfig):
   # The layers as one `nn.scan` (parameters `encoder/layers/...` with a
   # leading "layers" axis, one entry per weight set, in memory; checkpoints
   # keep `layers_<i>`), and what each layer's backward pass recomputes
-  # ("none", "minimal", "full"; layers.REMAT_POLICIES says what each saves).
+  # ("none", "minimal", "full"; layers.REMAT_POLICIES says what each saves);
+  # `scan_unroll` weight sets per loop iteration when scanned.
   scan_layers: bool = False
   remat_policy: str = "none"
+  scan_unroll: int = 1
 
   def __post_init__(self):
-    layers.check_layer_options(self.scan_layers, self.remat_policy)
+    layers.check_layer_options(self.scan_layers, self.remat_policy,
+                               self.scan_unroll)
 
   @property
   def embedding_dim(self) -> int:
@@ -227,8 +230,8 @@ class Encoder(nn.Module):
     return layers.apply_layers(
         lambda name: EncoderLayer(cfg, name=name), x, bias,
         num_layers=cfg.num_hidden_layers, num_weight_sets=cfg.num_layer_weights,
-        scan_layers=cfg.scan_layers, remat_policy=cfg.remat_policy,
-        deterministic=deterministic)
+        scan_layers=cfg.scan_layers, scan_unroll=cfg.scan_unroll,
+        remat_policy=cfg.remat_policy, deterministic=deterministic)
 
 
 class MlmHead(nn.Module):

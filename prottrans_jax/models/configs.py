@@ -35,12 +35,15 @@ class DictConfig:
     return dataclasses.replace(self, dtype=dtype)
 
   def with_layer_options(self: _C, *, scan_layers: bool | None = None,
-                         remat_policy: str | None = None) -> _C:
-    """This config with its layer stacks scanned or not and rematerialised
-    by `remat_policy` (None keeps a setting). `scan_layers=False` is the
+                         remat_policy: str | None = None,
+                         scan_unroll: int | None = None) -> _C:
+    """This config with its layer stacks scanned or not (`scan_unroll`
+    layers per loop iteration) and rematerialised by `remat_policy` (None
+    keeps a setting). `scan_layers=False` is the
     canonical parameter layout, the one checkpoints hold. A config made of
     several networks overrides this."""
     changes = {name: value for name, value in (("scan_layers", scan_layers),
-                                               ("remat_policy", remat_policy))
+                                               ("remat_policy", remat_policy),
+                                               ("scan_unroll", scan_unroll))
                if value is not None}
     return dataclasses.replace(self, **changes)

@@ -78,11 +78,13 @@ class ElectraPretrainingConfig(configs.DictConfig):
                                discriminator=self.discriminator.with_dtype(dtype))
 
   def with_layer_options(self, *, scan_layers: Optional[bool] = None,
-                         remat_policy: Optional[str] = None
+                         remat_policy: Optional[str] = None,
+                         scan_unroll: Optional[int] = None
                          ) -> "ElectraPretrainingConfig":
     """Both networks with these layer options (each may also be set on its
     own: gin's `generator/` and `discriminator/` scopes)."""
-    options = {"scan_layers": scan_layers, "remat_policy": remat_policy}
+    options = {"scan_layers": scan_layers, "remat_policy": remat_policy,
+               "scan_unroll": scan_unroll}
     return dataclasses.replace(
         self, generator=self.generator.with_layer_options(**options),
         discriminator=self.discriminator.with_layer_options(**options))

@@ -460,11 +460,16 @@ REMAT_POLICIES = {
 }
 
 
-def check_layer_options(scan_layers: bool, remat_policy: str) -> None:
-  """Raises ValueError unless `scan_layers` is a bool and `remat_policy` one
-  of REMAT_POLICIES (config fields of every family with layer stacks)."""
+def check_layer_options(scan_layers: bool, remat_policy: str,
+                        scan_unroll: int = 1) -> None:
+  """Raises ValueError unless `scan_layers` is a bool, `remat_policy` one of
+  REMAT_POLICIES and `scan_unroll` a positive int (config fields of every
+  family with layer stacks)."""
   if not isinstance(scan_layers, bool):
     raise ValueError(f"scan_layers must be True or False, got {scan_layers!r}")
+  if (not isinstance(scan_unroll, int) or isinstance(scan_unroll, bool)
+      or scan_unroll < 1):
+    raise ValueError(f"scan_unroll must be a positive int, got {scan_unroll!r}")
   if not isinstance(remat_policy, str) or remat_policy not in REMAT_POLICIES:
     raise ValueError(f"remat_policy {remat_policy!r} is not one of "
                      f"{', '.join(map(repr, REMAT_POLICIES))}")
@@ -472,7 +477,8 @@ def check_layer_options(scan_layers: bool, remat_policy: str) -> None:
 
 def apply_layers(make_layer, x: jax.Array, *args, num_layers: int,
                  num_weight_sets: Optional[int] = None, scan_layers: bool,
-                 remat_policy: str, deterministic: bool) -> jax.Array:
+                 remat_policy: str, deterministic: bool,
+                 scan_unroll: int = 1) -> jax.Array:
   """Runs `num_layers` layers on `x`: `x = layer(x, *args, deterministic=...)`.
 
   Call it from a compact method: `make_layer(name)` creates one layer module
@@ -492,8 +498,12 @@ def apply_layers(make_layer, x: jax.Array, *args, num_layers: int,
       `num_layers`); else as a Python loop (`layers_0`, `layers_1`, ...).
     remat_policy: a REMAT_POLICIES name, applied to each layer.
     deterministic: passed to every layer (no dropout when True).
+    scan_unroll: weight sets per iteration of the scanned loop (`lax.scan`'s
+      `unroll`; the result is the same). Besides being a speed knob, it is
+      how the AOT tool counts a layer's cost: XLA's cost analysis counts a
+      loop body once, so the difference between 2 and 1 is one layer.
   """
-  check_layer_options(scan_layers, remat_policy)
+  check_layer_options(scan_layers, remat_policy, scan_unroll)
   num_weight_sets = num_weight_sets or num_layers
   if num_layers % num_weight_sets:
     raise ValueError(f"{num_layers} layers cannot share {num_weight_sets} "
@@ -530,7 +540,7 @@ def apply_layers(make_layer, x: jax.Array, *args, num_layers: int,
   stack = nn.scan(body, variable_axes={"params": 0},
                   split_rngs={"params": True, "dropout": True},
                   in_axes=broadcast_args, length=num_weight_sets,
-                  metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
+                  unroll=scan_unroll, metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
   x, _ = stack(make_layer(SCANNED_LAYERS), x, *args)
   return x
 

@@ -65,13 +65,16 @@ class T5Config(configs.DictConfig):
   # Both stacks as one `nn.scan` each (parameters `encoder/layers/...` with
   # a leading "layers" axis in memory; checkpoints keep `layers_<i>`), and
   # what each layer's backward pass recomputes ("none", "minimal", "full";
-  # layers.REMAT_POLICIES says what each saves).
+  # layers.REMAT_POLICIES says what each saves); `scan_unroll` layers run
+  # per loop iteration when scanned (layers.apply_layers).
   scan_layers: bool = False
   remat_policy: str = "none"
+  scan_unroll: int = 1
 
   def __post_init__(self):
     parse_feed_forward_proj(self.feed_forward_proj)
-    layers.check_layer_options(self.scan_layers, self.remat_policy)
+    layers.check_layer_options(self.scan_layers, self.remat_policy,
+                               self.scan_unroll)
     if not isinstance(self.tie_word_embeddings, bool):
       raise ValueError(
           f"tie_word_embeddings must be a bool, got {self.tie_word_embeddings!r}")
@@ -256,7 +259,8 @@ class Encoder(nn.Module):
     x = layers.apply_layers(
         lambda name: EncoderLayer(cfg, name=name), x, bias,
         num_layers=cfg.num_encoder_layers, scan_layers=cfg.scan_layers,
-        remat_policy=cfg.remat_policy, deterministic=deterministic)
+        scan_unroll=cfg.scan_unroll, remat_policy=cfg.remat_policy,
+        deterministic=deterministic)
     x = _norm(cfg, "encoder_norm")(x)
     return _constrain(dropout(x, deterministic=deterministic))
 
@@ -297,7 +301,8 @@ class Decoder(nn.Module):
     x = layers.apply_layers(
         lambda name: DecoderLayer(cfg, name=name), x, encoded, self_bias, cross_bias,
         num_layers=cfg.num_decoder_layers, scan_layers=cfg.scan_layers,
-        remat_policy=cfg.remat_policy, deterministic=deterministic)
+        scan_unroll=cfg.scan_unroll, remat_policy=cfg.remat_policy,
+        deterministic=deterministic)
     x = _norm(cfg, "decoder_norm")(x)
     x = dropout(x, deterministic=deterministic)
     if cfg.tie_word_embeddings:
