@@ -8,7 +8,7 @@ depends on gin. Scripts call `parse` and then the configured function.
 
 import pathlib
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import gin
 
@@ -57,7 +57,7 @@ def _is_required(value: Any) -> bool:
 
 
 def parse(gin_files: Sequence[str], bindings: Sequence[str],
-          unused_macros: Sequence[str] = ()) -> None:
+          unused_macros: Mapping[str, str] | None = None) -> None:
   """Parses files then bindings; every mistake is a `GinConfigError`.
 
   Caught here, naming the binding: an unknown configurable or parameter
@@ -65,8 +65,9 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
   defines (a typo gin would otherwise accept silently), a value that does not
   parse, and a macro left at `%gin.REQUIRED` (e.g. MODEL_DIR).
 
-  `unused_macros` are macros the caller never reads (the ahead-of-time
-  compiler has no MODEL_DIR): left `%gin.REQUIRED`, they are set to None.
+  `unused_macros` maps macros whose value the caller does not need (the
+  ahead-of-time compiler has no MODEL_DIR) to a gin value they take where
+  they are left `%gin.REQUIRED`.
   """
   gin.clear_config()
   _add_search_paths()
@@ -91,13 +92,13 @@ def parse(gin_files: Sequence[str], bindings: Sequence[str],
                                           finalize_config=False)
     except (ValueError, SyntaxError, NameError) as e:
       raise GinConfigError(f"--gin.{binding}: {e}") from e
-  for macro in unused_macros:
+  for macro, placeholder in (unused_macros or {}).items():
     try:
       value = gin.query_parameter("%" + macro)
     except ValueError:
       continue  # no gin file defines it
     if _is_required(value):
-      gin.parse_config_files_and_bindings([], [f"{macro} = None"],
+      gin.parse_config_files_and_bindings([], [f"{macro} = {placeholder}"],
                                           finalize_config=False)
   try:
     gin.finalize()

@@ -39,6 +39,16 @@ def main(gin_file: str, bindings: list[str]) -> None:
     slices[name] = {"devices": len(devices),
                     "device_kind": devices[0].device_kind,
                     "chips": aot.parse_topology(name).chips}
+  # The same step scanned and in 2 microbatches: XLA's cost analysis counts
+  # each loop body once, the counted figures every layer and microbatch.
+  scanned_arguments = {
+      **train_arguments, "num_microbatches": 2,
+      "model_config": train_arguments["model_config"].with_layer_options(
+          scan_layers=True)}
+  scanned = {
+      counted: aot.compile_train_step(train_arguments=scanned_arguments,
+                                      count_loops=counted, **options)
+      for counted in (False, True)}
   errors = {}
   for name, partition in BAD_PARTITIONS.items():
     try:
@@ -59,6 +69,11 @@ def main(gin_file: str, bindings: list[str]) -> None:
       "jax_topology": report.topology.jax_name,
       "xla_flops_per_device": report.xla_flops_per_device,
       "model_flops_per_device": report.model_flops_per_device,
+      "cost_method": report.cost_method,
+      "scanned": {str(counted).lower(): {
+          "xla_flops_per_device": r.xla_flops_per_device,
+          "cost_method": r.cost_method,
+          "total_bytes": r.total_bytes} for counted, r in scanned.items()},
       "text": report.text(),
       "slices": slices,
       "errors": errors,

@@ -95,6 +95,24 @@ def test_xla_flops_agree_with_the_model_formula(probe):
   assert 1.0 <= ratio < 1.10, ratio
 
 
+def test_a_scanned_microbatched_step_is_counted_whole(probe):
+  """XLA's cost analysis counts a loop body once: the tiny step scanned over
+  its 2 layers in 2 microbatches reads about a quarter of its unrolled
+  FLOPs as compiled; counted from its 1- and 2-layers-per-iteration
+  compiles it reads the unrolled step's (measured: within 0.1%; the
+  optimizer update, counted once per microbatch, is the difference)."""
+  unrolled = probe["xla_flops_per_device"]
+  raw, counted = probe["scanned"]["false"], probe["scanned"]["true"]
+  assert raw["cost_method"] == "as compiled"
+  assert raw["xla_flops_per_device"] < 0.5 * unrolled
+  assert counted["cost_method"] == (
+      "counted from the step compiled with 1 and 2 of the 2 layers per "
+      "scanned loop iteration, x 2 microbatches")
+  assert abs(counted["xla_flops_per_device"] / unrolled - 1) < 0.01
+  # Counting compiles variants; the reported memory is the step's own.
+  assert counted["total_bytes"] == raw["total_bytes"]
+
+
 def test_slice_names_map_to_the_devices_libtpu_describes(probe):
   slices = probe["slices"]
   # v3: one JAX device per TensorCore, two per chip; v3-1024 = 512 chips.
@@ -139,6 +157,16 @@ def test_script_exits_nonzero_when_the_step_does_not_fit():
                    r"over by [0-9.]+ MiB", result.stdout), result.stdout
 
 
+def test_script_exits_nonzero_when_libtpu_cannot_place_the_step():
+  """Batch 32768: the tiny step's activations alone are tens of GiB, past a
+  v4 chip's 32 GiB; TPU compilation itself stops (RESOURCE_EXHAUSTED)."""
+  result = _script(f"--gin_file={POD}", "--gin.BATCH_SIZE=32768")
+  assert result.returncode == 3, result.stderr[-5000:]
+  assert re.search(r"DOES NOT FIT: TPU v4-8 .*: libtpu could not fit the "
+                   r"step in HBM: .*RESOURCE_EXHAUSTED", result.stdout), (
+                       result.stdout)
+
+
 def test_script_gin_typo_exits_nonzero_naming_the_binding():
   result = _script(f"--gin_file={POD}", "--gin.BATCH_SIZ=8")
   assert result.returncode != 0
@@ -157,7 +185,7 @@ def _report(**changes):
       batch_size=128, num_microbatches=1,
       task_feature_lengths={"inputs": 512, "targets": 512}, memory=memory,
       state_bytes=3 * GIB, hbm_bytes_per_device=32 * GIB, hbm_limit=0.9,
-      xla_flops=1.1e14, xla_optimal_seconds=0.5,
+      xla_flops=1.1e14, xla_optimal_seconds=0.5, cost_method="as compiled",
       model_flops_per_device=1.0e14, peak_tflops_per_device=275.0,
       compile_seconds=60.0)
   fields.update(changes)

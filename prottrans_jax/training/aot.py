@@ -29,11 +29,12 @@ import os
 import pathlib
 import re
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from absl import logging
 import jax
 
+from prottrans_jax import families
 from prottrans_jax.training import mfu
 from prottrans_jax.training import train_state as train_state_lib
 from prottrans_jax.training import trainer
@@ -52,9 +53,12 @@ INSTALL_HINT = (
 STEP_ARGUMENTS = tuple(
     name for name in inspect.signature(trainer.build_train_step).parameters
     if name != "devices")
-# Run-file macros the train step never reads: left %gin.REQUIRED, they are
-# set to None rather than demanded on the command line.
-UNUSED_MACROS = ("MODEL_DIR", "TRAIN_STEPS")
+# Run-file macros the compiled step does not depend on, and the value each
+# takes where a file leaves it %gin.REQUIRED rather than demanding it on the
+# command line: there is no model directory, and the number of steps only
+# sets constants of a learning-rate schedule (a linear decay needs one), not
+# the program's shapes, memory or FLOPs.
+UNUSED_MACROS = {"MODEL_DIR": "None", "TRAIN_STEPS": "1"}
 # libtpu's start-up probes the host it runs on (GCE metadata, accelerator
 # type, worker hostnames; errors on stderr where it finds none) and takes a
 # lock (/tmp/libtpu_lockfile) that fails a second libtpu process. Nothing
@@ -246,9 +250,11 @@ class Report:
   state_bytes: int  # params + optimizer state per device, from shardings
   hbm_bytes_per_device: int
   hbm_limit: float
-  # XLA's cost analysis as given (None: absent; -1 or below: not reported).
+  # XLA's cost analysis of the whole step (None: absent; -1 or below: not
+  # reported), counted as `cost_method` says (`_counted_cost`).
   xla_flops: float | None
   xla_optimal_seconds: float | None
+  cost_method: str
   model_flops_per_device: float
   peak_tflops_per_device: float | None
   compile_seconds: float
@@ -288,6 +294,30 @@ class Report:
       return None
     return (self.model_flops_per_device / seconds
             / (self.peak_tflops_per_device * 1e12))
+
+  def summary(self) -> dict[str, Any]:
+    """The report's figures as JSON-able values (aot_compile --json_output)."""
+    return {
+        "family": self.family, "topology": self.topology.name,
+        "jax_topology": self.topology.jax_name,
+        "device_kind": self.device_kind, "parameters": self.parameters,
+        "mesh_shape": dict(self.mesh_shape),
+        "parameter_partitioning_dims": self.parameter_partitioning_dims,
+        "batch_size": self.batch_size,
+        "num_microbatches": self.num_microbatches,
+        "task_feature_lengths": dict(self.task_feature_lengths),
+        "memory": dict(self.memory), "state_bytes": self.state_bytes,
+        "total_bytes": self.total_bytes,
+        "hbm_bytes_per_device": self.hbm_bytes_per_device,
+        "hbm_fraction": self.hbm_fraction, "fits": self.fits,
+        "xla_flops_per_device": self.xla_flops_per_device,
+        "model_flops_per_device": self.model_flops_per_device,
+        "estimated_step_seconds": self.estimated_step_seconds,
+        "estimated_mfu": self.estimated_mfu,
+        "peak_tflops_per_device": self.peak_tflops_per_device,
+        "cost_method": self.cost_method,
+        "compile_seconds": self.compile_seconds,
+    }
 
   def text(self) -> str:
     """The printout of scripts/aot_compile.py."""
@@ -335,7 +365,7 @@ class Report:
          f"{size(self.total_bytes - limit_bytes, 0)}"))
     xla, model = self.xla_flops_per_device, self.model_flops_per_device
     lines += [
-        "FLOPs per step per device:",
+        f"FLOPs per step per device (XLA's cost analysis {self.cost_method}):",
         "  XLA cost analysis     " + (
             f"{xla:.4g}  (XLA / formula {xla / model:.3f})" if xla
             else f"not reported ({_raw(self.xla_flops)})"),
@@ -386,10 +416,113 @@ def _step_arguments(train_arguments: Mapping[str, Any]) -> dict[str, Any]:
   return arguments
 
 
+class DoesNotFit(AotError):
+  """libtpu refused to compile the step: its buffers exceed the chip's HBM."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+  memory: Mapping[str, int]
+  flops: float | None
+  optimal_seconds: float | None
+  seconds: float
+
+
+def _compile(step: trainer.TrainStep, target: Topology) -> _Compiled:
+  """Compiles `step`; its memory and cost analyses as reported."""
+  logging.info("compiling the train step for %s, mesh %s", target.jax_name,
+               dict(step.mesh.shape))
+  start = time.perf_counter()
+  try:
+    compiled = step.lower().compile()
+  except jax.errors.JaxRuntimeError as e:
+    # TPU compilation assigns HBM and stops where it runs out.
+    if "RESOURCE_EXHAUSTED" in str(e):
+      raise DoesNotFit(f"{target.describe()}: libtpu could not fit the step "
+                       f"in HBM: {str(e).splitlines()[0]}") from e
+    raise
+  seconds = time.perf_counter() - start
+  stats = compiled.memory_analysis()
+  if stats is None:
+    raise AotError(f"libtpu reported no memory analysis for {target.jax_name}")
+  cost = compiled.cost_analysis() or {}
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+    cost = cost[0] if cost else {}
+  return _Compiled(
+      memory={f: int(getattr(stats, f)) for f in dir(stats)
+              if f.endswith("_in_bytes")},
+      flops=_float_or_none(cost.get("flops")),
+      optimal_seconds=_float_or_none(cost.get("optimal_seconds")),
+      seconds=seconds)
+
+
+def _layer_loop_trips(config: Any) -> int | None:
+  """Iterations of the scanned layer loops, if all the same (else None).
+
+  T5's two stacks loop as often (24 and 24 at every ProtT5 size); a family
+  whose stacks differ, or that shares weight sets (ALBERT's inner loop per
+  set), is not counted by `_counted_cost`'s extrapolation."""
+  trips = set(families.of(config).scanned_stacks(config).values())
+  if len(trips) != 1:
+    return None
+  (count,) = trips
+  if getattr(config, "num_hidden_layers", count) != count:
+    return None
+  return count
+
+
+def _counted_cost(arguments: Mapping[str, Any], devices: Sequence[jax.Device],
+                  target: Topology, compiled: _Compiled
+                  ) -> tuple[float | None, float | None, str]:
+  """XLA's FLOPs and optimal seconds for the whole step; how they were got.
+
+  XLA's cost analysis counts a loop body once, whatever its trip count. A
+  scanned step loops over layers (and over microbatches), so its figures
+  are those of one layer and one microbatch. The step is compiled again for
+  one microbatch (batch / k, where k > 1) with the layer loops unrolled 1
+  and 2 layers per iteration: one layer costs c2 - c1, and the step
+  k * (c1 + (L - 1) * (c2 - c1)) for L layers per stack. That counts the
+  optimizer update k times (negligible next to k microbatches' forward and
+  backward passes at these sizes).
+  """
+  config = arguments["model_config"]
+  k = arguments["num_microbatches"]
+  trips = _layer_loop_trips(config)
+  if trips is None and k == 1:
+    return compiled.flops, compiled.optimal_seconds, "as compiled"
+  if trips is None:
+    return None, None, ("not counted: a microbatch loop around layer loops "
+                        "this count does not model")
+  one_microbatch = dict(arguments, batch_size=arguments["batch_size"] // k,
+                        num_microbatches=1)
+  costs = {}
+  for unroll in (1, 2):
+    if unroll == 1 and k == 1:
+      costs[unroll] = compiled
+      continue
+    variant = dict(one_microbatch, model_config=config.with_layer_options(
+        scan_unroll=unroll))
+    costs[unroll] = _compile(
+        trainer.build_train_step(**variant, devices=devices), target)
+
+  def extrapolate(c1, c2):
+    if _reported(c1) is None or _reported(c2) is None or c2 <= c1:
+      return None
+    return k * (c1 + (trips - 1) * (c2 - c1))
+
+  method = (f"counted from the step compiled with 1 and 2 of the {trips} "
+            "layers per scanned loop iteration" +
+            (f", x {k} microbatches" if k > 1 else ""))
+  return (extrapolate(costs[1].flops, costs[2].flops),
+          extrapolate(costs[1].optimal_seconds, costs[2].optimal_seconds),
+          method)
+
+
 def compile_train_step(*, topology: str | None = None,
                        train_arguments: Mapping[str, Any],
                        hbm_gib_per_device: float | None = None,
-                       hbm_limit: float = HBM_LIMIT) -> Report:
+                       hbm_limit: float = HBM_LIMIT,
+                       count_loops: bool = True) -> Report:
   """Compiles `trainer.train`'s step for `topology`; sizes and FLOPs.
 
   Args:
@@ -399,8 +532,12 @@ def compile_train_step(*, topology: str | None = None,
       filling the rest.
     hbm_gib_per_device: HBM budget per device instead of the chip's.
     hbm_limit: the share of HBM under which the step fits.
+    count_loops: for a scanned or microbatched step, compile it again to
+      count every layer and microbatch in the FLOPs and step time
+      (`_counted_cost`); else report XLA's figures as they come.
 
   Raises:
+    DoesNotFit: libtpu found no way to place the step in HBM.
     AotError: unknown topology, libtpu not installed, a mesh that does not
       lay over every device of the topology, a batch it cannot shard.
   """
@@ -421,19 +558,13 @@ def compile_train_step(*, topology: str | None = None,
         f"{len(devices)} devices of {target.describe()}: a pod run uses "
         "every device; set partitioning.PartitionConfig.mesh_shape (or "
         "NUM_PARTITIONS) to cover them all")
-  logging.info("compiling the train step for %s, mesh %s", target.jax_name,
-               mesh_shape)
-  start = time.perf_counter()
-  compiled = step.lower().compile()
-  seconds = time.perf_counter() - start
-  stats = compiled.memory_analysis()
-  if stats is None:
-    raise AotError(f"libtpu reported no memory analysis for {target.jax_name}")
-  memory = {f: int(getattr(stats, f)) for f in dir(stats)
-            if f.endswith("_in_bytes")}
-  cost = compiled.cost_analysis() or {}
-  if isinstance(cost, (list, tuple)):  # older jax: one dict per program
-    cost = cost[0] if cost else {}
+  compiled = _compile(step, target)
+  if count_loops:
+    flops, optimal_seconds, cost_method = _counted_cost(
+        arguments, devices, target, compiled)
+  else:
+    flops, optimal_seconds, cost_method = (
+        compiled.flops, compiled.optimal_seconds, "as compiled")
   config = arguments["model_config"]
   model_flops = (step.family.training_flops(config,
                                             arguments["task_feature_lengths"])
@@ -451,12 +582,12 @@ def compile_train_step(*, topology: str | None = None,
       batch_size=arguments["batch_size"],
       num_microbatches=arguments["num_microbatches"],
       task_feature_lengths=dict(arguments["task_feature_lengths"]),
-      memory=memory,
+      memory=compiled.memory,
       state_bytes=sum(train_state_lib.state_bytes_per_device(
           step.layout).values()),
       hbm_bytes_per_device=hbm, hbm_limit=hbm_limit,
-      xla_flops=_float_or_none(cost.get("flops")),
-      xla_optimal_seconds=_float_or_none(cost.get("optimal_seconds")),
+      xla_flops=flops, xla_optimal_seconds=optimal_seconds,
+      cost_method=cost_method,
       model_flops_per_device=model_flops,
       peak_tflops_per_device=mfu.published_peak_tflops(devices[0].device_kind),
-      compile_seconds=seconds)
+      compile_seconds=compiled.seconds)
