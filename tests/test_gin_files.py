@@ -56,6 +56,11 @@ T5_FAMILY = "models/t5_family.gin"
 # (scripts/aot_compile.py compiles them for it; tests/test_aot_compile.py).
 POD_FILES = {
     "pods/prott5_tiny_v4-8.gin": t5.T5Config,
+    "pods/prott5_xl_v3-1024.gin": t5.T5Config,
+    "pods/prott5_xl_v4-128.gin": t5.T5Config,
+    "pods/prott5_xxl_v3-1024.gin": t5.T5Config,
+    "pods/prott5_xxl_v4-256.gin": t5.T5Config,
+    "pods/protbert_v3-512.gin": bert.BertConfig,
 }
 # Run files used without a model file (the model comes from the checkpoint).
 STANDALONE_RUNS = ("runs/eval.gin",)
@@ -66,8 +71,8 @@ REQUIRED_BINDINGS = {
     "runs/pretrain_bert.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/quickstart.gin": (),
     "runs/eval.gin": ("MODEL_DIR = '/tmp/unused'",),
-    "pods/prott5_tiny_v4-8.gin": ("MODEL_DIR = '/tmp/unused'",
-                                  "TRAIN_STEPS = 10"),
+    **{pod: ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10")
+       for pod in POD_FILES},
 }
 COMBINATIONS = ([(model, run) for model, (_, runs) in MODEL_FILES.items()
                  for run in runs] +
