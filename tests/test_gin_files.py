@@ -242,6 +242,16 @@ def test_model_file_includes_the_family_file_of_its_config(model_file):
   assert [FAMILY_FILES[f] for f in families] == [MODEL_FILES[model_file][0]]
 
 
+@pytest.mark.parametrize("model_file", sorted(MODEL_FILES))
+def test_model_file_overrides_its_base_in_under_15_lines(model_file):
+  """A size file says only how this size differs from its base (T5X's
+  small.gin is 13 lines): its bindings, not comments or scope headers."""
+  text = (gin_utils.GIN_DIR / model_file).read_text()
+  bindings = [line for line in text.splitlines()
+              if "=" in line.split("#", 1)[0]]
+  assert len(bindings) < 15, bindings
+
+
 @pytest.mark.parametrize("family_file", sorted(FAMILY_FILES))
 def test_family_file_alone_is_no_model(family_file):
   with pytest.raises(gin_utils.GinConfigError,
