@@ -506,8 +506,12 @@ def _counted_cost(arguments: Mapping[str, Any], devices: Sequence[jax.Device],
         trainer.build_train_step(**variant, devices=devices), target)
 
   def extrapolate(c1, c2):
-    if _reported(c1) is None or _reported(c2) is None or c2 <= c1:
-      return None
+    if _reported(c1) is None or _reported(c2) is None:
+      # Not reported for these programs: pass on what XLA gave (None or
+      # negative), which the printout shows.
+      return c1 if _reported(c1) is None else c2
+    if c2 <= c1:
+      return -1.0  # a second layer that costs nothing: nothing to count
     return k * (c1 + (trips - 1) * (c2 - c1))
 
   method = (f"counted from the step compiled with 1 and 2 of the {trips} "
