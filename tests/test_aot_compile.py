@@ -12,7 +12,6 @@ mesh data 2 x model 2 on a v4-8 slice (jax topology v4:2x2x1: 4 chips, one
 device each).
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -240,16 +239,22 @@ def test_topology_names(name, jax_name, chips, devices, hbm_gib):
 
 
 def test_missing_libtpu_says_how_to_install_it(monkeypatch, tmp_path):
-  if importlib.util.find_spec("libtpu") is not None:
-    pytest.skip("libtpu is importable here (installed into the runtime "
-                "environment), so it cannot be missing")
+  """A libtpu directory named by the environment wins over any other libtpu
+  (also an importable one), so naming an empty one is an error."""
   monkeypatch.delenv("TPU_LIBRARY_PATH", raising=False)
   monkeypatch.setenv(aot.LIBTPU_DIR_ENV, str(tmp_path))
   with pytest.raises(aot.AotError) as error:
     aot.libtpu_path()
   assert "libtpu (the TPU compiler) is not installed" in str(error.value)
+  assert aot.LIBTPU_DIR_ENV in str(error.value)
   assert "scripts/setup_env.sh --aot" in str(error.value)
   assert str(tmp_path / "libtpu" / "libtpu.so") in str(error.value)
+
+
+def test_tpu_library_path_that_names_no_file_is_an_error(monkeypatch, tmp_path):
+  monkeypatch.setenv("TPU_LIBRARY_PATH", str(tmp_path / "libtpu.so"))
+  with pytest.raises(aot.AotError, match="TPU_LIBRARY_PATH=.* is not a file"):
+    aot.libtpu_path()
 
 
 def test_no_topology_is_an_error():

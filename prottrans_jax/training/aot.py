@@ -179,17 +179,29 @@ def parse_topology(name: str) -> Topology:
 
 
 def libtpu_path() -> str:
-  """libtpu.so: TPU_LIBRARY_PATH, an importable `libtpu`, or .libtpu/."""
+  """libtpu.so: the file TPU_LIBRARY_PATH names, or the one in the directory
+  PROTTRANS_JAX_LIBTPU_DIR names; with neither set, an importable `libtpu`
+  or .libtpu/. A setting that names no libtpu is an error, not a reason to
+  use another one."""
   from_env = os.environ.get("TPU_LIBRARY_PATH")
-  if from_env and os.path.isfile(from_env):
-    return from_env
+  if from_env:
+    if os.path.isfile(from_env):
+      return from_env
+    raise AotError(f"TPU_LIBRARY_PATH={from_env} is not a file; "
+                   f"{INSTALL_HINT}")
+  named_dir = os.environ.get(LIBTPU_DIR_ENV)
+  if named_dir:
+    path = pathlib.Path(named_dir) / "libtpu" / "libtpu.so"
+    if path.is_file():
+      return str(path)
+    raise AotError(f"libtpu (the TPU compiler) is not installed in "
+                   f"{LIBTPU_DIR_ENV}={named_dir}: no {path}; {INSTALL_HINT}")
   spec = importlib.util.find_spec("libtpu")
   if spec is not None and spec.origin:
     path = os.path.join(os.path.dirname(spec.origin), "libtpu.so")
     if os.path.isfile(path):
       return path
-  directory = pathlib.Path(os.environ.get(LIBTPU_DIR_ENV) or DEFAULT_LIBTPU_DIR)
-  path = directory / "libtpu" / "libtpu.so"
+  path = DEFAULT_LIBTPU_DIR / "libtpu" / "libtpu.so"
   if path.is_file():
     return str(path)
   raise AotError(
