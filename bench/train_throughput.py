@@ -196,6 +196,10 @@ def main(argv):
   pods = _PODS.value or sorted(
       p.relative_to(gin_utils.GIN_DIR).as_posix()
       for p in (gin_utils.GIN_DIR / "pods").glob("*.gin"))
+  missing = [pod for pod in pods if not (gin_utils.GIN_DIR / pod).is_file()]
+  if missing:
+    raise app.UsageError(f"--pods: no such file under {gin_utils.GIN_DIR}: "
+                         f"{', '.join(missing)}")
   rows = []
   with tempfile.TemporaryDirectory() as workdir:
     for pod in pods:

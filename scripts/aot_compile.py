@@ -22,6 +22,7 @@ typo).
 """
 
 import json
+import os
 import sys
 
 from absl import app
@@ -49,6 +50,13 @@ _COUNT_LOOPS = flags.DEFINE_bool(
     "twice more (one microbatch, 1 and 2 layers per loop iteration) so that "
     "FLOPs, step time and MFU count every layer and microbatch: XLA's cost "
     "analysis counts a loop body once.")
+
+
+flags.register_validator(
+    "json_output", lambda path: not path or os.path.isdir(
+        os.path.dirname(os.path.abspath(path))),
+    message="--json_output: its directory does not exist (checked before "
+    "compiling, which takes minutes)")
 
 
 def _write_json(figures):

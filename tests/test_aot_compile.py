@@ -172,6 +172,22 @@ def test_script_gin_typo_exits_nonzero_naming_the_binding():
   assert "BATCH_SIZ" in result.stderr
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--gin.BATCH_SIZE=0"], "batch size (0) and num_microbatches (1) must be "
+                            "positive"),
+    (["--gin.NUM_MICROBATCHES=3"], "batch size 16 is not divisible by "
+                                   "num_microbatches=3"),
+    (["--gin_file=pods/no_such_pod.gin"], "Unable to open file: "
+                                          "pods/no_such_pod.gin"),
+    (["--json_output=/no/such/directory/report.json"],
+     "--json_output: its directory does not exist"),
+], ids=["empty batch", "microbatches", "missing file", "json directory"])
+def test_script_bad_input_exits_nonzero_before_compiling(args, message):
+  result = _script(f"--gin_file={POD}", *args)
+  assert result.returncode == 1, result.stdout
+  assert message in result.stderr, result.stderr[-3000:]
+
+
 def _report(**changes):
   memory = {"argument_size_in_bytes": 4 * GIB, "output_size_in_bytes": 4 * GIB,
             "alias_size_in_bytes": 4 * GIB, "temp_size_in_bytes": 20 * GIB,

@@ -100,6 +100,12 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
   mesh = partition.mesh(devices)
   rules = partition.rules()
   data_shards = mesh.shape[partitioning.DATA_AXIS]
+  if batch_size < 1 or num_microbatches < 1:
+    raise ValueError(f"batch size ({batch_size}) and num_microbatches "
+                     f"({num_microbatches}) must be positive")
+  if batch_size % num_microbatches:
+    raise ValueError(f"batch size {batch_size} is not divisible by "
+                     f"num_microbatches={num_microbatches}")
   if batch_size % data_shards:
     raise ValueError(f"batch size {batch_size} is not divisible by the "
                      f"mesh's {data_shards} data shards ({dict(mesh.shape)})")
