@@ -267,6 +267,9 @@ class Report:
   xla_flops: float | None
   xla_optimal_seconds: float | None
   cost_method: str
+  # XLA's FLOPs for the step as compiled (one layer and one microbatch where
+  # those loop), before `_counted_cost`.
+  xla_flops_as_compiled: float | None
   model_flops_per_device: float
   peak_tflops_per_device: float | None
   compile_seconds: float
@@ -328,6 +331,7 @@ class Report:
         "estimated_mfu": self.estimated_mfu,
         "peak_tflops_per_device": self.peak_tflops_per_device,
         "cost_method": self.cost_method,
+        "xla_flops_as_compiled": self.xla_flops_as_compiled,
         "compile_seconds": self.compile_seconds,
     }
 
@@ -603,7 +607,7 @@ def compile_train_step(*, topology: str | None = None,
           step.layout).values()),
       hbm_bytes_per_device=hbm, hbm_limit=hbm_limit,
       xla_flops=flops, xla_optimal_seconds=optimal_seconds,
-      cost_method=cost_method,
+      cost_method=cost_method, xla_flops_as_compiled=compiled.flops,
       model_flops_per_device=model_flops,
       peak_tflops_per_device=mfu.published_peak_tflops(devices[0].device_kind),
       compile_seconds=compiled.seconds)
