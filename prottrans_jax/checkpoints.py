@@ -5,8 +5,13 @@ Layout of a MODEL_DIR:
   checkpoints/<step>/        one Orbax checkpoint per saved step:
     params/                  the parameter tree (always)
     opt_state/               optimizer state (training checkpoints only)
-    train_info/              json: step, data position (training only)
+    train_info/              json: step, batches consumed (training only)
+    dataset/                 each process's input iterator state (training
+                             only; training/inputs.py writes and reads it)
     model_config/            json: {"model_name": family, "config": {...}}
+
+MODEL_DIR may be a local path or a URL (`gs://bucket/run`): every path here
+goes through the filesystem layer (`prottrans_jax.fs`, etils epath).
 
 On disk the parameters (and the optimizer state's mirrors of them) are
 always in the canonical, unscanned layout (`encoder/layers_0/...`, the names
@@ -33,23 +38,25 @@ embedding loader all use it, and it imports none of them.
 
 import dataclasses
 import functools
-import pathlib
 from typing import Any, Callable
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from prottrans_jax import families
+from prottrans_jax import fs
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 PARAMS = "params"
 OPT_STATE = "opt_state"
 TRAIN_INFO = "train_info"
 MODEL_CONFIG = "model_config"
-ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG)
+DATASET = "dataset"
+ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG, DATASET)
 
 
 def _config_record(config: Any) -> dict[str, Any]:
@@ -64,7 +71,7 @@ def _config_from_record(record: dict[str, Any], source: str) -> tuple[str, Any]:
     raise ValueError(f"{source} is not a model config record: {e!r}") from e
 
 
-def checkpoint_manager(model_dir: str | pathlib.Path, *,
+def checkpoint_manager(model_dir: fs.PathLike, *,
                        keep: int | None = None,
                        async_save: bool = True,
                        item_handlers: dict[str, Any] | None = None
@@ -78,7 +85,7 @@ def checkpoint_manager(model_dir: str | pathlib.Path, *,
     item_handlers: handlers for some items (others follow the save args).
   """
   return ocp.CheckpointManager(
-      pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR,
+      fs.path(model_dir) / CHECKPOINTS_SUBDIR,
       options=ocp.CheckpointManagerOptions(
           max_to_keep=keep,
           enable_async_checkpointing=async_save, create=True),
@@ -120,13 +127,15 @@ def _to_layout(config: Any, tree: Any, target: Any) -> Any:
 
 def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
          config: Any, opt_state: Any = None,
-         train_info: dict[str, Any] | None = None) -> None:
+         train_info: dict[str, Any] | None = None,
+         data_state: ocp.args.CheckpointArgs | None = None) -> None:
   """Saves one step (in the background if the manager is asynchronous).
 
   `config` is the model's config (its family is recorded with it); `params`
   and `opt_state` are in its layout and are written canonical (scanned
   stacks unstacked into `layers_<i>`). Without `opt_state` and `train_info`
-  this writes a params-only checkpoint.
+  this writes a params-only checkpoint. `data_state` saves the input
+  position as the `dataset` item (its handler is the trainer's).
   """
   params, opt_state = _to_canonical(config, params), _to_canonical(config, opt_state)
   items = {PARAMS: ocp.args.StandardSave(params),
@@ -135,6 +144,8 @@ def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
     items[OPT_STATE] = ocp.args.StandardSave(opt_state)
   if train_info is not None:
     items[TRAIN_INFO] = ocp.args.JsonSave(train_info)
+  if data_state is not None:
+    items[DATASET] = data_state
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
@@ -187,8 +198,8 @@ def _params_handler() -> ocp.PyTreeCheckpointHandler:
   return ocp.PyTreeCheckpointHandler(type_handler_registry=registry)
 
 
-def write_params_checkpoint(model_dir: str | pathlib.Path, params: Any, config: Any,
-                            step: int = 0) -> pathlib.Path:
+def write_params_checkpoint(model_dir: fs.PathLike, params: Any, config: Any,
+                            step: int = 0) -> epath.Path:
   """A params-only checkpoint of a `config` network in MODEL_DIR.
 
   Leaves are jax or numpy arrays, or `LazyArray`s, which are loaded one at a
@@ -205,23 +216,30 @@ def write_params_checkpoint(model_dir: str | pathlib.Path, params: Any, config: 
       MODEL_CONFIG: ocp.args.JsonSave(_config_record(config))}))
   manager.wait_until_finished()
   manager.close()
-  return pathlib.Path(model_dir).absolute() / CHECKPOINTS_SUBDIR / str(step)
+  return fs.path(model_dir) / CHECKPOINTS_SUBDIR / str(step)
+
+
+def has_item(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
+  return (fs.path(manager.directory) / str(step) / item).exists()
 
 
 def has_optimizer_state(manager: ocp.CheckpointManager, step: int) -> bool:
-  return (pathlib.Path(manager.directory) / str(step) / OPT_STATE).exists()
+  return has_item(manager, step, OPT_STATE)
 
 
 def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
                         config: Any, abstract_params: Any,
-                        abstract_opt_state: Any = None
+                        abstract_opt_state: Any = None,
+                        data_state: ocp.args.CheckpointArgs | None = None
                         ) -> dict[str, Any]:
   """Restores a step's items onto the given abstract (sharded) targets.
 
   `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings, in the
   layout `config` (the model being trained) wants; the canonical trees on
   disk are read shard by shard onto the same devices and converted there.
-  Pass `abstract_opt_state=None` for a params-only checkpoint.
+  Pass `abstract_opt_state=None` for a params-only checkpoint, and
+  `data_state` (the restore args of the `dataset` item) to restore the
+  input position too.
   """
   family = families.of(config)
   on_disk = functools.partial(family.to_canonical, config)
@@ -229,6 +247,8 @@ def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
   if abstract_opt_state is not None:
     items[OPT_STATE] = ocp.args.StandardRestore(on_disk(abstract_opt_state))
     items[TRAIN_INFO] = ocp.args.JsonRestore()
+  if data_state is not None:
+    items[DATASET] = data_state
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   out = {name: restored[name] for name in items}
   out[PARAMS] = _to_layout(config, out[PARAMS], abstract_params)
@@ -237,13 +257,13 @@ def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
   return out
 
 
-def step_directory(path: str | pathlib.Path) -> pathlib.Path:
+def step_directory(path: fs.PathLike) -> epath.Path:
   """A step directory from a MODEL_DIR (latest step) or a step directory."""
-  path = pathlib.Path(path).absolute()
+  path = fs.path(path)
   if (path / PARAMS).is_dir():
     return path
   checkpoints = path / CHECKPOINTS_SUBDIR
-  steps = sorted(int(p.name) for p in checkpoints.glob("*")
+  steps = sorted(int(p.name) for p in checkpoints.iterdir()
                  if p.name.isdigit() and (p / PARAMS).is_dir()) if (
                      checkpoints.is_dir()) else []
   if not steps:
@@ -253,7 +273,7 @@ def step_directory(path: str | pathlib.Path) -> pathlib.Path:
   return checkpoints / str(steps[-1])
 
 
-def checkpoint_model_config(path: str | pathlib.Path) -> tuple[str, Any]:
+def checkpoint_model_config(path: fs.PathLike) -> tuple[str, Any]:
   """(model_name, config) of a checkpoint (MODEL_DIR: its latest step)."""
   step_dir = step_directory(path)
   config_path = step_dir / MODEL_CONFIG
@@ -263,7 +283,7 @@ def checkpoint_model_config(path: str | pathlib.Path) -> tuple[str, Any]:
   return _config_from_record(record, str(config_path))
 
 
-def _params_metadata(path: str | pathlib.Path) -> tuple[pathlib.Path, str, Any, Any]:
+def _params_metadata(path: fs.PathLike) -> tuple[epath.Path, str, Any, Any]:
   """(step directory, model_name, config, params metadata tree) of a checkpoint."""
   step_dir = step_directory(path)
   model_name, config = checkpoint_model_config(step_dir)
@@ -271,7 +291,7 @@ def _params_metadata(path: str | pathlib.Path) -> tuple[pathlib.Path, str, Any, 
   return step_dir, model_name, config, metadata
 
 
-def restore_params(path: str | pathlib.Path, shardings: Any = None,
+def restore_params(path: fs.PathLike, shardings: Any = None,
                    layout_config: Any = None) -> tuple[str, Any, Any]:
   """(model_name, config, params) from a MODEL_DIR or one step's directory.
 
@@ -300,7 +320,7 @@ def restore_params(path: str | pathlib.Path, shardings: Any = None,
   return model_name, config, params
 
 
-def lazy_params(path: str | pathlib.Path) -> tuple[str, Any, Any]:
+def lazy_params(path: fs.PathLike) -> tuple[str, Any, Any]:
   """(model_name, config, params) with `LazyArray` leaves, read on `load()`.
 
   The params are what the disk holds: the canonical layout, whatever the

@@ -8,11 +8,11 @@ can never take a mesh axis that an earlier one already used for that array.
 That is what lets the 2-D set shard `embed` over `data` for parameters while
 activations, which carry `batch` first, keep `data` for the batch.
 
-Data loading is global-batch first: every process produces the same global
-batch stream and keeps only the rows its devices hold. The batches a step
-sees therefore do not depend on how many processes there are, which makes a
-multi-host run reproduce a single-host one and makes resuming on a different
-topology exact.
+Each process feeds only the rows of a global batch its devices hold
+(`global_batch_from_process_rows`): training input is read per process
+(training/inputs.py). `make_global_batch` is the global-first form, for
+callers where every process holds the whole batch anyway (the embedding
+engine).
 """
 
 import contextlib
@@ -232,38 +232,62 @@ def batch_sharding(mesh: jax.sharding.Mesh,
       jax.sharding.PartitionSpec("batch", "length"), mesh, rules)
 
 
-def process_batch_rows(sharding: jax.sharding.Sharding,
-                       global_batch_size: int) -> slice:
-  """The contiguous rows of the global batch this process's devices hold."""
-  indices = sharding.addressable_devices_indices_map((global_batch_size,))
+def _contiguous(index_rows: list[slice], global_batch_size: int) -> slice:
   starts, stops = [], []
-  for index in indices.values():
-    rows = index[0] if index else slice(None)
+  for rows in index_rows:
     start, stop, _ = rows.indices(global_batch_size)
     starts.append(start)
     stops.append(stop)
-  rows = slice(min(starts), max(stops))
+  block = slice(min(starts), max(stops))
   held = sum(stop - start for start, stop in set(zip(starts, stops)))
-  if held != rows.stop - rows.start:
-    raise ValueError("this process's devices hold non-contiguous batch rows; "
+  if held != block.stop - block.start:
+    raise ValueError("a process's devices hold non-contiguous batch rows; "
                      "order the mesh so each process owns a block of `data`")
-  return rows
+  return block
+
+
+def batch_rows_by_process(sharding: jax.sharding.Sharding,
+                          global_batch_size: int) -> dict[int, slice]:
+  """process index -> the contiguous rows of the global batch it holds
+  (every process's, not only this one's: no communication needed)."""
+  by_process: dict[int, list[slice]] = {}
+  for device, index in sharding.devices_indices_map(
+      (global_batch_size,)).items():
+    by_process.setdefault(device.process_index, []).append(
+        index[0] if index else slice(None))
+  return {process: _contiguous(rows, global_batch_size)
+          for process, rows in by_process.items()}
+
+
+def process_batch_rows(sharding: jax.sharding.Sharding,
+                       global_batch_size: int) -> slice:
+  """The contiguous rows of the global batch this process's devices hold."""
+  return batch_rows_by_process(sharding, global_batch_size)[
+      jax.process_index()]
+
+
+def global_batch_from_process_rows(
+    process_rows: Mapping[str, np.ndarray], sharding: jax.sharding.Sharding,
+    global_batch_size: int) -> dict[str, jax.Array]:
+  """Global arrays of `global_batch_size` rows from the rows this process
+  holds (`process_batch_rows`), through
+  `jax.make_array_from_process_local_data`."""
+  return {name: jax.make_array_from_process_local_data(
+              sharding, np.asarray(value),
+              (global_batch_size,) + np.shape(value)[1:])
+          for name, value in process_rows.items()}
 
 
 def make_global_batch(global_batch: Mapping[str, np.ndarray],
                       sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-  """Global arrays from a host batch, each process feeding only its rows.
-
-  Every process passes the same global batch (see the module docstring); it
-  contributes just the rows its devices hold, through
-  `jax.make_array_from_process_local_data`.
-  """
+  """Global arrays from a host batch that every process holds whole; each
+  process contributes just the rows its devices hold."""
   arrays = {}
   for name, value in global_batch.items():
     value = np.asarray(value)
     rows = process_batch_rows(sharding, value.shape[0])
-    arrays[name] = jax.make_array_from_process_local_data(
-        sharding, value[rows], value.shape)
+    arrays.update(global_batch_from_process_rows(
+        {name: value[rows]}, sharding, value.shape[0]))
   return arrays
 
 

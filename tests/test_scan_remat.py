@@ -93,8 +93,8 @@ def batches():
   for name, task in TASKS.items():
     converter = families.of(CONFIGS[name]).objective().feature_converter
     out[name] = list(itertools.islice(
-        inputs.train_batches(task, LENGTHS, BATCH_SIZE, seed=0,
-                             feature_converter=converter), 3))
+        inputs.TrainInput(task, LENGTHS, inputs.InputShard.whole(BATCH_SIZE),
+                          seed=0, feature_converter=converter), 3))
   return out
 
 

@@ -73,7 +73,7 @@ def test_resumed_run_equals_uninterrupted_run(straight_run, tmp_path):
   first = _train(tmp_path, 3)
   assert "restored step" not in first.stderr
   second = _train(tmp_path, 6)
-  assert "restored step 3 " in second.stderr
+  assert "restored step 3 and its data position" in second.stderr
   straight, resumed = _losses(straight_run), _losses(tmp_path)
   assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
   for step in (4, 5, 6):

@@ -40,7 +40,7 @@ ONE_LAYER = dataclasses.replace(TINY, num_encoder_layers=1,
 def run_steps():
   """Memoised `_run_steps` of ONE_LAYER on the first 3 training batches."""
   batches = list(itertools.islice(
-      inputs.train_batches(TASK, LENGTHS, BATCH_SIZE, seed=0), 3))
+      inputs.TrainInput(TASK, LENGTHS, inputs.InputShard.whole(BATCH_SIZE), seed=0), 3))
   runs = {}
 
   def run(mesh_shape, num_microbatches=1, num_steps=3):

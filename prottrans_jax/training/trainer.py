@@ -1,34 +1,40 @@
 """The training loop and the evaluation run (what scripts/train.py and
 scripts/eval.py call, with arguments bound by gin).
 
-A run owns a MODEL_DIR: config.gin (the configuration the run started
-with), checkpoints/ (each step recording the model's family and config), and
-TensorBoard summaries in train/ and eval/. Started again on the same MODEL_DIR, a run restores the latest
-checkpoint and its data position and continues as if never stopped.
+A run owns a MODEL_DIR, a local path or a URL (`gs://bucket/run`; every
+path goes through `prottrans_jax.fs`): config.gin (the configuration the run
+started with), checkpoints/ (each step recording the model's family and
+config, and each process's input position), TensorBoard summaries in train/
+and eval/, and profiler traces (plugins/profile/). Started again on the same
+MODEL_DIR, a run restores the latest checkpoint and its data position and
+continues as if never stopped; SIGTERM (a preemption) saves the current step
+and ends the run cleanly.
 """
 
 import dataclasses
 import functools
-import pathlib
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
+from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from prottrans_jax import checkpoints
 from prottrans_jax import families
+from prottrans_jax import fs
 from prottrans_jax import partitioning
 from prottrans_jax.training import inputs
 from prottrans_jax.training import mfu
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
+from prottrans_jax.training import summaries
 from prottrans_jax.training import train_state as train_state_lib
 
 CONFIG_FILE = "config.gin"
@@ -131,38 +137,16 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
       abstract_batch=abstract_batch)
 
 
-# Marks a summary as a scalar for TensorBoard's scalars dashboard. Written
-# with the generic `tf.summary.write`, which, unlike `tf.summary.scalar`,
-# does not need the tensorboard package installed.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-
-
-class _Summaries:
-  """TensorBoard scalars in MODEL_DIR/<name>, written by process 0 only."""
-
-  def __init__(self, model_dir: pathlib.Path, name: str):
-    self._writer = (tf.summary.create_file_writer(str(model_dir / name))
-                    if jax.process_index() == 0 else None)
-
-  def write(self, step: int, scalars: Mapping[str, float]) -> None:
-    if self._writer is None:
-      return
-    with self._writer.as_default():
-      for name, value in scalars.items():
-        tf.summary.write(name, tf.constant(value, tf.float32), step=step,
-                         metadata=_SCALAR_METADATA)
-    self._writer.flush()
-
-
 def run_eval(eval_step: Callable, params: Any,
              batches: Iterable[inputs.Batch],
-             batch_sharding: jax.sharding.Sharding) -> dict[str, float]:
-  """Loss, perplexity and masked-residue accuracy over `batches`."""
+             batch_sharding: jax.sharding.Sharding,
+             global_batch_size: int) -> dict[str, float]:
+  """Loss, perplexity and masked-residue accuracy over `batches` (this
+  process's rows of each global batch)."""
   totals = None
-  for batch in batches:
-    sums = eval_step(params, partitioning.make_global_batch(batch,
-                                                            batch_sharding))
+  for rows in batches:
+    sums = eval_step(params, partitioning.global_batch_from_process_rows(
+        rows, batch_sharding, global_batch_size))
     totals = sums if totals is None else jax.tree_util.tree_map(
         jnp.add, totals, sums)
   if totals is None:
@@ -175,9 +159,11 @@ def _format(metrics: Mapping[str, float]) -> str:
 
 
 def _restore_or_init(*, manager, layout, init, tx, seed: int,
-                     initial_checkpoint: str | None, config: Any
+                     initial_checkpoint: str | None, config: Any,
+                     train_input: inputs.TrainInput
                      ) -> tuple[train_state_lib.TrainState, int]:
-  """The state to start from and the number of batches already consumed.
+  """The state to start from and the number of batches already consumed;
+  `train_input` is moved to the checkpoint's data position.
 
   Checkpoints hold the canonical layout; restores come back in `config`'s
   (the run's model config: scanned or not), whichever wrote them.
@@ -185,16 +171,32 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
   abstract = _abstract(layout.abstract_state, layout.shardings)
   step = manager.latest_step()
   if step is not None and checkpoints.has_optimizer_state(manager, step):
+    data_dir = fs.path(manager.directory) / str(step) / checkpoints.DATASET
+    with_data = train_input.has_state(data_dir)
     restored = checkpoints.restore_train_items(
         manager, step, config=config, abstract_params=abstract.params,
-        abstract_opt_state=abstract.opt_state)
+        abstract_opt_state=abstract.opt_state,
+        data_state=inputs.DataStateRestore(train_input) if with_data else None)
     info = restored[checkpoints.TRAIN_INFO]
     state = train_state_lib.TrainState(
         step=jax.device_put(jnp.int32(info["step"]), layout.shardings.step),
         params=restored[checkpoints.PARAMS],
         opt_state=restored[checkpoints.OPT_STATE])
-    logging.info("restored step %d from %s", step, manager.directory)
-    return state, int(info["batches_consumed"])
+    batches_consumed = int(info["batches_consumed"])
+    if with_data:
+      logging.info("restored step %d and its data position from %s", step,
+                   manager.directory)
+    else:
+      # A checkpoint from before data states were saved, or one written by
+      # a different number of processes (its shards are not this run's).
+      logging.warning(
+          "restored step %d from %s, which has no data state for %s; "
+          "reading and skipping %d batches of this process's input shard "
+          "(slow; the data order differs from the interrupted run's if the "
+          "number of processes changed)", step, manager.directory,
+          train_input.state_file_name(), batches_consumed)
+      train_input.skip(batches_consumed)
+    return state, batches_consumed
   if step is not None:
     params = checkpoints.restore_train_items(
         manager, step, config=config,
@@ -213,6 +215,91 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
                                     jax.random.key(seed)), 0
 
 
+class _PreemptionWatch:
+  """Whether the run has been asked to stop (SIGTERM, as schedulers and TPU
+  maintenance events send) and should save and exit.
+
+  One process: a SIGTERM handler sets a flag, checked after every step.
+  Several: JAX's preemption service (started by `jax.distributed`) catches
+  the signal on any host and agrees on one step at which every process
+  stops (`reached_preemption_sync_point`, through Orbax), so they all save
+  the same step.
+  """
+
+  def __init__(self):
+    self._signalled = False
+    self._previous = None
+
+  def __enter__(self) -> "_PreemptionWatch":
+    if (jax.process_count() == 1
+        and threading.current_thread() is threading.main_thread()):
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning("SIGTERM received: saving at the end of this step")
+    self._signalled = True
+
+  def reached(self, manager, step: int) -> bool:
+    if jax.process_count() > 1:
+      return manager.reached_preemption(step)
+    return self._signalled
+
+
+@dataclasses.dataclass
+class _ProfileWindow:
+  """Traces steps `first_step` .. `first_step + num_steps - 1` (counted from
+  1, as logged) into `directory` (TensorBoard's profile plugin reads
+  `directory/plugins/profile/`)."""
+  directory: str
+  first_step: int | None
+  num_steps: int
+  active: bool = False
+
+  def before(self, step: int) -> None:
+    if self.first_step is not None and step == self.first_step:
+      jax.profiler.start_trace(self.directory)
+      self.active = True
+
+  def after(self, step: int, state: Any) -> None:
+    if self.active and step == self.first_step + self.num_steps - 1:
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.active = False
+      logging.info("profiled steps %d-%d into %s/plugins/profile",
+                   self.first_step, step, self.directory)
+
+  def close(self) -> None:
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
+def use_compilation_cache(directory: fs.PathLike) -> None:
+  """Keeps every compiled program in `directory` (JAX's persistent cache),
+  so a restarted or resumed run skips compiling the same step again."""
+  jax.config.update("jax_compilation_cache_dir", str(fs.path(directory)))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def prepare_model_dir(model_dir: fs.PathLike,
+                      describe_config: Callable[[], str] | None
+                      ) -> epath.Path:
+  """MODEL_DIR created (by process 0) with config.gin written in it."""
+  model_dir = fs.path(model_dir)
+  if jax.process_index() == 0:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if describe_config is not None:
+      (model_dir / CONFIG_FILE).write_text(describe_config())
+  return model_dir
+
+
 def train(*, model_dir: str, model_config: Any, task_name: str,
           task_feature_lengths: Mapping[str, int], batch_size: int,
           train_steps: int, learning_rate: optimizers.Schedule,
@@ -226,17 +313,21 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
           eval_batches: int | None = None,
           peak_tflops_per_device: float | None = None,
           initial_checkpoint: str | None = None,
+          compilation_cache_dir: str | None = None,
+          profile_first_step: int | None = None, profile_steps: int = 5,
           describe_config: Callable[[], str] | None = None
           ) -> dict[str, float]:
   """Trains to `train_steps` (a total: a resumed run trains the rest).
 
   Args:
-    model_dir: MODEL_DIR; checkpoints, summaries and configs go here.
+    model_dir: MODEL_DIR (local or a URL such as gs://bucket/run);
+      checkpoints, summaries, traces and configs go here.
     model_config: the network: a config of any family of
       prottrans_jax/families.py (which gives its init and objective).
     task_name: seqio task or mixture (MIXTURE_OR_TASK_NAME).
     task_feature_lengths: {"inputs": n, "targets": m}.
-    batch_size: global batch size (examples after packing).
+    batch_size: global batch size (examples after packing); each process
+      reads its shard's share (training/inputs.py).
     train_steps: step to train to.
     learning_rate: schedule evaluated at the train state's step.
     optimizer: an `optimizers` transformation (learning rate injected).
@@ -244,26 +335,33 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     loss: z-loss and loss normalizing factor.
     num_microbatches: gradient accumulation steps per batch.
     seed: parameter init, data order and dropout all derive from it.
-    checkpoint_period: save every this many steps (and at the end).
+    checkpoint_period: save every this many steps (and at the end, and
+      when preempted).
     keep_checkpoints: how many to keep (None: all).
     log_period: log and summarise every this many steps (and at the end).
     eval_period: evaluate on the validation split every this many steps and
       at the end; None: no evaluation during training.
-    eval_batches: cap on validation batches per evaluation (None: all).
+    eval_batches: cap on validation batches per evaluation (None: the
+      whole split).
     peak_tflops_per_device: MFU denominator; default by device kind.
     initial_checkpoint: params-only start (fine-tuning) when MODEL_DIR has
       no checkpoint yet: a MODEL_DIR or step directory.
+    compilation_cache_dir: JAX's persistent compilation cache (local or a
+      URL); None: no cache.
+    profile_first_step: first step to trace with the JAX profiler (counted
+      from 1); None: no trace.
+    profile_steps: how many steps to trace.
     describe_config: returns the configuration text written to
       MODEL_DIR/config.gin at the start (scripts pass gin's operative config).
 
   Returns:
     The last logged training metrics, plus `eval/...` ones if evaluated.
   """
-  model_dir = pathlib.Path(model_dir)
-  if jax.process_index() == 0:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    if describe_config is not None:
-      (model_dir / CONFIG_FILE).write_text(describe_config())
+  if train_steps < 0:
+    raise ValueError(f"train_steps must be >= 0, got {train_steps}")
+  if compilation_cache_dir:
+    use_compilation_cache(compilation_cache_dir)
+  model_dir = prepare_model_dir(model_dir, describe_config)
 
   # Measured (on CPU) before the mesh is in effect: the benchmark runs on
   # one device.
@@ -278,10 +376,15 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
   mesh, rules = train_step.mesh, train_step.rules
   with partitioning.activate(mesh, rules):
     layout, batch_sharding = train_step.layout, train_step.batch_sharding
+    shard = inputs.input_shard(batch_sharding, batch_size)
+    inputs.log_shard(shard, batch_size)
+    train_input = inputs.TrainInput(task_name, task_feature_lengths, shard,
+                                    seed, objective.feature_converter)
     manager = checkpoints.checkpoint_manager(model_dir, keep=keep_checkpoints)
     state, batches_consumed = _restore_or_init(
         manager=manager, layout=layout, init=init, tx=optimizer, seed=seed,
-        initial_checkpoint=initial_checkpoint, config=model_config)
+        initial_checkpoint=initial_checkpoint, config=model_config,
+        train_input=train_input)
     first_step = int(state.step)
 
     compile_start = time.perf_counter()
@@ -300,54 +403,67 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
         task_feature_lengths[k] for k in objective.length_keys)
     flops_per_step = family.training_flops(
         model_config, task_feature_lengths) * batch_size
-    train_summaries = _Summaries(model_dir, "train")
-    eval_summaries = _Summaries(model_dir, "eval")
-    batches = inputs.train_batches(task_name, task_feature_lengths,
-                                   batch_size, seed, batches_consumed,
-                                   objective.feature_converter)
+    train_summaries = summaries.SummaryWriter(model_dir / "train")
+    eval_summaries = summaries.SummaryWriter(model_dir / "eval")
+    profile = _ProfileWindow(str(model_dir), profile_first_step, profile_steps)
     last = {}
     timer, timed_steps = time.perf_counter(), 0
-    for step in range(first_step, train_steps):
-      batch = partitioning.make_global_batch(next(batches), batch_sharding)
-      state, metrics = step_fn(state, batch)
-      batches_consumed += 1
-      timed_steps += 1
-      done = step + 1
-      if done % log_period == 0 or done == train_steps:
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        seconds = time.perf_counter() - timer
-        tflops = flops_per_step * timed_steps / seconds / 1e12 / (
-            jax.device_count())
-        metrics.update({
-            "tokens_per_second": tokens_per_step * timed_steps / seconds,
-            "tflops_per_device": tflops,
-            "mfu": tflops / peak,
-        })
-        logging.info(
-            "step %d loss %.6g learning_rate %.4g tokens/s %.1f "
-            "TFLOP/s/device %.4g MFU %.2f%% (%s)", done, metrics["loss"],
-            metrics["learning_rate"], metrics["tokens_per_second"], tflops,
-            100 * metrics["mfu"], _format(metrics))
-        train_summaries.write(done, metrics)
-        last = metrics
-      if done % checkpoint_period == 0 or done == train_steps:
-        checkpoints.save(
-            manager, done, params=state.params, opt_state=state.opt_state,
-            train_info={"step": done, "batches_consumed": batches_consumed},
-            config=model_config)
-      if eval_step is not None and (done % eval_period == 0 or
-                                    done == train_steps):
-        evaluated = run_eval(
-            eval_step, state.params,
-            inputs.eval_batches(task_name, task_feature_lengths, batch_size,
-                                max_batches=eval_batches,
-                                feature_converter=objective.feature_converter),
-            batch_sharding)
-        logging.info("eval step %d %s", done, _format(evaluated))
-        eval_summaries.write(done, evaluated)
-        last.update({f"eval/{k}": v for k, v in evaluated.items()})
-      if done % log_period == 0:
-        timer, timed_steps = time.perf_counter(), 0
+    with _PreemptionWatch() as preemption:
+      for step in range(first_step, train_steps):
+        done = step + 1
+        profile.before(done)
+        batch = partitioning.global_batch_from_process_rows(
+            next(train_input), batch_sharding, batch_size)
+        state, metrics = step_fn(state, batch)
+        batches_consumed += 1
+        timed_steps += 1
+        profile.after(done, state)
+        preempted = preemption.reached(manager, done)
+        if done % log_period == 0 or done == train_steps or preempted:
+          metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+          seconds = time.perf_counter() - timer
+          tflops = flops_per_step * timed_steps / seconds / 1e12 / (
+              jax.device_count())
+          metrics.update({
+              "tokens_per_second": tokens_per_step * timed_steps / seconds,
+              "tflops_per_device": tflops,
+              "mfu": tflops / peak,
+          })
+          logging.info(
+              "step %d loss %.6g learning_rate %.4g tokens/s %.1f "
+              "TFLOP/s/device %.4g MFU %.2f%% (%s)", done, metrics["loss"],
+              metrics["learning_rate"], metrics["tokens_per_second"], tflops,
+              100 * metrics["mfu"], _format(metrics))
+          train_summaries.write(done, metrics)
+          last = metrics
+        if done % checkpoint_period == 0 or done == train_steps or preempted:
+          checkpoints.save(
+              manager, done, params=state.params, opt_state=state.opt_state,
+              train_info={"step": done, "batches_consumed": batches_consumed},
+              config=model_config,
+              data_state=inputs.DataStateSave(train_input))
+        if preempted:
+          manager.wait_until_finished()
+          logging.warning("preempted: saved step %d in %s; run the same "
+                          "command again to continue", done, model_dir)
+          break
+        if eval_step is not None and (done % eval_period == 0 or
+                                      done == train_steps):
+          evaluated = run_eval(
+              eval_step, state.params,
+              inputs.eval_batches(
+                  task_name, task_feature_lengths, shard,
+                  max_batches=eval_batches,
+                  feature_converter=objective.feature_converter),
+              batch_sharding, batch_size)
+          logging.info("eval step %d %s", done, _format(evaluated))
+          eval_summaries.write(done, evaluated)
+          last.update({f"eval/{k}": v for k, v in evaluated.items()})
+        if done % log_period == 0:
+          timer, timed_steps = time.perf_counter(), 0
+    profile.close()
+    train_summaries.close()
+    eval_summaries.close()
     manager.wait_until_finished()
     manager.close()
   return last
@@ -363,8 +479,9 @@ def evaluate(*, model_dir: str, task_name: str,
 
   Reports loss, perplexity, token accuracy, masked-residue accuracy and the
   most-common-residue baseline; writes them to MODEL_DIR/eval_<split>.
+  Each process reads its shard of the split, as in training.
   """
-  model_dir = pathlib.Path(model_dir)
+  model_dir = fs.path(model_dir)
   mesh, rules = partition.mesh(), partition.rules()
   with partitioning.activate(mesh, rules):
     step_dir = checkpoints.step_directory(checkpoint or model_dir)
@@ -379,12 +496,15 @@ def evaluate(*, model_dir: str, task_name: str,
         model=family.module(config), objective=objective,
         mask_id=inputs.mask_id(task_name), params_shardings=shardings,
         batch_sharding=batch_sharding)
+    shard = inputs.input_shard(batch_sharding, batch_size)
     metrics = run_eval(
         eval_step, params,
-        inputs.eval_batches(task_name, task_feature_lengths, batch_size,
+        inputs.eval_batches(task_name, task_feature_lengths, shard,
                             split=split, max_batches=eval_batches,
                             feature_converter=objective.feature_converter),
-        batch_sharding)
+        batch_sharding, batch_size)
   logging.info("eval %s of %s: %s", split, step_dir, _format(metrics))
-  _Summaries(model_dir, f"eval_{split}").write(int(step_dir.name), metrics)
+  writer = summaries.SummaryWriter(model_dir / f"eval_{split}")
+  writer.write(int(step_dir.name), metrics)
+  writer.close()
   return metrics
