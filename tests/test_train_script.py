@@ -92,13 +92,14 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_reproduce_one_process(straight_run, tmp_path):
-  """2 processes x 4 devices, each feeding its half of every batch."""
+def _train_two_processes(model_dir, train_steps):
+  """2 processes x 4 devices, each reading its own input shard."""
   port = _free_port()
   procs = [
       subprocess.Popen(
           [sys.executable, str(SCRIPT), *BASE_ARGS,
-           f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TRAIN_STEPS=3",
+           f"--gin.MODEL_DIR='{model_dir}'",
+           f"--gin.TRAIN_STEPS={train_steps}",
            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
            f"--process_id={i}"],
           cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL,
@@ -107,11 +108,27 @@ def test_two_processes_reproduce_one_process(straight_run, tmp_path):
   errors = [p.communicate(timeout=TIMEOUT)[1] for p in procs]
   for p, err in zip(procs, errors):
     assert p.returncode == 0, err[-5000:]
+  return errors
+
+
+def test_two_process_run_resumes_exactly(tmp_path):
+  straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
+  errors = _train_two_processes(straight_dir, 4)
   assert "'data': 4, 'model': 2" in errors[0]
-  straight, multi = _losses(straight_run), _losses(tmp_path)
-  assert sorted(multi) == [1, 2, 3]
-  for step in (1, 2, 3):
-    np.testing.assert_allclose(multi[step], straight[step], rtol=1e-5)
+  for i, err in enumerate(errors):
+    assert "input shard %d of 2: 4 of the 8 rows" % i in err
+  _train_two_processes(resumed_dir, 2)
+  errors = _train_two_processes(resumed_dir, 4)
+  for err in errors:
+    assert "restored step 2 and its data position" in err
+  straight, resumed = _losses(straight_dir), _losses(resumed_dir)
+  assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4]
+  for step in (3, 4):
+    assert resumed[step] == straight[step], step
+  _, _, straight_params = checkpoints.restore_params(straight_dir)
+  _, _, resumed_params = checkpoints.restore_params(resumed_dir)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed_params,
+                         straight_params)
 
 
 @pytest.mark.parametrize("binding, message", [

@@ -85,6 +85,16 @@ def _to_numpy(element: Mapping[str, tf.Tensor]) -> Batch:
   return {k: v.numpy() for k, v in element.items()}
 
 
+def train_examples(task_name: str, feature_lengths: Mapping[str, int],
+                   shard: InputShard, seed: int,
+                   num_epochs: int | None = None) -> tf.data.Dataset:
+  """This shard's preprocessed training examples, shuffled, before packing:
+  what `TrainInput` packs into batches (`num_epochs=None`: endless)."""
+  return seqio.get_mixture_or_task(task_name).get_dataset(
+      dict(feature_lengths), split="train", shuffle=True, seed=seed,
+      num_epochs=num_epochs, shard_info=shard.shard_info())
+
+
 class TrainInput:
   """This process's rows of every training batch: packed, shuffled, endless.
 
@@ -97,11 +107,10 @@ class TrainInput:
                shard: InputShard, seed: int,
                feature_converter: type = seqio.EncDecFeatureConverter):
     self.shard = shard
-    ds = seqio.get_dataset(
-        task_name, dict(feature_lengths),
-        feature_converter(pack=True), dataset_split="train",
-        shuffle=True, num_epochs=None, seed=seed,
-        shard_info=shard.shard_info(), batch_size=shard.batch_size)
+    ds = feature_converter(pack=True)(
+        train_examples(task_name, feature_lengths, shard, seed),
+        task_feature_lengths=dict(feature_lengths))
+    ds = ds.batch(shard.batch_size, drop_remainder=True)
     self._dataset = ds.prefetch(tf.data.AUTOTUNE)
     self._iterator = iter(self._dataset)
 
