@@ -6,6 +6,7 @@ dropout masks must also be reproduced by a resumed run and by two processes.
 
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -129,6 +130,47 @@ def test_two_process_run_resumes_exactly(tmp_path):
   _, _, resumed_params = checkpoints.restore_params(resumed_dir)
   jax.tree_util.tree_map(np.testing.assert_array_equal, resumed_params,
                          straight_params)
+
+
+def test_sigterm_saves_the_step_and_exits_cleanly(tmp_path):
+  """A preempted run saves where it is, exits 0, and continues exactly."""
+  preempted_dir, straight_dir = tmp_path / "preempted", tmp_path / "straight"
+  proc = subprocess.Popen(
+      [sys.executable, str(SCRIPT), *BASE_ARGS,
+       f"--gin.MODEL_DIR='{preempted_dir}'", "--gin.TRAIN_STEPS=100000"],
+      cwd=REPO, env=_env(8), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  log = []
+  for line in proc.stderr:
+    log.append(line)
+    if "step 2 loss" in line:
+      proc.send_signal(signal.SIGTERM)
+      break
+  log.extend(proc.stderr)
+  assert proc.wait(timeout=TIMEOUT) == 0, "".join(log)[-5000:]
+  log = "".join(log)
+  saved = int(log.split("preempted: saved step ")[1].split()[0])
+  assert 2 <= saved < 100, saved
+  assert checkpoints.step_directory(preempted_dir).name == str(saved)
+
+  resumed = _train(preempted_dir, saved + 2)
+  assert f"restored step {saved} and its data position" in resumed.stderr
+  _train(straight_dir, saved + 2)
+  straight, continued = _losses(straight_dir), _losses(preempted_dir)
+  for step in (saved + 1, saved + 2):
+    assert continued[step] == straight[step], step
+  _, _, straight_params = checkpoints.restore_params(straight_dir)
+  _, _, continued_params = checkpoints.restore_params(preempted_dir)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, continued_params,
+                         straight_params)
+
+
+def test_profile_window_writes_a_trace_under_model_dir(tmp_path):
+  _train(tmp_path, 3, "--gin.trainer.train.profile_first_step=2",
+         "--gin.trainer.train.profile_steps=1")
+  traces = list((tmp_path / "plugins" / "profile").glob("*/*.xplane.pb"))
+  assert traces and all(t.stat().st_size > 0 for t in traces), list(
+      tmp_path.rglob("*"))
 
 
 @pytest.mark.parametrize("binding, message", [
