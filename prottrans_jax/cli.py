@@ -20,24 +20,42 @@ class DistributedFlags:
   coordinator_address: flags.FlagHolder
   num_processes: flags.FlagHolder
   process_id: flags.FlagHolder
+  auto_distributed: flags.FlagHolder
 
   def initialize(self) -> None:
-    """Joins the multi-process run when --coordinator_address is given."""
+    """Joins the multi-process run: the one --coordinator_address names, or
+    else the job the platform describes (SLURM, Open MPI, Cloud TPU VM)."""
     if self.coordinator_address.value:
       partitioning.initialize_distributed(self.coordinator_address.value,
                                           self.num_processes.value,
                                           self.process_id.value)
+      return
+    cluster = (partitioning.platform_cluster()
+               if self.auto_distributed.value else None)
+    if cluster is not None:
+      logging.info("joining the %s job's processes (jax.distributed, "
+                   "coordinator from the platform)", cluster)
+      partitioning.initialize_distributed()
 
 
 def define_distributed_flags() -> DistributedFlags:
-  """--coordinator_address/--num_processes/--process_id (jax.distributed)."""
+  """--coordinator_address/--num_processes/--process_id (jax.distributed)
+  and --auto_distributed."""
   return DistributedFlags(
       flags.DEFINE_string(
           "coordinator_address", None, "HOST:PORT of process 0, to run on "
           "several hosts (jax.distributed); every process gets the same "
-          "flags but --process_id."),
+          "flags but --process_id. Not needed where the platform describes "
+          "the job (see --auto_distributed)."),
       flags.DEFINE_integer("num_processes", 1, "Processes in all."),
-      flags.DEFINE_integer("process_id", 0, "This process's index."))
+      flags.DEFINE_integer("process_id", 0, "This process's index."),
+      flags.DEFINE_bool(
+          "auto_distributed", True, "Without --coordinator_address, join "
+          "the multi-process job the platform describes: a SLURM job step "
+          "of several tasks (srun), an Open MPI launch (mpirun) or a Cloud "
+          "TPU VM of a pod slice, where jax.distributed finds the "
+          "coordinator itself. --noauto_distributed runs each process "
+          "alone."))
 
 
 MAX_TOKENS_HELP = (

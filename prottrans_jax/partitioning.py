@@ -17,6 +17,9 @@ engine).
 
 import contextlib
 import dataclasses
+import glob
+import importlib.util
+import os
 from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
@@ -291,14 +294,42 @@ def make_global_batch(global_batch: Mapping[str, np.ndarray],
   return arrays
 
 
-def initialize_distributed(coordinator_address: str, num_processes: int,
-                           process_id: int) -> None:
+_SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
+                    "SLURM_PROCID", "SLURM_LOCALID")
+
+
+def platform_cluster() -> str | None:
+  """The multi-process job the platform describes, if any: a SLURM job step
+  of several tasks, an Open MPI launch, or a Cloud TPU VM (whose metadata
+  names the pod's hosts). These are the environments
+  `jax.distributed.initialize()` finds its coordinator, process count and
+  index in without arguments."""
+  env = os.environ
+  if all(name in env for name in _SLURM_VARIABLES) and int(
+      env["SLURM_NTASKS"]) > 1:
+    return "SLURM"
+  if "OMPI_MCA_orte_hnp_uri" in env:
+    return "Open MPI"
+  if "TPU_WORKER_HOSTNAMES" in env or glob.glob("/dev/accel[0-9]*") or (
+      glob.glob("/dev/vfio/[0-9]*") and importlib.util.find_spec("libtpu")):
+    return "Cloud TPU VM"
+  return None
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
   """Joins this process to a multi-process run (`jax.distributed`).
 
-  CPU devices need gloo for cross-process collectives; the setting only
-  concerns the CPU backend, so TPU and GPU runs are unaffected.
+  With a coordinator address, as given; without one, the job the platform
+  describes (`platform_cluster`), with no arguments. CPU devices need gloo
+  for cross-process collectives; the setting only concerns the CPU backend,
+  so TPU and GPU runs are unaffected.
   """
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=coordinator_address,
-                             num_processes=num_processes,
-                             process_id=process_id)
+  if coordinator_address is None:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes,
+                               process_id=process_id)

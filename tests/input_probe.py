@@ -1,6 +1,7 @@
 """One process of a multi-process input check (tests/test_train_inputs.py).
 
-Joins a `jax.distributed` run when --num_processes > 1, then for each mesh
+Joins a `jax.distributed` run as the scripts do (`cli`'s distributed flags:
+--coordinator_address, or the job the environment describes), then for each mesh
 shape given reports, as JSON, what this process's training input reads: its
 shard, the ids of one epoch of its shard's examples, how many rows each
 batch has, and a digest of its first batches.
@@ -15,6 +16,7 @@ from absl import flags
 import jax
 import numpy as np
 
+from prottrans_jax import cli
 from prottrans_jax import partitioning
 import prottrans_jax.tasks  # pylint: disable=unused-import  (registers tasks)
 from prottrans_jax.training import inputs
@@ -23,9 +25,7 @@ TASK = "swissprot_sample_prott5_denoise"
 LENGTHS = {"inputs": 64, "targets": 64}
 BATCH_SIZE = 8
 
-_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "")
-_PORT = flags.DEFINE_integer("port", 0, "")
+_DISTRIBUTED = cli.define_distributed_flags()
 _MESHES = flags.DEFINE_multi_string("mesh", ["4,2"], "data,model")
 
 
@@ -53,9 +53,7 @@ def probe(mesh_shape: tuple[int, int]) -> dict:
 
 def main(argv):
   del argv
-  if _NUM_PROCESSES.value > 1:
-    partitioning.initialize_distributed(
-        f"127.0.0.1:{_PORT.value}", _NUM_PROCESSES.value, _PROCESS_ID.value)
+  _DISTRIBUTED.initialize()
   results = [probe(tuple(int(n) for n in m.split(","))) for m in _MESHES.value]
   print(json.dumps({"process": jax.process_index(), "results": results}))
   sys.stdout.flush()

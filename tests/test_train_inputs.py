@@ -34,28 +34,57 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _probe(num_processes: int, devices_per_process: int, meshes):
+def _probe(num_processes: int, devices_per_process: int, meshes,
+           slurm_job: bool = False):
+  """Runs the probe in `num_processes` processes: joined by flags, or, with
+  `slurm_job`, by nothing but a SLURM job step's environment."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
       f"--xla_force_host_platform_device_count={devices_per_process}"))
-  port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, str(PROBE), f"--process_id={i}",
-       f"--num_processes={num_processes}", f"--port={port}",
-       *(f"--mesh={m}" for m in meshes)],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(num_processes)]
+  port = _free_slurm_port() if slurm_job else _free_port()
+  commands, envs = [], []
+  for i in range(num_processes):
+    command = [sys.executable, str(PROBE), *(f"--mesh={m}" for m in meshes)]
+    process_env = dict(env)
+    if slurm_job:
+      # JAX puts a SLURM job's coordinator on the first node, at a port
+      # taken from the job id: 61440 + id % 4096.
+      process_env.update(
+          SLURM_JOB_ID=str(port - 61440), SLURM_STEP_NODELIST="localhost",
+          SLURM_NTASKS=str(num_processes), SLURM_PROCID=str(i),
+          SLURM_LOCALID=str(i))
+    elif num_processes > 1:
+      command += [f"--coordinator_address=127.0.0.1:{port}",
+                  f"--num_processes={num_processes}", f"--process_id={i}"]
+    commands.append(command)
+    envs.append(process_env)
+  procs = [subprocess.Popen(command, cwd=REPO, env=process_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+           for command, process_env in zip(commands, envs)]
   outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-5000:]
   return [json.loads(out.strip().splitlines()[-1])["results"]
-          for out, _ in outputs]
+          for out, _ in outputs], [err for _, err in outputs]
+
+
+def _free_slurm_port():
+  """A free port in the range JAX derives SLURM coordinator ports from."""
+  for port in range(61440 + os.getpid() % 4000, 65536):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+      return port
+  raise RuntimeError("no free port for the SLURM coordinator")
 
 
 @pytest.fixture(scope="module")
 def probes():
   meshes = ("4,2", "1,8")
-  single, = _probe(1, 8, meshes)
-  first, second = _probe(2, 4, meshes)
+  (single,), _ = _probe(1, 8, meshes)
+  (first, second), _ = _probe(2, 4, meshes)
   return single, first, second
 
 
@@ -180,3 +209,10 @@ def test_resume_reads_the_same_few_examples_at_any_step(counted_task,
       read_to_first_batch)
   assert read_by_skipping > 10 * read_to_first_batch[1000], (
       read_by_skipping, read_to_first_batch)
+
+
+def test_slurm_job_step_joins_without_flags():
+  """`srun -n 2 scripts/train.py ...`: no --coordinator_address needed."""
+  (first, second), errors = _probe(2, 4, ["4,2"], slurm_job=True)
+  assert {first[0]["shard_index"], second[0]["shard_index"]} == {0, 1}
+  assert all("joining the SLURM job's processes" in err for err in errors)
