@@ -4,8 +4,15 @@ r"""Trains a model configured by gin (T5X conventions).
     --gin_file=models/prott5_tiny.gin --gin_file=runs/pretrain.gin \
     --gin.MODEL_DIR="'runs/prott5_tiny'" --gin.TRAIN_STEPS=300
 
-Multi-process (one call per process, same flags otherwise):
+MODEL_DIR may be a URL (gs://bucket/run). Started again on the same
+MODEL_DIR, the run continues from its latest checkpoint and data position;
+SIGTERM saves the current step and exits 0.
+
+Multi-process: under SLURM (srun), Open MPI (mpirun) or on every host of a
+Cloud TPU VM slice, the same command on each process (the job is found with
+jax.distributed.initialize()); elsewhere add, per process,
   --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+Each process reads only its shard of the data.
 """
 
 from absl import flags

@@ -52,10 +52,10 @@ def _train(model_dir, train_steps, *extra, device_count=8, check=True):
   return result
 
 
-def _losses(model_dir):
+def _losses(model_dir, name="train"):
   """{step: loss} from the TensorBoard summaries, over all event files."""
   losses = {}
-  for path in sorted((pathlib.Path(model_dir) / "train").glob("events.*")):
+  for path in sorted((pathlib.Path(model_dir) / name).glob("events.*")):
     for event in tf.compat.v1.train.summary_iterator(str(path)):
       for value in event.summary.value:
         if value.tag == "loss":
@@ -93,14 +93,14 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _train_two_processes(model_dir, train_steps):
+def _train_two_processes(model_dir, train_steps, *extra):
   """2 processes x 4 devices, each reading its own input shard."""
   port = _free_port()
   procs = [
       subprocess.Popen(
           [sys.executable, str(SCRIPT), *BASE_ARGS,
            f"--gin.MODEL_DIR='{model_dir}'",
-           f"--gin.TRAIN_STEPS={train_steps}",
+           f"--gin.TRAIN_STEPS={train_steps}", *extra,
            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
            f"--process_id={i}"],
           cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL,
@@ -114,18 +114,24 @@ def _train_two_processes(model_dir, train_steps):
 
 def test_two_process_run_resumes_exactly(tmp_path):
   straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
-  errors = _train_two_processes(straight_dir, 4)
+  # Evaluation at the end, sharded like training, at most 2 batches.
+  evaluate = ("--gin.trainer.train.eval_period=4",
+              "--gin.trainer.train.eval_batches=2")
+  errors = _train_two_processes(straight_dir, 4, *evaluate)
   assert "'data': 4, 'model': 2" in errors[0]
   for i, err in enumerate(errors):
     assert "input shard %d of 2: 4 of the 8 rows" % i in err
+    assert "eval step 4 loss" in err
   _train_two_processes(resumed_dir, 2)
-  errors = _train_two_processes(resumed_dir, 4)
+  errors = _train_two_processes(resumed_dir, 4, *evaluate)
   for err in errors:
     assert "restored step 2 and its data position" in err
   straight, resumed = _losses(straight_dir), _losses(resumed_dir)
   assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4]
   for step in (3, 4):
     assert resumed[step] == straight[step], step
+  assert (_losses(straight_dir, "eval") == _losses(resumed_dir, "eval")
+          and list(_losses(straight_dir, "eval")) == [4])
   _, _, straight_params = checkpoints.restore_params(straight_dir)
   _, _, resumed_params = checkpoints.restore_params(resumed_dir)
   jax.tree_util.tree_map(np.testing.assert_array_equal, resumed_params,
