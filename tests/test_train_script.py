@@ -171,6 +171,38 @@ def test_sigterm_saves_the_step_and_exits_cleanly(tmp_path):
                          straight_params)
 
 
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
+  """JAX's preemption service tells every process; all save the same step."""
+  port = _free_port()
+  procs = [
+      subprocess.Popen(
+          [sys.executable, str(SCRIPT), *BASE_ARGS,
+           f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TRAIN_STEPS=100000",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+           f"--process_id={i}"],
+          cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  log = []
+  for line in procs[0].stderr:
+    log.append(line)
+    if "step 2 loss" in line:
+      procs[0].send_signal(signal.SIGTERM)
+      break
+  logs = ["".join(log) + procs[0].stderr.read(),
+          procs[1].communicate(timeout=TIMEOUT)[1]]
+  for proc, err in zip(procs, logs):
+    assert proc.wait(timeout=TIMEOUT) == 0, err[-5000:]
+  saved = {int(err.split("preempted: saved step ")[1].split()[0])
+           for err in logs}
+  assert len(saved) == 1, saved
+  step, = saved
+  step_dir = checkpoints.step_directory(tmp_path)
+  assert step_dir.name == str(step)
+  assert {"process_0-of-2", "process_1-of-2"} <= {
+      p.name for p in (step_dir / "dataset").iterdir()}
+
+
 def test_profile_window_writes_a_trace_under_model_dir(tmp_path):
   _train(tmp_path, 3, "--gin.trainer.train.profile_first_step=2",
          "--gin.trainer.train.profile_steps=1")
