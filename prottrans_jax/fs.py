@@ -7,17 +7,20 @@ remote storage through `tf.io.gfile`, otherwise through fsspec (gcsfs for
 `gs:/bucket/run`: nothing here (or anywhere in the package) builds a run's
 paths with it.
 
-Libraries that only open local files (h5py, TensorFlow's iterator
-checkpoints written through a local directory) go through `local_copy` and
-`staged_output`, which copy through a local temporary directory when the
-path is remote and are the identity when it is local.
+Libraries that only open local files (h5py, safetensors, TensorFlow's
+iterator checkpoints written through a local directory) go through
+`local_copy` and `staged_output`, which copy through a local temporary
+directory when the path is remote and are the identity when it is local.
+Streams read front to back (FASTA, label files) open through `open_read`
+instead, without a copy.
 """
 
 import contextlib
+import io
 import os
 import pathlib
 import tempfile
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from etils import epath
 
@@ -58,6 +61,8 @@ def local_copy(p: PathLike) -> Iterator[pathlib.Path]:
   if not is_remote(source):
     yield pathlib.Path(os.fspath(source))
     return
+  if not source.exists():
+    raise FileNotFoundError(f"{source} does not exist")
   with tempfile.TemporaryDirectory(prefix="prottrans_fs_") as tmp:
     local = epath.Path(tmp) / source.name
     if source.is_dir():
@@ -68,13 +73,15 @@ def local_copy(p: PathLike) -> Iterator[pathlib.Path]:
 
 
 @contextlib.contextmanager
-def staged_output(p: PathLike) -> Iterator[pathlib.Path]:
+def staged_output(p: PathLike, *,
+                  copy_existing: bool = False) -> Iterator[pathlib.Path]:
   """A local path to write file or directory `p` through.
 
   Local `p` is yielded as it is. Remote `p`: the caller writes a local
   temporary path, which is copied to `p` when the block exits normally (on
   an exception nothing is copied, so `p` is never left half written by this
-  layer).
+  layer). With `copy_existing`, a remote file `p` that exists is copied to
+  the local path first, so the caller can add to it (a resumed output).
   """
   target = path(p)
   if not is_remote(target):
@@ -82,6 +89,8 @@ def staged_output(p: PathLike) -> Iterator[pathlib.Path]:
     return
   with tempfile.TemporaryDirectory(prefix="prottrans_fs_") as tmp:
     local = pathlib.Path(tmp) / target.name
+    if copy_existing and target.is_file():
+      target.copy(epath.Path(local))
     yield local
     if local.is_dir():
       _copy_tree(epath.Path(local), target)
@@ -89,3 +98,35 @@ def staged_output(p: PathLike) -> Iterator[pathlib.Path]:
       target.parent.mkdir(parents=True, exist_ok=True)
       epath.Path(local).copy(target, overwrite=True)
 
+
+class _RawReader(io.RawIOBase):
+  """The `io` interface over a file object that only has `read(n)` (what
+  epath's TensorFlow backend returns for URLs), so `io.BufferedReader`,
+  `gzip` and `io.TextIOWrapper` can read through it."""
+
+  def __init__(self, f):
+    super().__init__()
+    self._f = f
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    data = self._f.read(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+
+@contextlib.contextmanager
+def open_read(p: PathLike) -> Iterator[BinaryIO]:
+  """File `p` opened for reading bytes front to back, as a buffered binary
+  stream: Python's own file when local, epath's (wrapped, whichever backend
+  it uses) for a URL. Wrap it in `gzip.GzipFile` or `io.TextIOWrapper` for
+  compressed or text content."""
+  source = path(p)
+  if not is_remote(source):
+    with open(os.fspath(source), "rb") as f:
+      yield f
+    return
+  with source.open("rb") as f:
+    yield io.BufferedReader(_RawReader(f))

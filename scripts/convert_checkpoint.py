@@ -9,6 +9,11 @@ Face and ours, chosen by config.json's model_type and architectures.
   python scripts/convert_checkpoint.py --from native --to hf --encoder_only \
       --dtype float16 --input /path/model_dir --output /path/hf_export
 
+Input and output may be gs:// URLs: native checkpoints are read and
+written there directly; a Hugging Face or T5X input is copied to local
+disk first, and a Hugging Face output is written locally and uploaded when
+complete (both need local disk for the checkpoint's size).
+
 All logic lives in prottrans_jax.convert.formats.convert_checkpoint.
 """
 import sys
@@ -21,8 +26,9 @@ from prottrans_jax.convert import hf_io
 
 flags.DEFINE_enum("from", None, formats.SOURCES, "Input format.")
 flags.DEFINE_enum("to", None, formats.TARGETS, "Output format.")
-flags.DEFINE_string("input", None, "Input checkpoint directory.")
-flags.DEFINE_string("output", None, "Output directory (must not exist or be empty).")
+flags.DEFINE_string("input", None, "Input checkpoint directory (local or gs://).")
+flags.DEFINE_string("output", None,
+                    "Output directory, local or gs:// (must not exist or be empty).")
 flags.DEFINE_bool("encoder_only", False,
                   "Keep only the embedding and the encoder (T5EncoderModel; "
                   "BertModel etc. without heads). "

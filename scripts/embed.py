@@ -13,6 +13,12 @@ Output: one HDF5 dataset per protein, named by the id (header up to the
 first whitespace; '/' becomes '_'; the full header is the `original_id`
 attribute), (L, d) per residue or (d,) with --per_protein. A run that is
 killed can be started again with the same command: it skips what is done.
+
+Every path may be a URL (gs://bucket/...). A gs:// --output is written to a
+local temporary file and uploaded when the run ends: a run stopped before
+then uploads nothing, and the same command started again resumes from the
+file the bucket holds (an earlier run's complete output), not from the
+stopped run's batches. A gs:// --hf_model_dir is copied to local disk first.
 """
 
 import sys
@@ -28,15 +34,20 @@ from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 
-_INPUT = flags.DEFINE_string("input", None, "FASTA file (plain or gzip).")
-_OUTPUT = flags.DEFINE_string("output", None, "HDF5 file to write.")
+_INPUT = flags.DEFINE_string("input", None,
+                             "FASTA file (plain or gzip), local or gs://.")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "HDF5 file to write. A gs:// URL is written locally and "
+    "uploaded when the run ends (a stopped run uploads nothing; a rerun "
+    "resumes from the bucket's file).")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint_dir", None,
-    "This project's checkpoint: a MODEL_DIR (latest step) or a step dir.")
+    "This project's checkpoint: a MODEL_DIR (latest step) or a step dir, "
+    "local or gs://.")
 _HF = flags.DEFINE_string(
     "hf_model_dir", None,
-    "Local Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra "
-    "directory (config.json + safetensors).")
+    "Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra directory "
+    "(config.json + safetensors), local or gs:// (copied locally first).")
 _PER_PROTEIN = flags.DEFINE_bool(
     "per_protein", False, "Write the mean over residues, (d,) per protein.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],

@@ -7,6 +7,8 @@ Writes PREFIX.tsv (one row per protein: q3/q8 strings, localization and
 membrane classes, their probabilities) and PREFIX.json (the same, with the
 probability of every localization class). --embeddings are the per-residue
 embeddings of the same FASTA (scripts/embed.py); one-hot heads need none.
+Every path may be a gs:// URL (an embeddings file there is copied to a
+local temporary file to read).
 """
 
 import sys

@@ -13,6 +13,8 @@ sequences: FASTA ids, or for NetSurfP CSVs the ids `<stem>_<row>` that
 `readers.write_fasta` writes). Per-residue embeddings serve every head; the
 MLP takes their mean. The head is saved as an Orbax checkpoint in
 --output_dir; --test_labels prints its Q3/Q8 or Q10/Q2 with standard errors.
+Every path may be a gs:// URL (an embeddings file there is copied to a
+local temporary file for each set read).
 """
 
 import sys

@@ -5,7 +5,8 @@ r"""Draws a 2-D map of per-protein embeddings coloured by a label (Fig. 4).
       --color_by localization --output maps/deeploc_tsne.png [--method umap]
 
 Writes the PNG and the coordinates next to it (same name, .tsv). t-SNE
-always works; UMAP needs the optional umap-learn package.
+always works; UMAP needs the optional umap-learn package. Every path may be
+a gs:// URL.
 """
 
 import sys

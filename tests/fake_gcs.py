@@ -19,6 +19,7 @@ import pathlib
 import threading
 from typing import Iterator
 
+from etils.epath import gpath
 from fsspec.implementations import local
 import fsspec
 
@@ -86,6 +87,15 @@ def _environ(**values: str) -> Iterator[None]:
         os.environ[name] = value
 
 
+def _forget_epath_backend_choice() -> None:
+  """epath reads EPATH_USE_TF once per process (a cached `_is_tf_installed`,
+  first called for any path, local ones included): a test that touched epath
+  before `serve` would otherwise send gs:// to TensorFlow, i.e. the real
+  Cloud Storage. Forgotten on entry and exit, so it follows the environment.
+  """
+  gpath._is_tf_installed.cache_clear()  # pylint: disable=protected-access
+
+
 @contextlib.contextmanager
 def serve(root: pathlib.Path) -> Iterator[pathlib.Path]:
   """`gs://` URLs resolve under `root` while the block runs."""
@@ -98,8 +108,10 @@ def serve(root: pathlib.Path) -> Iterator[pathlib.Path]:
   try:
     with _environ(EPATH_USE_TF="false",
                   STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{server.server_port}"):
+      _forget_epath_backend_choice()
       yield root
   finally:
+    _forget_epath_backend_choice()
     FakeGcsFileSystem.root = None
     server.shutdown()
     server.server_close()

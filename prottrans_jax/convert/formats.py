@@ -12,22 +12,33 @@ writer pulls tensors through the loaders one at a time, so every conversion
 streams: peak memory is about one tensor whatever the checkpoint's size
 (bench/convert_memory.py measures it on ProtT5-XL). Native checkpoints are
 read one leaf per restore and written with `checkpoints.LazyArray` leaves.
+
+Inputs and outputs may be URLs (`gs://bucket/...`), through
+`prottrans_jax.fs`: Orbax reads and writes native checkpoints there itself;
+Hugging Face and T5X files are read from a local copy of the input
+(`convert_checkpoint` copies a URL input to a temporary directory first:
+local disk for the checkpoint's size), and a Hugging Face export to a URL is
+written to a temporary directory and uploaded when it is complete.
 """
+import contextlib
 import dataclasses
 import json
+import logging
 import os
 import pathlib
-import shutil
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import tqdm
 
 from prottrans_jax import checkpoints
 from prottrans_jax import families
+from prottrans_jax import fs
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.convert import t5x
+
+logger = logging.getLogger(__name__)
 
 SOURCES = ("hf", "t5x", "native")
 TARGETS = ("native", "hf")
@@ -56,7 +67,9 @@ def _converter(config: Any) -> mapping.HfConverter:
 def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = None,
                        **config_overrides: Any
                        ) -> tuple[Any, dict[str, mapping.Loader], bool]:
-  """(config, {our name: loader}, encoder_only) of a Hugging Face directory.
+  """(config, {our name: loader}, encoder_only) of a local Hugging Face
+  directory (the loaders read it when called; copy a URL with
+  `fs.local_copy` and call them inside its block).
 
   Any model type a family record has a converter for (ProtT5, ProtBert,
   ProtAlbert, ProtElectra). `encoder_only=None` keeps what the checkpoint
@@ -76,29 +89,36 @@ def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = No
 def write_hf_checkpoint(directory: os.PathLike, params: dict[str, mapping.Loader],
                         config: Any, *, encoder_only: bool = False, dtype: str = "float32",
                         max_shard_bytes: int = hf_io.DEFAULT_MAX_SHARD_BYTES,
-                        on_tensor: Optional[Callable[[str], None]] = None) -> list[pathlib.Path]:
+                        on_tensor: Optional[Callable[[str], None]] = None
+                        ) -> list[os.PathLike]:
   """Writes config.json, safetensors (sharded above `max_shard_bytes`) and
   the tokenizer files of `config`'s model type.
 
   `params` maps our flat names to loaders (`mapping.loaders_of` wraps
   arrays); the architecture follows the parts they hold (none with
-  `encoder_only`). Returns the files written.
+  `encoder_only`). `directory` may be a URL: the files are written to a
+  local temporary directory and uploaded once all are written. Returns the
+  files written (under `directory`).
   """
   if dtype not in hf_io.EXPORT_DTYPES:
     raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
   converter = _converter(config)
   np_dtype = hf_io.EXPORT_DTYPES[dtype]
   architecture, tensors = mapping.hf_tensors(params, converter, config, encoder_only, np_dtype)
-  written = hf_io.write_safetensors(
-      directory, [(name, shape, load) for name, (shape, load) in tensors.items()], np_dtype,
-      max_shard_bytes, on_tensor)
-  out = pathlib.Path(directory)
   files = {hf_io.CONFIG_FILE: json.dumps(converter.hf_config(config, architecture, dtype),
                                          indent=2) + "\n",
            **converter.tokenizer_files(config)}
-  for name, text in files.items():
-    (out / name).write_text(text)
-  return written + [out / name for name in files]
+  with fs.staged_output(directory) as local:
+    written = hf_io.write_safetensors(
+        local, [(name, shape, load) for name, (shape, load) in tensors.items()], np_dtype,
+        max_shard_bytes, on_tensor)
+    for name, text in files.items():
+      (local / name).write_text(text)
+    if fs.is_remote(directory):
+      logger.info("uploading %s to %s", local, directory)
+  # Every file is directly in the directory; named under `directory` as given.
+  out = fs.path(directory) if fs.is_remote(directory) else pathlib.Path(directory)
+  return [out / p.name for p in written] + [out / name for name in files]
 
 
 def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[bool] = None
@@ -107,9 +127,11 @@ def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[
 
   `encoder_only=None` keeps what the checkpoint holds; True drops
   everything outside the encoder (T5's decoder, the BERT family's heads).
+  A "native" `input_dir` may be a URL (Orbax reads it); "hf" and "t5x" are
+  read from local disk and their loaders read it when called
+  (`convert_checkpoint` copies a URL to a local directory for its run).
   """
-  if not pathlib.Path(input_dir).is_dir():
-    raise FileNotFoundError(f"Input directory does not exist: {input_dir}")
+  _require_input(input_dir)
   if source == "hf":
     config, loaders, encoder_only = read_hf_checkpoint(input_dir, encoder_only)
     return config, loaders, encoder_only, None
@@ -152,15 +174,45 @@ def mapping_lines(source: str, target: str, input_dir: os.PathLike, config: Any,
           for n, shape in shapes.items()]
 
 
-def _prepare_output(output_dir: pathlib.Path, input_dir: os.PathLike, overwrite: bool) -> None:
-  if output_dir.resolve() == pathlib.Path(input_dir).resolve():
+def _require_input(input_dir: os.PathLike) -> None:
+  if not fs.path(input_dir).is_dir():
+    raise FileNotFoundError(f"Input directory does not exist: {input_dir}")
+
+
+@contextlib.contextmanager
+def _local_input(source: str, input_dir: os.PathLike) -> Iterator[os.PathLike]:
+  """`input_dir` where `source`'s reader can read it for the whole block: as
+  it is when local or native (Orbax reads URLs); a Hugging Face or T5X URL
+  is copied to a temporary directory (T5X: only the checkpoint read, not
+  every step of a model dir)."""
+  _require_input(input_dir)
+  if source not in ("hf", "t5x") or not fs.is_remote(input_dir):
+    yield input_dir
+    return
+  remote = t5x.checkpoint_directory(input_dir) if source == "t5x" else fs.path(input_dir)
+  logger.info("copying %s to local disk (the %s reader reads local files)", remote, source)
+  with fs.local_copy(remote) as local:
+    yield local
+
+
+def _same_directory(a: os.PathLike, b: os.PathLike) -> bool:
+  if fs.is_remote(a) or fs.is_remote(b):
+    return str(fs.path(a)).rstrip("/") == str(fs.path(b)).rstrip("/")
+  return pathlib.Path(a).resolve() == pathlib.Path(b).resolve()
+
+
+def _check_output(output_dir: os.PathLike, input_dir: os.PathLike, overwrite: bool) -> bool:
+  """Raises if `output_dir` may not be written; whether it must be emptied."""
+  if _same_directory(output_dir, input_dir):
     raise ValueError("The output directory must differ from the input directory")
-  if output_dir.exists() and any(output_dir.iterdir()):
+  out = fs.path(output_dir)
+  if out.exists() and any(out.iterdir()):
     if not overwrite:
       raise FileExistsError(
           f"Output directory {output_dir} exists and is not empty; pass "
           "--overwrite to replace it")
-    shutil.rmtree(output_dir)
+    return True
+  return False
 
 
 def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
@@ -170,6 +222,9 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
                        max_shard_bytes: int = hf_io.DEFAULT_MAX_SHARD_BYTES,
                        progress: bool = True) -> list[str]:
   """Converts `input_dir` (format `source`) into `output_dir` (format `target`).
+
+  Either directory may be a URL (`gs://...`; the module docstring says what
+  is copied through local disk).
 
   Args:
     source: "hf", "t5x" or "native".
@@ -191,13 +246,25 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     raise ValueError(f"Unknown target format {target!r}; expected one of {TARGETS}")
   if dtype is not None and dtype not in hf_io.EXPORT_DTYPES:
     raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
-  config, loaders, encoder_only, step = read_checkpoint(source, input_dir, encoder_only)
-  if dry_run:
-    return mapping_lines(source, target, input_dir, config, encoder_only, list(loaders))
-  output_dir = pathlib.Path(output_dir)
-  _prepare_output(output_dir, input_dir, overwrite)
+  if not dry_run and fs.is_remote(input_dir):
+    _check_output(output_dir, input_dir, overwrite)  # Before downloading the input.
+  with _local_input(source, input_dir) as local_input:
+    config, loaders, encoder_only, step = read_checkpoint(source, local_input, encoder_only)
+    if dry_run:
+      return mapping_lines(source, target, local_input, config, encoder_only, list(loaders))
+    if _check_output(output_dir, input_dir, overwrite):
+      fs.path(output_dir).rmtree()
+    return _write(target, output_dir, config, loaders, encoder_only, step, dtype,
+                  max_shard_bytes, progress, f"{source} -> {target}")
+
+
+def _write(target: str, output_dir: os.PathLike, config: Any,
+           loaders: dict[str, mapping.Loader], encoder_only: bool, step: Optional[int],
+           dtype: Optional[str], max_shard_bytes: int, progress: bool,
+           description: str) -> list[str]:
+  """convert_checkpoint's writing, while the input is readable."""
   bar = tqdm.tqdm(total=len(loaders), unit="tensor", disable=not progress,
-                  desc=f"{source} -> {target}")
+                  desc=description)
   if target == "hf":
     written = write_hf_checkpoint(
         output_dir, loaders, config, encoder_only=encoder_only, dtype=dtype or "float32",

@@ -13,6 +13,11 @@ whole checkpoint resident.
 Writing: safetensors files written tensor by tensor (the header is known up
 front from the shapes), so peak memory is one tensor whatever the size;
 sharded with an index above `max_shard_bytes`. No torch needed.
+
+Local directories only (safetensors memory-maps, torch.load): formats.py
+and the embedding loader read and write URLs (`gs://...`) through local
+copies (`prottrans_jax.fs.local_copy` / `staged_output`); a URL given here
+is an error, never a local directory named `gs:`.
 """
 import json
 import os
@@ -24,6 +29,7 @@ import ml_dtypes
 import numpy as np
 import safetensors
 
+from prottrans_jax import fs
 from prottrans_jax.convert import mapping
 
 CONFIG_FILE = "config.json"
@@ -39,8 +45,17 @@ EXPORT_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16
                  "bfloat16": np.dtype(ml_dtypes.bfloat16)}
 
 
+def _local(directory: os.PathLike) -> pathlib.Path:
+  if fs.is_remote(directory):
+    raise ValueError(
+        f"{directory}: Hugging Face files are read and written in local "
+        "directories; copy through prottrans_jax.fs (local_copy / "
+        "staged_output), as formats.py does")
+  return pathlib.Path(directory)
+
+
 def _require_dir(directory: os.PathLike) -> pathlib.Path:
-  path = pathlib.Path(directory)
+  path = _local(directory)
   if not path.is_dir():
     raise FileNotFoundError(f"Checkpoint directory does not exist: {path}")
   return path
@@ -160,7 +175,7 @@ def write_safetensors(directory: os.PathLike,
   """
   sizes = [int(np.prod(shape)) * dtype.itemsize for _, shape, _ in tensors]
   shards = _shard(sizes, max_shard_bytes)
-  out = pathlib.Path(directory)
+  out = _local(directory)
   out.mkdir(parents=True, exist_ok=True)
   names = ([SAFETENSORS_FILE] if len(shards) == 1 else
            [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])

@@ -19,16 +19,22 @@ Activations are not stored either: a gated MLP is taken to be T5X's T5 1.1
 "gated-gelu"), an ungated one ReLU (T5 1.0), unless `feed_forward_proj` is
 given. The relative-position max distance is not stored and defaults to
 T5's 128.
+
+The arrays are read with TensorStore's local file driver: a checkpoint at a
+URL (`gs://...`) is copied to local disk first (`formats.convert_checkpoint`
+copies the one checkpoint `checkpoint_directory` picks, through
+`prottrans_jax.fs`).
 """
 import os
-import pathlib
 import re
 from typing import Any, Optional
 
+from etils import epath
 import flax.serialization
 import numpy as np
 import tensorstore as ts
 
+from prottrans_jax import fs
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.convert import mapping
 from prottrans_jax.models import t5
@@ -39,9 +45,10 @@ _TARGET = "target"
 _STEP = "state.step"
 
 
-def checkpoint_directory(path: os.PathLike) -> pathlib.Path:
-  """`path` itself if it is one checkpoint, else its latest `checkpoint_<step>`."""
-  path = pathlib.Path(path)
+def checkpoint_directory(path: fs.PathLike) -> epath.Path:
+  """`path` itself if it is one checkpoint, else its latest `checkpoint_<step>`
+  (`path` local or a URL)."""
+  path = fs.path(path)
   if not path.is_dir():
     raise FileNotFoundError(f"T5X checkpoint directory does not exist: {path}")
   if (path / MSGPACK_FILE).is_file() or (path / ORBAX_STATE_DIR).is_dir():
@@ -59,7 +66,7 @@ def _read(spec: dict) -> np.ndarray:
   return np.asarray(ts.open(spec, open=True).result().read().result())
 
 
-def _classic_arrays(directory: pathlib.Path) -> dict[str, Any]:
+def _classic_arrays(directory: epath.Path) -> dict[str, Any]:
   """Dotted names -> inline arrays or zarr specs (paths made local)."""
   tree = flax.serialization.msgpack_restore((directory / MSGPACK_FILE).read_bytes())
   optimizer = tree["optimizer"]
@@ -85,8 +92,8 @@ def _classic_arrays(directory: pathlib.Path) -> dict[str, Any]:
   return out
 
 
-def _orbax_arrays(directory: pathlib.Path) -> dict[str, Any]:
-  base = {"driver": "ocdbt", "base": f"file://{(directory / ORBAX_STATE_DIR).absolute()}/"}
+def _orbax_arrays(directory: epath.Path) -> dict[str, Any]:
+  base = {"driver": "ocdbt", "base": f"file://{directory / ORBAX_STATE_DIR}/"}
   keys = ts.KvStore.open(base).result().list().result()
   out = {}
   for key in keys:
@@ -152,7 +159,12 @@ def read_t5x_checkpoint(directory: os.PathLike, encoder_only: bool = False,
   The variant (gated MLP, untied output layer) is read off the whole tree,
   decoder included, also when `encoder_only` drops the decoder;
   `config_overrides` replace any field (e.g. `feed_forward_proj`, `dtype`).
+  `directory` is local (see the module docstring for URLs).
   """
+  if fs.is_remote(directory):
+    raise ValueError(
+        f"{directory}: T5X checkpoints are read from local disk; copy it "
+        "first (prottrans_jax.fs.local_copy; convert_checkpoint does)")
   directory = checkpoint_directory(directory)
   arrays = (_classic_arrays(directory) if (directory / MSGPACK_FILE).is_file()
             else _orbax_arrays(directory))

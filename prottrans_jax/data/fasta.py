@@ -1,11 +1,13 @@
 """Streaming FASTA reader with the one validation policy every entry point uses.
 
 Accepted as is (documented normalisations, not repairs): plain or gzip files
-(detected from the magic bytes, not the name), multi-line records, CRLF line
-ends, lower-case letters (upper-cased), whitespace inside sequence lines, and a
-single terminal `*` (stop codon) at the end of a record. Any Latin letter is an
-amino-acid code (IUPAC: the 20 standard residues, X, B/Z/J ambiguity codes,
-U and O); the vocabularies map the rare ones to X.
+(detected from the magic bytes, not the name), local or at a URL
+(`gs://bucket/proteins.fasta.gz`, streamed through `prottrans_jax.fs`),
+multi-line records, CRLF line ends, lower-case letters (upper-cased),
+whitespace inside sequence lines, and a single terminal `*` (stop codon) at
+the end of a record. Any Latin letter is an amino-acid code (IUPAC: the 20
+standard residues, X, B/Z/J ambiguity codes, U and O); the vocabularies map
+the rare ones to X.
 
 Everything else is bad input and gets, according to `FastaPolicy`, either a
 `FastaError` naming the file, the record and the line, or a repair that is
@@ -21,13 +23,17 @@ logged with the record id. Nothing is dropped silently:
 | truncated gzip                    | error    | none                         |
 """
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
+import io
 import logging
 import os
 import zlib
-from typing import Iterator, Literal
+from typing import Iterator, Literal, TextIO
+
+from prottrans_jax import fs
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +71,16 @@ class FastaPolicy:
             f"FastaPolicy.{field}={value!r}: expected one of {allowed}")
 
 
-def _open_text(path: str):
+@contextlib.contextmanager
+def _open_text(path: str) -> Iterator[TextIO]:
   """Opens plain or gzip FASTA by content, so a mis-named file still reads."""
-  with open(path, "rb") as f:
+  with fs.open_read(path) as f:
     magic = f.read(2)
-  if magic == GZIP_MAGIC:
-    return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
-  return open(path, "rt", encoding="utf-8", errors="replace", newline="")
+  with fs.open_read(path) as raw:
+    stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
+    with io.TextIOWrapper(stream, encoding="utf-8", errors="replace",
+                          newline="") as text:
+      yield text
 
 
 class _IdRegistry:
@@ -116,7 +125,8 @@ def clean_sequence(raw: str, record_id: str, where: str,
 
 def read_fasta(path: str | os.PathLike,
                policy: FastaPolicy = FastaPolicy()) -> Iterator[FastaRecord]:
-  """Streams validated records from a plain or gzip FASTA file.
+  """Streams validated records from a plain or gzip FASTA file (a local
+  path or a URL).
 
   Memory stays constant in the file size, apart from 8 bytes per id kept to
   detect duplicates.
@@ -126,7 +136,7 @@ def read_fasta(path: str | os.PathLike,
     FastaError: bad input the policy does not repair (see module docstring).
   """
   path = os.fspath(path)
-  if not os.path.exists(path):
+  if not fs.path(path).exists():
     raise FileNotFoundError(f"FASTA file not found: {path}")
   seen = _IdRegistry()
   count = 0

@@ -6,29 +6,31 @@
 
 The config travels inside the step directory, so a head restores from its
 directory alone, like the encoders' checkpoints (prottrans_jax/checkpoints.py).
+HEAD_DIR may be a local path or a URL (`gs://bucket/heads/ss`): Orbax reads
+and writes it through `prottrans_jax.fs` (etils epath).
 """
 
 import logging
-import pathlib
 from typing import Any, Mapping
 
 import orbax.checkpoint as ocp
 
+from prottrans_jax import fs
 from prottrans_jax.downstream import models
 
 PARAMS = "params"
 HEAD = "head"
 
 
-def _manager(directory: str | pathlib.Path) -> ocp.CheckpointManager:
+def _manager(directory: fs.PathLike) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
-      pathlib.Path(directory).absolute() / "checkpoints",
+      fs.path(directory) / "checkpoints",
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True,
                                            enable_async_checkpointing=False),
       item_names=(PARAMS, HEAD))
 
 
-def save_head(directory: str | pathlib.Path, config: models.HeadConfig,
+def save_head(directory: fs.PathLike, config: models.HeadConfig,
               params: Any, step: int, info: Mapping[str, Any]) -> None:
   """Writes the head at `step` (e.g. its best epoch) with `info` (json).
 
@@ -47,7 +49,7 @@ def save_head(directory: str | pathlib.Path, config: models.HeadConfig,
     manager.wait_until_finished()
 
 
-def load_head(directory: str | pathlib.Path
+def load_head(directory: fs.PathLike
               ) -> tuple[models.HeadConfig, Any, dict[str, Any]]:
   """(config, params, info) of the head saved in `directory`."""
   with _manager(directory) as manager:

@@ -3,16 +3,22 @@
 Per-protein inputs are the mean over residues (the engine's definition of a
 per-protein embedding), so one per-residue file serves every head. The
 one-hot residue encoding is the baseline that shows what embeddings add.
+An embeddings file at a URL (`gs://...`) is copied to a local temporary
+file for each read (h5py opens local files only; `prottrans_jax.fs`).
 """
 
+import logging
 import os
 from typing import Sequence
 
 import h5py
 import numpy as np
 
+from prottrans_jax import fs
 from prottrans_jax.downstream import readers
 from prottrans_jax.inference import h5_writer
+
+logger = logging.getLogger(__name__)
 
 ONEHOT = "onehot"  # Feature source name of the baseline.
 # The 20 standard residues, then X for everything else (U, Z, O, B, X, ...).
@@ -54,16 +60,19 @@ def load_features(proteins: Sequence[readers.LabeledProtein], source: str,
 
   Args:
     proteins: whose features to load, in this order.
-    source: an HDF5 file written by the embedding engine, or ONEHOT.
+    source: an HDF5 file written by the embedding engine (local or a URL),
+      or ONEHOT.
     per_protein: mean over residues.
   """
   if source == ONEHOT:
     arrays = [onehot(p.sequence) for p in proteins]
     return [a.mean(axis=0) for a in arrays] if per_protein else arrays
   path = os.fspath(source)
-  if not os.path.isfile(path):
+  if not fs.path(path).is_file():
     raise FileNotFoundError(f"embeddings file not found: {path} (write it "
                             "with scripts/embed.py)")
-  with h5py.File(path, "r") as handle:
+  if fs.is_remote(path):
+    logger.info("copying %s to a local file (h5py reads local files)", path)
+  with fs.local_copy(path) as local, h5py.File(local, "r") as handle:
     return [_from_h5(handle, p, per_protein, path) for p in proteins]
 

@@ -1,5 +1,6 @@
 """Embedding maps: per-protein embeddings projected to 2-D and coloured by
-a label, like the ProtTrans paper's Figure 4 (t-SNE; UMAP when installed)."""
+a label, like the ProtTrans paper's Figure 4 (t-SNE; UMAP when installed).
+The PNG and its TSV may be written to a URL (`gs://...`, `prottrans_jax.fs`)."""
 
 import csv
 import importlib.util
@@ -13,6 +14,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from sklearn import manifold
 
+from prottrans_jax import fs
 from prottrans_jax.downstream import features as features_lib
 from prottrans_jax.downstream import readers
 
@@ -83,14 +85,17 @@ def embedding_map(proteins: Sequence[readers.LabeledProtein], source: str,
                                                 per_protein=True))
   coords = project(vectors, method, seed)
   names = label_names(proteins, task)
-  os.makedirs(os.path.dirname(os.path.abspath(output_png)), exist_ok=True)
+  if not fs.is_remote(output_png):
+    fs.path(output_png).parent.mkdir(parents=True, exist_ok=True)
   what = ("residue compositions (one-hot means)"
           if source == features_lib.ONEHOT else "embeddings")
   title = (f"{METHOD_NAMES[method]} of {len(proteins)} per-protein {what}, "
            f"coloured by {task}")
-  plot(coords, names, output_png, title)
-  with open(os.path.splitext(output_png)[0] + ".tsv", "w", encoding="utf-8",
-            newline="") as handle:
+  with fs.staged_output(output_png) as local:
+    plot(coords, names, os.fspath(local), title)
+  tsv_path = os.path.splitext(os.fspath(output_png))[0] + ".tsv"
+  with fs.staged_output(tsv_path) as local, open(
+      local, "w", encoding="utf-8", newline="") as handle:
     writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
     writer.writerow(["id", "x", "y", task])
     writer.writerows((p.id, f"{x:.4f}", f"{y:.4f}", n)

@@ -1,14 +1,17 @@
 """Predictions for new proteins: secondary-structure strings, localization
-and membrane class with probabilities, written as TSV and JSON."""
+and membrane class with probabilities, written as TSV and JSON.
+
+Every path (FASTA, embeddings, heads, output prefix) may be a URL
+(`gs://...`), through `prottrans_jax.fs`."""
 
 import csv
 import dataclasses
 import json
-import os
 from typing import Sequence
 
 import numpy as np
 
+from prottrans_jax import fs
 from prottrans_jax.data import fasta
 from prottrans_jax.downstream import features as features_lib
 from prottrans_jax.downstream import pipeline
@@ -88,14 +91,17 @@ def write_predictions(predictions: Sequence[Prediction], prefix: str
   columns = [f.name for f in dataclasses.fields(Prediction)
              if any(f.name in r for r in rows)]
   tsv_path, json_path = f"{prefix}.tsv", f"{prefix}.json"
-  os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-  with open(tsv_path, "w", encoding="utf-8", newline="") as handle:
+  if not fs.is_remote(prefix):
+    fs.path(prefix).parent.mkdir(parents=True, exist_ok=True)
+  with fs.staged_output(tsv_path) as local, open(
+      local, "w", encoding="utf-8", newline="") as handle:
     writer = csv.DictWriter(handle, columns, delimiter="\t",
                             lineterminator="\n")
     writer.writeheader()
     for row in rows:
       writer.writerow({k: json.dumps(v) if isinstance(v, dict) else v
                        for k, v in row.items()})
-  with open(json_path, "w", encoding="utf-8") as handle:
+  with fs.staged_output(json_path) as local, open(
+      local, "w", encoding="utf-8") as handle:
     json.dump(rows, handle, indent=1)
   return tsv_path, json_path

@@ -15,16 +15,21 @@ trainer and one set of metrics serve every task.
 - The bundled Swiss-Prot sample's annotation TSV: 3-state secondary structure
   from HELIX/STRAND/TURN features, Swiss-Prot locations mapped onto DeepLoc's
   classes (`SWISSPROT_LOCATIONS`), membrane M/S.
+
+Files may be local or at a URL (`gs://...`): they are read (and
+`write_fasta` writes) through `prottrans_jax.fs`.
 """
 
 import csv
 import dataclasses
+import io
 import logging
 import os
 from typing import Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
+from prottrans_jax import fs
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
 
@@ -132,7 +137,8 @@ def read_netsurfp(path: str | os.PathLike, limit: int | None = None
   path = os.fspath(path)
   stem = os.path.splitext(os.path.basename(path))[0].split("_")[0]
   proteins = []
-  with open(path, encoding="utf-8") as handle:
+  with fs.open_read(path) as raw, io.TextIOWrapper(
+      raw, encoding="utf-8") as handle:
     header = [h.strip() for h in handle.readline().split(",")]
     if header[:4] != ["input", "dssp3", "dssp8", "disorder"] or len(
         header) != 5 or not header[4].endswith("mask"):
@@ -229,7 +235,8 @@ def read_swissprot_sample(
   """The bundled sample: its annotation TSV joined with its FASTA by id."""
   sequences = {r.id: r.sequence for r in fasta.read_fasta(fasta_path)}
   proteins = []
-  with open(annotations_path, encoding="utf-8", newline="") as handle:
+  with fs.open_read(annotations_path) as raw, io.TextIOWrapper(
+      raw, encoding="utf-8", newline="") as handle:
     for line_number, row in enumerate(csv.DictReader(handle, delimiter="\t"),
                                       start=2):
       where = f"{os.fspath(annotations_path)}:{line_number}: {row['id']!r}"
@@ -262,6 +269,7 @@ def has_labels(protein: LabeledProtein, tasks: Iterable[str]) -> bool:
 def write_fasta(proteins: Sequence[LabeledProtein], path: str | os.PathLike
                 ) -> None:
   """The sequences as FASTA, so the embedding engine can embed a set."""
-  with open(path, "w", encoding="utf-8") as handle:
+  with fs.staged_output(path) as local, open(
+      local, "w", encoding="utf-8") as handle:
     for protein in proteins:
       handle.write(f">{protein.id}\n{protein.sequence}\n")

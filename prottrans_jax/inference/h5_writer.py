@@ -12,6 +12,10 @@ the settings that produced the file; a restart with other settings is refused
 instead of mixing two kinds of embeddings in one file. A setting that was
 renamed (`renamed_settings`) still matches under its former name, so files
 written before the rename resume.
+
+h5py writes local files only: `run.embed_fasta` writes a URL output
+(`gs://...`) through a local copy (`prottrans_jax.fs.staged_output`) and
+names the URL in this writer's messages (`name`).
 """
 
 import json
@@ -42,24 +46,28 @@ class EmbeddingWriter:
 
   def __init__(self, path: str, settings: Mapping[str, object],
                overwrite: bool = False,
-               renamed_settings: Mapping[str, str] | None = None):
+               renamed_settings: Mapping[str, str] | None = None,
+               name: str | None = None):
     """Opens `path`: a new file, or one this writer may resume.
 
     Args:
-      path: the HDF5 file.
+      path: the HDF5 file (local).
       settings: what produced the embeddings (JSON-serialisable values),
         recorded in the file and compared on resume.
       overwrite: replace an existing file instead of resuming it.
       renamed_settings: {former key: current key} for settings whose name
         changed: an existing file that recorded the former key resumes when
         the values agree (its recorded settings are left as they are).
+      name: what messages call the file (default `path`): the URL that a
+        local staging copy will be uploaded to.
     """
     self.path = path
+    self.name = path if name is None else name
     self._settings = json.dumps(dict(settings), sort_keys=True)
     self._renamed = dict(renamed_settings or {})
     if os.path.exists(path):
       if overwrite:
-        logger.warning("--overwrite: replacing %s", path)
+        logger.warning("--overwrite: replacing %s", self.name)
         os.remove(path)
       else:
         self._check_resumable()
@@ -74,14 +82,14 @@ class EmbeddingWriter:
         previous = f.attrs.get(SETTINGS_ATTRIBUTE)
     except OSError as e:
       raise OutputError(
-          f"{self.path} exists but is not a readable HDF5 file ({e}); pass "
+          f"{self.name} exists but is not a readable HDF5 file ({e}); pass "
           "--overwrite to replace it") from e
     if previous is None:
-      raise OutputError(f"{self.path} exists and was not written by this "
+      raise OutputError(f"{self.name} exists and was not written by this "
                         "embedder; pass --overwrite to replace it")
     if previous != self._settings and not self._renamed_match(previous):
       raise OutputError(
-          f"{self.path} exists with other settings ({previous}); now asked "
+          f"{self.name} exists with other settings ({previous}); now asked "
           f"for {self._settings}. Pass --overwrite to replace it, or another "
           "--output")
 
@@ -108,7 +116,7 @@ class EmbeddingWriter:
     with h5py.File(self.path, "a") as f:
       for name, (original_id, array) in embeddings.items():
         if name in f:  # Only possible if two ids sanitize to one name.
-          raise OutputError(f"{self.path}: dataset {name!r} (record "
+          raise OutputError(f"{self.name}: dataset {name!r} (record "
                             f"{original_id!r}) already exists")
         dataset = f.create_dataset(name, data=np.asarray(array, dtype=dtype))
         dataset.attrs["original_id"] = original_id
