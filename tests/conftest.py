@@ -26,3 +26,21 @@ def shared_data() -> pathlib.Path:
   if not SHARED_DATA.is_dir():
     pytest.skip(f"{SHARED_DATA} not present")
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_prott5_model_dir(tmp_path_factory) -> pathlib.Path:
+  """A MODEL_DIR holding a params-only checkpoint (step 7) of a random tiny
+  ProtT5, encoder and decoder."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from prottrans_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from prottrans_jax.models import t5  # pylint: disable=g-import-not-at-top
+  config = t5.T5_CONFIGS["tiny"]
+  params = nn.unbox(t5.T5(config).init(
+      jax.random.key(1), jnp.ones((1, 8), jnp.int32),
+      jnp.ones((1, 8), jnp.int32)))["params"]
+  path = tmp_path_factory.mktemp("tiny_prott5")
+  checkpoints.write_params_checkpoint(path, params, step=7, config=config)
+  return path

@@ -18,6 +18,7 @@ import os
 import pathlib
 import threading
 from typing import Iterator
+from unittest import mock
 
 from etils.epath import gpath
 from fsspec.implementations import local
@@ -73,20 +74,6 @@ class _BucketMetadata(http.server.BaseHTTPRequestHandler):
     del args
 
 
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-  old = {name: os.environ.get(name) for name in values}
-  os.environ.update(values)
-  try:
-    yield
-  finally:
-    for name, value in old.items():
-      if value is None:
-        os.environ.pop(name, None)
-      else:
-        os.environ[name] = value
-
-
 def _forget_epath_backend_choice() -> None:
   """epath reads EPATH_USE_TF once per process (a cached `_is_tf_installed`,
   first called for any path, local ones included): a test that touched epath
@@ -106,8 +93,9 @@ def serve(root: pathlib.Path) -> Iterator[pathlib.Path]:
   fsspec.register_implementation("gcs", FakeGcsFileSystem, clobber=True)
   FakeGcsFileSystem.root = root
   try:
-    with _environ(EPATH_USE_TF="false",
-                  STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{server.server_port}"):
+    with mock.patch.dict(os.environ, {
+        "EPATH_USE_TF": "false",
+        "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{server.server_port}"}):
       _forget_epath_backend_choice()
       yield root
   finally:

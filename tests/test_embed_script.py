@@ -10,14 +10,10 @@ import subprocess
 import sys
 import threading
 
-import flax.linen as nn
 import h5py
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prottrans_jax import checkpoints
 from prottrans_jax import families
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
@@ -34,14 +30,8 @@ CONFIG = t5.T5_CONFIGS["tiny"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  """A MODEL_DIR holding a params-only checkpoint of a random tiny ProtT5."""
-  params = nn.unbox(t5.T5(CONFIG).init(
-      jax.random.key(1), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
-  ))["params"]
-  path = tmp_path_factory.mktemp("model")
-  checkpoints.write_params_checkpoint(path, params, step=7, config=CONFIG)
-  return path
+def model_dir(tiny_prott5_model_dir):
+  return tiny_prott5_model_dir
 
 
 @pytest.fixture(scope="module")

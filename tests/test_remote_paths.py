@@ -15,10 +15,7 @@ import logging
 import os
 import pathlib
 
-import flax.linen as nn
 import h5py
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -49,15 +46,8 @@ PROTEINS = {"P1": "MKTAYIAKQRQISFVKSHFSRQ", "P2": "MENFQKVEKIGEGTYGVVYKAR",
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-  """A local MODEL_DIR with a params-only checkpoint of a random tiny ProtT5
-  (encoder and decoder)."""
-  params = nn.unbox(t5.T5(CONFIG).init(
-      jax.random.key(3), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 8), jnp.int32)
-  ))["params"]
-  path = tmp_path_factory.mktemp("model")
-  checkpoints.write_params_checkpoint(path, params, step=5, config=CONFIG)
-  return path
+def model_dir(tiny_prott5_model_dir):
+  return tiny_prott5_model_dir
 
 
 @pytest.fixture

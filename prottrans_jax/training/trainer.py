@@ -23,7 +23,6 @@ from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from prottrans_jax import checkpoints
