@@ -1,6 +1,7 @@
 """The TFDS builder: the sample through both paths, custom files, errors."""
 
 import gzip
+import os
 import pathlib
 import subprocess
 import sys
@@ -187,10 +188,14 @@ def test_duplicate_id_within_a_file_follows_the_policy(tmp_path):
 
 
 def test_prepare_corpus_script_prints_split_sizes(tmp_path):
+  # The script's directory, not the repository root, starts its sys.path, and
+  # an editable install may point at another checkout: test this one's code.
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+      filter(None, [str(SCRIPT.parents[1]), os.environ.get("PYTHONPATH")]))}
   result = subprocess.run(
       [sys.executable, str(SCRIPT),
        "--corpus=swissprot_sample", f"--data_dir={tmp_path}"],
-      capture_output=True, text=True, check=True, timeout=300)
+      capture_output=True, text=True, check=True, timeout=300, env=env)
   assert "train: 88" in result.stdout
   assert "validation: 12" in result.stdout
   assert tfds_builder.tfds_name(SAMPLE) in result.stdout

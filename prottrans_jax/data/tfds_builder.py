@@ -36,9 +36,12 @@ always a `FastaError` naming the id and both places, because TFDS's own
 duplicate-key error does not name the record.
 """
 
+import argparse
 import contextlib
 import dataclasses
+import functools
 import os
+import re
 import tempfile
 from typing import Iterator, Sequence
 
@@ -340,14 +343,180 @@ def tfds_name(config: str) -> str:
   return f"{NAME}/{config}:{VERSION}"
 
 
+# The repository root when this package is imported from a source checkout.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+# Runners whose workers run in the launching process, which has the package.
+LOCAL_RUNNERS = frozenset({
+    "DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner",
+    "FnApiRunner", "PrismRunner", "InteractiveRunner"})
+
+# Options through which the user already gives the workers this package: a
+# setup file or package of their own, or a container image that holds it.
+_SHIPPING_OPTIONS = ("setup_file", "extra_package", "extra_packages",
+                     "sdk_container_image", "worker_harness_container_image",
+                     "environment_config")
+
+# "key=value" or "key", with an optional leading "--".
+_OPTION = re.compile(r"(?:--)?([A-Za-z_][A-Za-z0-9_]*)(?:=(.*))?", re.DOTALL)
+
+
+@functools.cache
+def _beam_switches() -> frozenset[str]:
+  """Beam's pipeline options that take no value (`save_main_session`, ...).
+
+  Collected from the argument parser Beam builds for its options classes,
+  as `PipelineOptions.get_all_options` does.
+  """
+  options = tfds.core.lazy_imports.apache_beam.options.pipeline_options
+  parser = options._BeamArgumentParser(allow_abbrev=False)  # pylint: disable=protected-access
+  classes = {}
+  for cls in options.PipelineOptions.__subclasses__():
+    classes.setdefault(str(cls), cls)
+  for cls in classes.values():
+    try:
+      cls._add_argparse_args(parser)  # pylint: disable=protected-access
+    except argparse.ArgumentError:  # A class redefining an option; skip it.
+      continue
+  return frozenset(
+      flag[2:] for action in parser._actions if action.nargs == 0  # pylint: disable=protected-access
+      for flag in action.option_strings
+      if flag.startswith("--") and flag != "--help")
+
+
+def _parse_option(option: str) -> tuple[str, str | None]:
+  """(key, value) of "[--]key=value", or (key, None) of a Beam switch.
+
+  Raises:
+    ValueError: naming `option`, when it is neither.
+  """
+  match = _OPTION.fullmatch(option.strip())
+  if match and (match[2] is not None or match[1] in _beam_switches()):
+    return match[1], match[2]
+  raise ValueError(
+      f"malformed Beam pipeline option {option!r}: expected KEY=VALUE (e.g. "
+      "project=my-project), or the name of one of Beam's switches that take "
+      "no value (e.g. save_main_session, no_use_public_ips)")
+
+
+def split_pipeline_options(text: str) -> list[str]:
+  """Splits comma-separated Beam pipeline options, keeping commas in values.
+
+  A comma starts a new option only where what follows it is "KEY=..." (KEY
+  an identifier, "--" optional) or one of Beam's switches; any other comma
+  belongs to the value before it. So
+  "project=p,experiments=a,b,region=r" is ["project=p", "experiments=a,b",
+  "region=r"]. A value that itself contains ",KEY=" (e.g. labels) cannot be
+  written this way: give such an option on its own
+  (`prepare_corpus.py --beam_pipeline_option=KEY=VALUE`, or one list item of
+  `build_corpus`'s `beam_options`).
+
+  Raises:
+    ValueError: naming the piece, when the text does not start with an option.
+  """
+  options = []
+  for piece in text.split(","):
+    if not piece.strip():
+      continue  # "a=1,,b=2" or a trailing comma.
+    match = _OPTION.fullmatch(piece.strip())
+    starts_option = match and (match[2] is not None
+                               or match[1] in _beam_switches())
+    if starts_option or not options or _parse_option(options[-1])[1] is None:
+      _parse_option(piece)  # A new option, or an error naming the piece.
+      options.append(piece.strip())
+    else:
+      options[-1] += "," + piece
+  return options
+
+
 def _pipeline_options(options):
-  """`PipelineOptions` from "key=value" strings (leading "--" optional)."""
+  """`PipelineOptions` from "key=value" strings (leading "--" optional).
+
+  Each string is one option, its value taken as it is (commas included).
+  None gives empty options: Beam would otherwise parse this process's
+  command line (`sys.argv`) as its own.
+  """
   beam = tfds.core.lazy_imports.apache_beam
-  if options is None or isinstance(
-      options, beam.options.pipeline_options.PipelineOptions):
+  if isinstance(options, beam.options.pipeline_options.PipelineOptions):
     return options
-  return beam.options.pipeline_options.PipelineOptions(
-      [o if o.startswith("--") else f"--{o}" for o in options])
+  flags = []
+  for option in options or ():
+    key, value = _parse_option(option)
+    flags.append(f"--{key}" if value is None else f"--{key}={value}")
+  return beam.options.pipeline_options.PipelineOptions(flags)
+
+
+def package_setup_file() -> str | None:
+  """The `setup.py` that ships this package to Beam workers, if any.
+
+  It is the one of the source checkout this package is imported from (the
+  repository root), so the workers run the launcher's code; None when the
+  package is installed from a distribution, which has no setup file.
+  """
+  setup_file = os.path.join(_CHECKOUT, "setup.py")
+  if (os.path.isfile(setup_file)
+      and os.path.isfile(os.path.join(_CHECKOUT, "pyproject.toml"))):
+    return setup_file
+  return None
+
+
+def _runner_name(runner) -> str | None:
+  if runner is None or isinstance(runner, str):
+    return runner and runner.rsplit(".", 1)[-1]
+  return type(runner).__name__
+
+
+def ship_package(beam_options: Sequence[str] | None,
+                 beam_runner=None) -> list[str]:
+  """`beam_options` plus `setup_file=<checkout>/setup.py` where workers need it.
+
+  The builder's code and the FASTA parsing run on the Beam workers, which
+  import this package. A runner whose workers run elsewhere (Dataflow,
+  Flink, Spark, a portable job server; `environment_type` other than
+  LOOPBACK) gets this checkout's setup file, from which Beam builds a source
+  distribution and installs it on every worker; unless the options already
+  say how the workers get the package: `setup_file`, `extra_package(s)`, or a
+  container image (`sdk_container_image`, `worker_harness_container_image`,
+  `environment_config`). Local runners (`LOCAL_RUNNERS`) get the options
+  unchanged.
+
+  The package's dependencies (TensorFlow, TensorFlow Datasets) must be on
+  the workers too: a container image, or `requirements_file`
+  (docs/corpora.md).
+
+  Args:
+    beam_options: "key=value" strings, as for `build_corpus`.
+    beam_runner: the runner or its name; None means the options' `runner`,
+      else Beam's default (DirectRunner).
+
+  Returns:
+    The options to pass to `build_corpus`.
+
+  Raises:
+    ValueError: a malformed option, or workers that need the package while
+      it is not imported from a checkout with a setup file.
+  """
+  options = list(beam_options or ())
+  given = dict(_parse_option(option) for option in options)
+  runner = _runner_name(beam_runner) or _runner_name(
+      given.get("runner")) or "DirectRunner"
+  environment = (given.get("environment_type") or "").upper()
+  if (environment == "LOOPBACK"
+      or (runner in LOCAL_RUNNERS and not environment)
+      or any(key in given for key in _SHIPPING_OPTIONS)):
+    return options
+  setup_file = package_setup_file()
+  if setup_file is None:
+    raise ValueError(
+        f"the {runner} workers must import prottrans_jax, which is installed "
+        f"in {os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}, "
+        "not imported from a source checkout whose setup.py could ship it: "
+        "give setup_file=<checkout>/setup.py, extra_package=<sdist or wheel> "
+        "or a container image holding the package (sdk_container_image, or "
+        "environment_config with environment_type=DOCKER); see "
+        "docs/corpora.md.")
+  return options + [f"setup_file={setup_file}"]
 
 
 def build_corpus(config: str | ProteinFastaConfig,
@@ -375,8 +544,11 @@ def build_corpus(config: str | ProteinFastaConfig,
     beam_runner: a runner or its name ("DirectRunner", "DataflowRunner",
       "FlinkRunner", "SparkRunner", or "FnApiRunner", in-process); None lets
       the options choose.
-    beam_options: `PipelineOptions`, or "key=value" strings such as
-      ["project=p", "region=us-central1", "temp_location=gs://b/tmp"].
+    beam_options: `PipelineOptions`, or "key=value" strings, one option
+      each (a value may contain commas), such as ["project=p",
+      "region=us-central1", "experiments=use_runner_v2,shuffle_mode=service"];
+      a Beam switch is its bare name ("save_main_session"). Workers outside
+      this process must be able to import this package: see `ship_package`.
     policy: FASTA validation policy for every file.
 
   Returns:
@@ -387,18 +559,19 @@ def build_corpus(config: str | ProteinFastaConfig,
       expected).
     fasta.FastaError: bad input the policy does not repair, or an id found
       twice.
-    ValueError: inconsistent arguments, or `data_dir` already holds this
-      config built from other files.
+    ValueError: inconsistent arguments, a malformed Beam pipeline option, or
+      `data_dir` already holds this config built from other files.
   """
   if not use_beam and (beam_runner is not None or beam_options is not None):
     raise ValueError("beam_runner/beam_options are given but use_beam=False")
+  options = _pipeline_options(beam_options) if use_beam else None
   builder = ProteinFasta(config=config, data_dir=data_dir,
                          fasta_paths=fasta_paths, use_beam=use_beam,
                          policy=policy)
   builder.download_and_prepare(
       download_config=tfds.download.DownloadConfig(
           manual_dir=manual_dir, beam_runner=beam_runner,
-          beam_options=_pipeline_options(beam_options)))
+          beam_options=options))
   if fasta_paths:
     # TFDS reuses a prepared dataset without looking at its inputs, which
     # would silently serve another corpus under the same name.
