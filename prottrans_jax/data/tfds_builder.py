@@ -37,12 +37,10 @@ duplicate-key error does not name the record.
 """
 
 import argparse
-import contextlib
 import dataclasses
 import functools
 import os
 import re
-import tempfile
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -131,34 +129,21 @@ def _glob(pattern: str) -> list[str]:
   return sorted(tf.io.gfile.glob(pattern))
 
 
-@contextlib.contextmanager
-def _local_file(path: str) -> Iterator[str]:
-  """Yields a local path for `path`, copying remote files to a temp dir.
-
-  `fasta.read_fasta` opens local files only, while Beam workers on a real
-  runner read the corpus from object storage (gs://, s3://, hdfs://).
-  """
-  if "://" not in path:
-    yield path
-    return
-  with tempfile.TemporaryDirectory() as tmp:
-    local = os.path.join(tmp, os.path.basename(path))
-    tf.io.gfile.copy(path, local)
-    yield local
-
-
 def _split_records(path: str, split: str, validation_fraction: float,
                    policy: fasta.FastaPolicy
                    ) -> Iterator[tuple[str, str, dict[str, object]]]:
-  """(id, "file:line", example) for the records of `path` in `split`."""
-  with _local_file(path) as local:
-    for record in fasta.read_fasta(local, policy):
-      if splits.split_of(record.id, validation_fraction) == split:
-        yield record.id, f"{path}:{record.line}", {
-            "id": record.id,
-            "sequence": record.sequence,
-            "length": len(record.sequence),
-        }
+  """(id, "file:line", example) for the records of `path` in `split`.
+
+  `path` may be a URL (Beam workers on a real runner read the corpus from
+  object storage); `read_fasta` streams it through `prottrans_jax.fs`.
+  """
+  for record in fasta.read_fasta(path, policy):
+    if splits.split_of(record.id, validation_fraction) == split:
+      yield record.id, f"{path}:{record.line}", {
+          "id": record.id,
+          "sequence": record.sequence,
+          "length": len(record.sequence),
+      }
 
 
 def _duplicate_error(record_id: str, places: Sequence[str]) -> fasta.FastaError:
