@@ -285,13 +285,13 @@ def make_global_batch(global_batch: Mapping[str, np.ndarray],
                       sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
   """Global arrays from a host batch that every process holds whole; each
   process contributes just the rows its devices hold."""
-  arrays = {}
-  for name, value in global_batch.items():
-    value = np.asarray(value)
-    rows = process_batch_rows(sharding, value.shape[0])
-    arrays.update(global_batch_from_process_rows(
-        {name: value[rows]}, sharding, value.shape[0]))
-  return arrays
+  global_batch = {name: np.asarray(v) for name, v in global_batch.items()}
+  # Every feature of a batch has its rows: the block is computed once.
+  num_rows = len(next(iter(global_batch.values())))
+  rows = process_batch_rows(sharding, num_rows)
+  return global_batch_from_process_rows(
+      {name: value[rows] for name, value in global_batch.items()},
+      sharding, num_rows)
 
 
 _SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS",
