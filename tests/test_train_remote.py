@@ -107,14 +107,20 @@ def test_trainer_starts_up_on_a_gs_model_dir(tmp_path, monkeypatch):
   assert list(run.glob("train/events.out.tfevents.*"))
 
 
-def test_negative_train_steps_is_an_error(tmp_path):
-  with pytest.raises(ValueError, match="train_steps"):
+@pytest.mark.parametrize("settings, message", [
+    ({"train_steps": -5}, "train_steps"),
+    ({"train_steps": 3, "profile_first_step": 0}, "profile_first_step"),
+    ({"train_steps": 3, "profile_first_step": 2, "profile_steps": 0},
+     "profile_steps"),
+])
+def test_bad_step_settings_are_errors_before_any_work(tmp_path, settings,
+                                                      message):
+  with pytest.raises(ValueError, match=message):
     trainer.train(
         model_dir=str(tmp_path), model_config=t5.T5_CONFIGS["tiny"],
         task_name=TASK, task_feature_lengths=LENGTHS, batch_size=2,
-        train_steps=-5,
         learning_rate=optimizers.inverse_sqrt_schedule(0.01, 10),
-        optimizer=optimizers.adafactor())
+        optimizer=optimizers.adafactor(), **settings)
   assert not any(tmp_path.iterdir())
 
 

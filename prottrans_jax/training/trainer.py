@@ -358,6 +358,11 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
   """
   if train_steps < 0:
     raise ValueError(f"train_steps must be >= 0, got {train_steps}")
+  if profile_first_step is not None and (profile_first_step < 1
+                                         or profile_steps < 1):
+    raise ValueError(
+        f"profile_first_step ({profile_first_step}) and profile_steps "
+        f"({profile_steps}) must be >= 1: steps are counted from 1")
   if compilation_cache_dir:
     use_compilation_cache(compilation_cache_dir)
   model_dir = prepare_model_dir(model_dir, describe_config)
