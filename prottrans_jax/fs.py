@@ -116,12 +116,24 @@ class _RawReader(io.RawIOBase):
     buffer[:len(data)] = data
     return len(data)
 
+  # Both epath backends (tf.io.gfile, fsspec) seek, so a reader that wants
+  # one range of a large object (a FASTA shard) need not read what precedes.
+  def seekable(self) -> bool:
+    return callable(getattr(self._f, "seek", None))
+
+  def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+    self._f.seek(offset, whence)
+    return self._f.tell()
+
+  def tell(self) -> int:
+    return self._f.tell()
+
 
 @contextlib.contextmanager
 def open_read(p: PathLike) -> Iterator[BinaryIO]:
   """File `p` opened for reading bytes front to back, as a buffered binary
   stream: Python's own file when local, epath's (wrapped, whichever backend
-  it uses) for a URL. Wrap it in `gzip.GzipFile` or `io.TextIOWrapper` for
+  it uses) for a URL; both seek. Wrap it in `gzip.GzipFile` or `io.TextIOWrapper` for
   compressed or text content."""
   source = path(p)
   if not is_remote(source):

@@ -31,7 +31,7 @@ import io
 import logging
 import os
 import zlib
-from typing import Iterator, Literal, TextIO
+from typing import Iterator, Literal, Sequence, TextIO
 
 from prottrans_jax import fs
 
@@ -123,33 +123,60 @@ def clean_sequence(raw: str, record_id: str, where: str,
   return "".join(c if "A" <= c <= "Z" else replacement for c in sequence)
 
 
-def read_fasta(path: str | os.PathLike,
-               policy: FastaPolicy = FastaPolicy()) -> Iterator[FastaRecord]:
-  """Streams validated records from a plain or gzip FASTA file (a local
-  path or a URL).
+class _RecordParser:
+  """FASTA lines in, validated records out: the one parser `read_fasta` and
+  `read_fasta_shard` share.
 
-  Memory stays constant in the file size, apart from 8 bytes per id kept to
-  detect duplicates.
-
-  Raises:
-    FileNotFoundError: the file does not exist.
-    FastaError: bad input the policy does not repair (see module docstring).
+  `feed` takes each line with its byte offset in the file and its line
+  number (None where unknown: a shard that starts mid-file names byte
+  offsets instead) and returns the record that line completes, if any.
   """
-  path = os.fspath(path)
-  if not fs.path(path).exists():
-    raise FileNotFoundError(f"FASTA file not found: {path}")
-  seen = _IdRegistry()
-  count = 0
-  header, header_line, chunks = None, 0, []
-  line_number = 0
 
-  def finish():
-    """Validates the record collected so far; returns it, or None if skipped."""
+  def __init__(self, path: str, policy: FastaPolicy, seen: _IdRegistry):
+    self.path = path
+    self.policy = policy
+    self.seen = seen
+    self.header = None
+    self.header_where = ""
+    self.header_line = 0
+    self.chunks: list[str] = []
+    self.line_number = 0  # Of the last line fed (for gzip errors).
+
+  def _where(self, offset: int, line_number: int | None) -> str:
+    if line_number is None:
+      return f"{self.path} (byte {offset})"
+    return f"{self.path}:{line_number}"
+
+  def feed(self, offset: int, line_number: int | None,
+           line: str) -> FastaRecord | None:
+    self.line_number = line_number or 0
+    line = line.rstrip("\r\n")
+    if line.startswith(">"):
+      record = self.finish()
+      self.header, self.chunks = line[1:], []
+      self.header_line = line_number or 0
+      self.header_where = self._where(offset, line_number)
+      return record
+    if line.strip() and not line.startswith(";"):
+      if self.header is None:
+        raise FastaError(
+            f"{self._where(offset, line_number)}: sequence data before the "
+            f"first header line: {line[:40]!r}")
+      self.chunks.append(line)
+    return None
+
+  def finish(self) -> FastaRecord | None:
+    """Validates the record collected so far; returns it, or None if there
+    is none or the policy skips it."""
+    if self.header is None:
+      return None
+    header, where, policy, seen = (self.header, self.header_where,
+                                   self.policy, self.seen)
+    self.header = None
     record_id = header.split(maxsplit=1)[0] if header.strip() else ""
-    where = f"{path}:{header_line}"
     if not record_id:
       raise FastaError(f"{where}: header has no id ('>' followed by nothing)")
-    sequence = clean_sequence("".join(chunks), record_id, where, policy)
+    sequence = clean_sequence("".join(self.chunks), record_id, where, policy)
     if not sequence:
       if policy.empty_records == "error":
         raise FastaError(f"{where}: record {record_id!r} has no sequence")
@@ -172,34 +199,210 @@ def read_fasta(path: str | os.PathLike,
       record_id = renamed
     seen.add(record_id)
     return FastaRecord(id=record_id, description=header.strip(),
-                       sequence=sequence, line=header_line)
+                       sequence=sequence, line=self.header_line)
 
+  def corrupt_gzip(self, error: Exception) -> FastaError:
+    last = (f" after record starting at line {self.header_line}"
+            if self.header is not None else "")
+    return FastaError(f"{self.path}: truncated or corrupt gzip stream near "
+                      f"line {self.line_number}{last}: {error}")
+
+
+_GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def read_fasta(path: str | os.PathLike,
+               policy: FastaPolicy = FastaPolicy()) -> Iterator[FastaRecord]:
+  """Streams validated records from a plain or gzip FASTA file (a local
+  path or a URL).
+
+  Memory stays constant in the file size, apart from 8 bytes per id kept to
+  detect duplicates.
+
+  Raises:
+    FileNotFoundError: the file does not exist.
+    FastaError: bad input the policy does not repair (see module docstring).
+  """
+  path = os.fspath(path)
+  if not fs.path(path).exists():
+    raise FileNotFoundError(f"FASTA file not found: {path}")
+  parser = _RecordParser(path, policy, _IdRegistry())
+  count = 0
   try:
     with _open_text(path) as handle:
       for line_number, line in enumerate(handle, start=1):
-        line = line.rstrip("\r\n")
-        if line.startswith(">"):
-          if header is not None:
-            record = finish()
-            if record is not None:
-              count += 1
-              yield record
-          header, header_line, chunks = line[1:], line_number, []
-        elif line.strip() and not line.startswith(";"):
-          if header is None:
-            raise FastaError(
-                f"{path}:{line_number}: sequence data before the first "
-                f"header line: {line[:40]!r}")
-          chunks.append(line)
-  except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-    last = f" after record starting at line {header_line}" if header else ""
-    raise FastaError(f"{path}: truncated or corrupt gzip stream near line "
-                     f"{line_number}{last}: {e}") from e
-  if header is not None:
-    record = finish()
-    if record is not None:
-      count += 1
-      yield record
+        record = parser.feed(0, line_number, line)
+        if record is not None:
+          count += 1
+          yield record
+  except _GZIP_ERRORS as e:
+    raise parser.corrupt_gzip(e) from e
+  record = parser.finish()
+  if record is not None:
+    count += 1
+    yield record
   if count == 0:
     raise FastaError(f"{path}: no FASTA records found (expected lines starting "
                      "with '>')")
+
+
+# --- Shards of a large input ------------------------------------------------
+#
+# N independent processes each embed a share of one input: a FASTA file, a
+# glob or a list of files, read as one stream (the files in order). Record r
+# belongs to shard k when the byte offset o of its header's '>' in that
+# stream satisfies floor(o * N / S) == k, S the stream's size: the same
+# command always gives a shard the same records, the shards in order give
+# exactly what reading the files in order gives, and equal byte shares are
+# equal residue shares to within header sizes and one record. A plain file
+# is seeked to the shard's range, so a shard reads about S / N bytes. A
+# gzip stream cannot be seeked: its offsets are decompressed bytes, and
+# every shard decompresses it in full, twice (once to learn its size), so
+# split or decompress large gzip inputs. Duplicate ids are found within a
+# shard; across shards, where no shard sees the others, the merge finds them.
+
+
+@dataclasses.dataclass
+class ShardReadStats:
+  """What one shard read (for logs and tests)."""
+  bytes_read: int = 0  # Bytes of FASTA text this shard read or scanned.
+  records: int = 0
+  residues: int = 0
+
+
+def _has_magic(path: str) -> bool:
+  with fs.open_read(path) as f:
+    return f.read(2) == GZIP_MAGIC
+
+
+def _glob(pattern: str) -> list[str]:
+  parts = pattern.split("/")
+  first = next(i for i, part in enumerate(parts)
+               if any(c in part for c in "*?["))
+  root = "/".join(parts[:first]) or "."
+  return sorted(os.fspath(p) for p in fs.path(root).glob("/".join(parts[first:]))
+                if not p.is_dir())
+
+
+def expand_inputs(spec: str | os.PathLike) -> list[str]:
+  """The FASTA files of `spec`: a path, a glob (`data/*.fasta`,
+  `gs://bucket/uniref/*.fa.gz`) or a comma-separated list of them; each
+  glob's matches sorted, the list's order kept, repeats dropped.
+
+  Raises:
+    FileNotFoundError: a path that does not exist or a glob matching nothing.
+  """
+  files = []
+  for part in (p.strip() for p in os.fspath(spec).split(",")):
+    if not part:
+      continue
+    if any(c in part for c in "*?["):
+      matches = _glob(part)
+      if not matches:
+        raise FileNotFoundError(f"no FASTA file matches {part}")
+    elif not fs.path(part).exists():
+      raise FileNotFoundError(f"FASTA file not found: {part}")
+    else:
+      matches = [part]
+    files += [m for m in matches if m not in files]
+  if not files:
+    raise FileNotFoundError(f"no FASTA input in {os.fspath(spec)!r}")
+  return files
+
+
+def _binary_lines(stream, offset: int, stats: ShardReadStats,
+                  count_lines: bool) -> Iterator[tuple[int, int | None, str]]:
+  """(byte offset, line number or None, text) of each line from `offset`."""
+  for number, raw in enumerate(stream, start=1):
+    stats.bytes_read += len(raw)
+    yield offset, number if count_lines else None, raw.decode(
+        "utf-8", errors="replace")
+    offset += len(raw)
+
+
+def _stream_size(path: str, gzipped: bool, stats: ShardReadStats) -> int:
+  if not gzipped:
+    return fs.path(path).stat().length
+  size = 0
+  try:
+    with fs.open_read(path) as raw, gzip.GzipFile(fileobj=raw) as stream:
+      while block := stream.read(1 << 20):
+        size += len(block)
+  except _GZIP_ERRORS as e:
+    raise FastaError(f"{path}: truncated or corrupt gzip stream: {e}") from e
+  stats.bytes_read += size
+  return size
+
+
+def _read_range(path: str, gzipped: bool, start: int, end: int,
+                parser: _RecordParser,
+                stats: ShardReadStats) -> Iterator[FastaRecord]:
+  """Records of `path` whose headers start at offsets in [start, end)."""
+  with fs.open_read(path) as raw:
+    if gzipped or start == 0 or not raw.seekable():
+      stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+      lines = _binary_lines(stream, 0, stats, count_lines=True)
+    else:
+      raw.seek(start - 1)  # The line holding byte start - 1 ends before
+      skipped = raw.readline()  # the first line that may start our range.
+      stats.bytes_read += len(skipped)
+      lines = _binary_lines(raw, start - 1 + len(skipped), stats,
+                            count_lines=False)
+    try:
+      for offset, line_number, line in lines:
+        is_header = line.startswith(">")
+        if is_header and offset >= end:
+          break
+        if offset < start or (parser.header is None and start > 0
+                              and not is_header):
+          continue  # Before the range, or the tail of a record before it.
+        record = parser.feed(offset, line_number, line)
+        if record is not None:
+          yield record
+    except _GZIP_ERRORS as e:
+      raise parser.corrupt_gzip(e) from e
+  record = parser.finish()
+  if record is not None:
+    yield record
+
+
+def read_fasta_shard(inputs: Sequence[str], shard_index: int, num_shards: int,
+                     policy: FastaPolicy = FastaPolicy(),
+                     stats: ShardReadStats | None = None
+                     ) -> Iterator[FastaRecord]:
+  """Streams the records of shard `shard_index` of `num_shards` of the FASTA
+  files `inputs` read as one stream (see the comment above); one shard
+  gives exactly `read_fasta`'s records of each file in turn.
+
+  A shard may be empty (more shards than records); the whole input having
+  no record is an error for a single shard, as for `read_fasta`. `stats`,
+  if given, is filled as the shard is read.
+  """
+  if num_shards < 1 or not 0 <= shard_index < num_shards:
+    raise ValueError(f"shard_index={shard_index}, num_shards={num_shards}: "
+                     "expected num_shards >= 1 and 0 <= shard_index < "
+                     "num_shards")
+  stats = ShardReadStats() if stats is None else stats
+  files = []
+  for path in map(os.fspath, inputs):
+    if not fs.path(path).exists():
+      raise FileNotFoundError(f"FASTA file not found: {path}")
+    gzipped = _has_magic(path)
+    files.append((path, gzipped, _stream_size(path, gzipped, stats)))
+  total = sum(size for _, _, size in files)
+  begin = -(-shard_index * total // num_shards)
+  end = -(-(shard_index + 1) * total // num_shards)
+  seen = _IdRegistry()
+  base = 0
+  for path, gzipped, size in files:
+    if base < end and begin < base + size:
+      parser = _RecordParser(path, policy, seen)
+      for record in _read_range(path, gzipped, max(begin - base, 0),
+                                end - base, parser, stats):
+        stats.records += 1
+        stats.residues += len(record.sequence)
+        yield record
+    base += size
+  if num_shards == 1 and stats.records == 0:
+    raise FastaError(f"{', '.join(path for path, _, _ in files)}: no FASTA "
+                     "records found (expected lines starting with '>')")
