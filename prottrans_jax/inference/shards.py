@@ -179,7 +179,19 @@ def _write_json(target: epath.Path, record: Mapping[str, object]) -> None:
   staged.commit()
 
 
+def _flatten(record: Mapping, prefix: str = "") -> dict[str, object]:
+  flat = {}
+  for key, value in record.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
 def _first_difference(expected: Mapping, found: Mapping) -> str:
+  """The first setting (dotted path) whose values differ, said plainly."""
+  expected, found = _flatten(expected), _flatten(found)
   for key in sorted(set(expected) | set(found)):
     if expected.get(key) != found.get(key):
       return f"{key}: {found.get(key)!r} there, {expected.get(key)!r} now"
@@ -429,6 +441,10 @@ def merge(output: fs.PathLike, *, overwrite: bool = False, links: bool = False,
   common = _common_record(shard_dirs)
   proteins = _check_unique_ids(shard_dirs)
   targets = merged_paths(output, common["output_keys"])
+  for target in targets.values():  # All refused before any is written.
+    if target.exists() and not (overwrite or extend_existing):
+      raise h5_writer.OutputError(
+          f"{target} exists; pass --overwrite to replace it")
   for key, target in targets.items():
     settings = merged_file_settings(common["settings"], key)
     _merge_one(target, key, settings, shard_dirs, proteins, overwrite=overwrite,
@@ -442,15 +458,11 @@ def _merge_one(target: epath.Path, key: str, settings: dict,
                overwrite: bool, links: bool, extend_existing: bool,
                progress: bool) -> None:
   existing = set()
-  if target.exists():
-    if not (overwrite or extend_existing):
-      raise h5_writer.OutputError(
-          f"{target} exists; pass --overwrite to replace it")
-    if extend_existing and not overwrite:
-      with fs.local_copy(target) as local:
-        existing = h5_writer.EmbeddingWriter(
-            os.fspath(local), settings, renamed_settings=RENAMED_SETTINGS,
-            name=str(target)).existing_names()
+  if target.exists() and extend_existing and not overwrite:
+    with fs.local_copy(target) as local:
+      existing = h5_writer.EmbeddingWriter(
+          os.fspath(local), settings, renamed_settings=RENAMED_SETTINGS,
+          name=str(target)).existing_names()
   if existing and not _has_new(shard_dirs, existing):
     logger.info("%s already holds every protein of the shards", target)
     return
