@@ -282,7 +282,8 @@ class Embedder:
     return jax.device_put(encoder_params, shardings)
 
   def _encode_fn(self, params, tokens, residue_mask, model=None):
-    """{OutputSpec.key: float32 [B, L, d] per residue, [B, d] per protein}."""
+    """{OutputSpec.key: float32 [B, L, d] per residue, [B, d] sums over
+    residues per protein}."""
     model = self._model if model is None else model
     top = self.family.num_hidden_states(self.config) - 1
     if set(self._hidden_states.values()) == {top}:
@@ -294,12 +295,21 @@ class Embedder:
       hidden_states = dict(enumerate(model.apply(
           {"params": params}, tokens, method=self.family.encode,
           output_hidden_states=True)))
-    weights = residue_mask.astype(jnp.float32)[..., None]
+    weights = residue_mask.astype(jnp.float32)
     outputs = {}
     for spec in self.settings.outputs:
       hidden = hidden_states[self._hidden_states[spec.layer]].astype(jnp.float32)
-      outputs[spec.key] = hidden if spec.kind == PER_RESIDUE else (
-          (hidden * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1))
+      if spec.kind == PER_PROTEIN:
+        # The sum over residues, as a product (in full float32: TPUs and
+        # GPUs would round its inputs otherwise); `_fetch` divides it by
+        # their number. So each mean is computed the same whatever else the
+        # program outputs: XLA fuses sibling reductions together, and may
+        # turn a division into a product with the reciprocal, differently
+        # in different programs, and the last bits of a mean would depend on
+        # the other outputs asked for.
+        hidden = jnp.einsum("bl,bld->bd", weights, hidden,
+                            precision=jax.lax.Precision.HIGHEST)
+      outputs[spec.key] = hidden
     return outputs
 
   @functools.cached_property
@@ -478,7 +488,8 @@ class Embedder:
       value = values[spec.key]
       result[spec.key] = [
           value[i, first:first + len(r.sequence)] if spec.kind == PER_RESIDUE
-          else value[i] for i, r in enumerate(batch_records)]
+          else value[i] / np.float32(max(len(r.sequence), 1))
+          for i, r in enumerate(batch_records)]
     return result
 
   def embed(self, records: Sequence[fasta.FastaRecord],
