@@ -3,7 +3,7 @@
 
 Both run the same random weights (a transformers model converted by our
 converter) on the same real proteins, in the same batches (sorted by length,
-padded tokens per batch within --max_tokens), in one process, and the
+padded tokens per batch and device within --max_tokens), in one process, and the
 script prints residues/s of each, their ratio, and our achieved FLOP/s as a
 fraction of this machine's dense float32 matmul peak measured in the same
 run. Our engine pads each batch to its bucket (buckets fitted to the
@@ -64,10 +64,10 @@ _MAX_PROTEINS = flags.DEFINE_integer(
 _XL_PROTEINS = flags.DEFINE_integer(
     "xl_proteins", 12, "Proteins for configs of a billion parameters or more.")
 _MAX_TOKENS = cli.define_max_tokens_flag(
-    4096, "Padded tokens per batch: rows x our bucket length, special "
-    "tokens included. Both engines get the same batches (transformers pads "
-    "each to its longest protein). --max_residues is its deprecated former "
-    "name.")
+    4096, "Padded tokens per batch per device: rows x our bucket length, "
+    "special tokens included. Both engines get the same batches, our "
+    "engine's plan (transformers pads each to its longest protein). "
+    "--max_residues is its deprecated former name.")
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed passes of each engine, "
                                "taken in turns.", lower_bound=1)
 flags.adopt_module_key_flags(cli)  # --help lists --max_tokens.
@@ -112,12 +112,12 @@ def spread(records: list[fasta.FastaRecord], count: int) -> list:
   return [ordered[i] for i in picks]
 
 
-def transformers_pass(model, family, records, max_tokens: int):
+def transformers_pass(model, family, records, plan: list[batching.Batch]):
   """A function that embeds `records` with transformers in our engine's
-  batches, each padded to its longest protein."""
+  batches (`plan`), each padded to its longest protein."""
   token_lengths = [len(r.sequence) + family.num_special_tokens for r in records]
   batches = []
-  for batch in batching.plan_batches(token_lengths, max_tokens):
+  for batch in plan:
     longest = max(token_lengths[i] for i in batch.indices)
     ids = np.zeros((len(batch.indices), longest), np.int64)
     for row, index in enumerate(batch.indices):
@@ -132,14 +132,12 @@ def transformers_pass(model, family, records, max_tokens: int):
   return embed
 
 
-def our_pass(config, params, records, max_tokens: int):
+def our_pass(embedder: engine.Embedder, records):
   """A function that embeds `records` with our engine (tokenizing and
   fetching the results included, as in scripts/embed.py)."""
-  embedder = engine.Embedder(config, params,
-                             engine.EmbedSettings(max_tokens=max_tokens))
 
   def embed():
-    for _ in embedder.embed(records):
+    for _ in embedder.embed_batches(records):
       pass
   return embed
 
@@ -180,11 +178,13 @@ def main(argv):
     del state
     config = dataclasses.replace(config, dtype="float32")
     residues = sum(len(r.sequence) for r in subset)
+    embedder = engine.Embedder(config, params,
+                               engine.EmbedSettings(max_tokens=_MAX_TOKENS.value))
     seconds = timed_rounds(
-        {"ours": our_pass(config, params, subset, _MAX_TOKENS.value),
+        {"ours": our_pass(embedder, subset),
          "hf": transformers_pass(hf_model, family, subset,
-                                 _MAX_TOKENS.value)}, _ROUNDS.value)
-    del params, hf_model
+                                 embedder.plan(subset))}, _ROUNDS.value)
+    del params, hf_model, embedder
     ours, theirs = np.median(seconds["ours"]), np.median(seconds["hf"])
     ratios = [t / o for t, o in zip(seconds["hf"], seconds["ours"])]
     flops = sum(family.encoder_flops(config, len(r.sequence) + family.num_special_tokens)

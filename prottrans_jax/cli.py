@@ -59,11 +59,13 @@ def define_distributed_flags() -> DistributedFlags:
 
 
 MAX_TOKENS_HELP = (
-    "Padded tokens per batch: rows x the batch's padded length, counting "
-    "every row's special tokens ([CLS], [SEP], </s>) and padding, not just "
-    "residues. A protein longer than this still gets a batch of its own "
-    "(one row per data-parallel device). Lower it if memory runs out; raise "
-    "it for speed.")
+    "Padded tokens per batch per data-parallel device (a batch holds up to "
+    "this times the number of data-parallel devices): rows x the batch's "
+    "padded length, counting every row's special tokens ([CLS], [SEP], "
+    "</s>) and padding, not just residues. A protein longer than this still "
+    "gets a batch of its own (one row per data-parallel device). A batch "
+    "that runs out of device memory is retried in smaller pieces; raise it "
+    "for speed, lower it if retries are frequent.")
 
 
 class MaxTokensFlag:
@@ -84,14 +86,14 @@ class MaxTokensFlag:
       self._warned = True
       logging.warning("--max_residues is deprecated and will be removed: "
                       "use --max_tokens (the same number: padded tokens per "
-                      "batch, special tokens included)")
+                      "batch per device, special tokens included)")
     return self.max_residues.value
 
 
 def define_max_tokens_flag(default: int, help_text: str = MAX_TOKENS_HELP,
                            flag_values: flags.FlagValues = flags.FLAGS
                            ) -> MaxTokensFlag:
-  """--max_tokens (padded tokens per embedding batch) and its deprecated
+  """--max_tokens (padded tokens per embedding batch per device) and its deprecated
   alias --max_residues; giving both is a usage error."""
   max_tokens = flags.DEFINE_integer("max_tokens", default, help_text,
                                     lower_bound=1, flag_values=flag_values)

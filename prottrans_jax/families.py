@@ -64,6 +64,9 @@ class ModelFamily:
     scanned_stacks: config -> {path of a layer stack's parent module: its
       number of layer weight sets} for every stack the config scans (empty
       when `scan_layers` is off): what `to_layout` / `to_canonical` convert.
+    num_hidden_states: config -> how many arrays `encode(...,
+      output_hidden_states=True)` returns: the embedding output and one per
+      layer call (Hugging Face's `output_hidden_states`).
   """
   name: str
   config_class: type
@@ -79,6 +82,7 @@ class ModelFamily:
   objective_name: str
   hf_converter: Optional[mapping.HfConverter]
   scanned_stacks: Callable[[Any], dict[tuple[str, ...], int]]
+  num_hidden_states: Callable[[Any], int]
 
   def objective(self) -> Any:
     """The training objective (imports the training stack on first use)."""
@@ -151,7 +155,8 @@ def _bert_family(name: str, config_class: type,
           bert.flops_per_token(config, lengths["inputs"]) * lengths["inputs"]),
       encoder_flops=bert.encoder_forward_flops,
       objective_name=f"{_OBJECTIVES}:MASKED_LM", hf_converter=hf_converter,
-      scanned_stacks=_bert_stacks)
+      scanned_stacks=_bert_stacks,
+      num_hidden_states=lambda config: config.num_hidden_layers + 1)
 
 
 FAMILIES: dict[str, ModelFamily] = {
@@ -164,7 +169,8 @@ FAMILIES: dict[str, ModelFamily] = {
                 lengths["inputs"] + lengths["targets"]),
         encoder_flops=t5.encoder_forward_flops,
         objective_name=f"{_OBJECTIVES}:ENCODER_DECODER", hf_converter=hf_t5.CONVERTER,
-        scanned_stacks=_t5_stacks),
+        scanned_stacks=_t5_stacks,
+        num_hidden_states=lambda config: config.num_encoder_layers + 1),
     "bert": _bert_family("bert", bert.BertConfig, hf_bert.BERT),
     "albert": _bert_family("albert", albert.AlbertConfig, hf_bert.ALBERT),
     "electra": _bert_family("electra", electra.ElectraConfig, hf_bert.ELECTRA),
@@ -182,7 +188,8 @@ FAMILIES: dict[str, ModelFamily] = {
         encoder_flops=lambda config, length: bert.encoder_forward_flops(
             config.discriminator, length),
         objective_name=f"{_OBJECTIVES}:ELECTRA", hf_converter=None,
-        scanned_stacks=_electra_pretraining_stacks),
+        scanned_stacks=_electra_pretraining_stacks,
+        num_hidden_states=lambda config: config.discriminator.num_hidden_layers + 1),
 }
 
 

@@ -76,7 +76,8 @@ def test_former_name_max_residues_still_works_with_a_warning():
     old = engine.EmbedSettings(max_residues=4096, per_protein=True)
   assert old == engine.EmbedSettings(max_tokens=4096, per_protein=True)
   assert [f.name for f in dataclasses.fields(old)] == [
-      "per_protein", "dtype", "max_tokens", "num_partitions"]
+      "per_protein", "per_residue", "layers", "dtype", "max_tokens",
+      "num_partitions"]
   with pytest.warns(DeprecationWarning, match=r"\.max_tokens"):
     assert old.max_residues == 4096
   assert dataclasses.replace(old, dtype="bfloat16").max_tokens == 4096

@@ -3,7 +3,9 @@
 Proteins are sorted by length and grouped so that each batch holds at most
 `max_tokens` padded tokens: rows times the bucket length, the special tokens
 of every row and the padding included (only a batch of one row per
-data-parallel device may exceed it, for a very long protein). Every batch
+data-parallel device may exceed it, for a very long protein). The embedding
+engine's budget is per device: it plans with its `max_tokens` times the
+number of data-parallel devices. Every batch
 is padded to one of a few bucket lengths, so the encoder compiles once per
 bucket, not once per batch shape.
 
@@ -111,8 +113,7 @@ def plan_batches(token_lengths: Sequence[int], max_tokens: int,
   """Groups sequences by bucket, longest first, within a token budget.
 
   The plan depends only on `token_lengths` (buckets are fitted to all of
-  them), so every process of a multi-host run, and a resumed run, plans the
-  same batches.
+  them) and the arguments, so a resumed run plans the same batches.
 
   Longest first: the largest compilation and the peak memory come at once,
   so an out-of-memory error shows in the first seconds, not after hours.
@@ -120,9 +121,11 @@ def plan_batches(token_lengths: Sequence[int], max_tokens: int,
   Args:
     token_lengths: tokens per sequence (residues plus special tokens).
     max_tokens: padded tokens per batch, rows x bucket length (special
-      tokens and padding count, like residues); a batch always holds at
-      least `row_multiple` rows, even for one very long protein, and may
-      then exceed it. Formerly `max_residues` (still accepted, deprecated).
+      tokens and padding count, like residues), over all `row_multiple`
+      devices (the engine passes its per-device budget times their number);
+      a batch always holds at least `row_multiple` rows, even for one very
+      long protein, and may then exceed it. Formerly `max_residues` (still
+      accepted, deprecated).
     row_multiple: rows are padded to a multiple of this (the number of
       data-parallel devices), so each device gets a whole share.
     linear_from: see `fit_buckets`.

@@ -210,13 +210,20 @@ class EncoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Embeddings -> (projection) -> layers; output [B, L, hidden_size]."""
+  """Embeddings -> (projection) -> layers; output [B, L, hidden_size].
+
+  With `output_hidden_states`, the tuple transformers' BERT, ALBERT and
+  ELECTRA return: the (projected) embedding, then the output of every layer
+  call (ALBERT: one per call of a shared layer), the output last.
+  """
   config: BertConfig
   embedder: Embeddings
 
   @nn.compact
   def __call__(self, tokens: jax.Array, segment_ids: Optional[jax.Array],
-               positions: Optional[jax.Array], deterministic: bool) -> jax.Array:
+               positions: Optional[jax.Array], deterministic: bool,
+               output_hidden_states: bool = False
+               ) -> jax.Array | tuple[jax.Array, ...]:
     cfg = self.config
     x = self.embedder(tokens, positions, deterministic)
     if cfg.embedding_dim != cfg.hidden_size:
@@ -231,7 +238,8 @@ class Encoder(nn.Module):
         lambda name: EncoderLayer(cfg, name=name), x, bias,
         num_layers=cfg.num_hidden_layers, num_weight_sets=cfg.num_layer_weights,
         scan_layers=cfg.scan_layers, scan_unroll=cfg.scan_unroll,
-        remat_policy=cfg.remat_policy, deterministic=deterministic)
+        remat_policy=cfg.remat_policy, deterministic=deterministic,
+        output_hidden_states=output_hidden_states)
 
 
 class MlmHead(nn.Module):
@@ -293,10 +301,13 @@ class Bert(nn.Module):
   def encode(self, encoder_input_tokens: jax.Array,
              encoder_segment_ids: Optional[jax.Array] = None,
              encoder_positions: Optional[jax.Array] = None,
-             enable_dropout: bool = False) -> jax.Array:
-    """[B, L] token ids -> [B, L, hidden_size] last hidden states (config.dtype)."""
+             enable_dropout: bool = False, output_hidden_states: bool = False
+             ) -> jax.Array | tuple[jax.Array, ...]:
+    """[B, L] token ids -> [B, L, hidden_size] last hidden states (config.dtype);
+    with `output_hidden_states`, every hidden state (`Encoder`), the last
+    hidden states last."""
     return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                        not enable_dropout)
+                        not enable_dropout, output_hidden_states)
 
   def __call__(self, encoder_input_tokens: jax.Array,
                encoder_segment_ids: Optional[jax.Array] = None,

@@ -12,7 +12,9 @@ _C = TypeVar("_C", bound="DictConfig")
 
 class DictConfig:
   """Mixin for frozen dataclass configs: `to_dict` / `from_dict`, the
-  dtype policy (`with_dtype`) and the layer options (`with_layer_options`)."""
+  dtype policy (`with_dtype`), the layer options (`with_layer_options`) and
+  where attention runs block by block (`attention_block`,
+  `with_blockwise_attention`)."""
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
@@ -33,6 +35,22 @@ class DictConfig:
     """This config computing its activations in `dtype` (parameters keep
     `param_dtype`). A config made of several networks overrides this."""
     return dataclasses.replace(self, dtype=dtype)
+
+  def attention_block(self, length: int) -> int:
+    """Queries that attend at once in a `length`-token input: all of them up
+    to `long_sequence_threshold`, else `attention_chunk_size`
+    (`layers.MultiHeadAttention`). A config made of several networks
+    overrides this."""
+    return (self.attention_chunk_size if length > self.long_sequence_threshold
+            else length)
+
+  def with_blockwise_attention(self: _C) -> _C:
+    """This config attending `attention_chunk_size` queries at a time at
+    every length above that: the same results in less memory, slower below
+    the usual threshold (the embedding engine's last retry of a batch out
+    of memory). A config made of several networks overrides this."""
+    return dataclasses.replace(self, long_sequence_threshold=min(
+        self.long_sequence_threshold, self.attention_chunk_size))
 
   def with_layer_options(self: _C, *, scan_layers: bool | None = None,
                          remat_policy: str | None = None,

@@ -77,6 +77,16 @@ class ElectraPretrainingConfig(configs.DictConfig):
     return dataclasses.replace(self, generator=self.generator.with_dtype(dtype),
                                discriminator=self.discriminator.with_dtype(dtype))
 
+  def attention_block(self, length: int) -> int:
+    """The discriminator's (the network `encode` runs)."""
+    return self.discriminator.attention_block(length)
+
+  def with_blockwise_attention(self) -> "ElectraPretrainingConfig":
+    """Both networks attending block by block."""
+    return dataclasses.replace(
+        self, generator=self.generator.with_blockwise_attention(),
+        discriminator=self.discriminator.with_blockwise_attention())
+
   def with_layer_options(self, *, scan_layers: Optional[bool] = None,
                          remat_policy: Optional[str] = None,
                          scan_unroll: Optional[int] = None
@@ -125,10 +135,12 @@ class ElectraPretraining(nn.Module):
   def encode(self, encoder_input_tokens: jax.Array,
              encoder_segment_ids: Optional[jax.Array] = None,
              encoder_positions: Optional[jax.Array] = None,
-             enable_dropout: bool = False) -> jax.Array:
-    """The discriminator's last hidden states [B, L, hidden_size]."""
+             enable_dropout: bool = False, output_hidden_states: bool = False
+             ) -> jax.Array | tuple[jax.Array, ...]:
+    """The discriminator's last hidden states [B, L, hidden_size] (with
+    `output_hidden_states`, all of them: `bert.Encoder`)."""
     return self.discriminator(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                              not enable_dropout)
+                              not enable_dropout, output_hidden_states)
 
   def __call__(self, encoder_input_tokens: jax.Array, encoder_target_tokens: jax.Array,
                encoder_loss_weights: jax.Array,

@@ -478,7 +478,8 @@ def check_layer_options(scan_layers: bool, remat_policy: str,
 def apply_layers(make_layer, x: jax.Array, *args, num_layers: int,
                  num_weight_sets: Optional[int] = None, scan_layers: bool,
                  remat_policy: str, deterministic: bool,
-                 scan_unroll: int = 1) -> jax.Array:
+                 scan_unroll: int = 1, output_hidden_states: bool = False
+                 ) -> jax.Array | tuple[jax.Array, ...]:
   """Runs `num_layers` layers on `x`: `x = layer(x, *args, deterministic=...)`.
 
   Call it from a compact method: `make_layer(name)` creates one layer module
@@ -502,8 +503,19 @@ def apply_layers(make_layer, x: jax.Array, *args, num_layers: int,
       `unroll`; the result is the same). Besides being a speed knob, it is
       how the AOT tool counts a layer's cost: XLA's cost analysis counts a
       loop body once, so the difference between 2 and 1 is one layer.
+    output_hidden_states: return every hidden state instead of the last:
+      `x` then the output of each layer call, `num_layers + 1` arrays (what
+      Hugging Face's `output_hidden_states` holds; a shared weight set gives
+      one entry per use). Unscanned stacks only: embedding asks for it, and
+      the embedding engine runs unscanned.
+
+  Returns:
+    The last layer's output, or with `output_hidden_states` the tuple above.
   """
   check_layer_options(scan_layers, remat_policy, scan_unroll)
+  if output_hidden_states and scan_layers:
+    raise ValueError("output_hidden_states needs scan_layers=False (an "
+                     "unscanned stack returns each layer's output)")
   num_weight_sets = num_weight_sets or num_layers
   if num_layers % num_weight_sets:
     raise ValueError(f"{num_layers} layers cannot share {num_weight_sets} "
@@ -521,9 +533,11 @@ def apply_layers(make_layer, x: jax.Array, *args, num_layers: int,
 
   if not scan_layers:
     weight_sets = [make_layer(layer_name(i)) for i in range(num_weight_sets)]
+    hidden_states = [x]
     for i in range(num_layers):
       x = call(weight_sets[i // repeats], x, *args)
-    return x
+      hidden_states.append(x)
+    return tuple(hidden_states) if output_hidden_states else x
 
   broadcast_args = (nn.broadcast,) * len(args)
 

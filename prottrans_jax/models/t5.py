@@ -238,13 +238,19 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Embedding -> layers -> final norm; output [B, L, d_model]."""
+  """Embedding -> layers -> final norm; output [B, L, d_model].
+
+  With `output_hidden_states`, the tuple transformers' T5 returns: the
+  embedding, the outputs of layers 1..N-1, and the output (after the final
+  norm; layer N's output before it has no entry).
+  """
   config: T5Config
   embedder: layers.Embed
 
   @nn.compact
   def __call__(self, tokens: jax.Array, segment_ids: Optional[jax.Array],
-               deterministic: bool) -> jax.Array:
+               deterministic: bool, output_hidden_states: bool = False
+               ) -> jax.Array | tuple[jax.Array, ...]:
     cfg = self.config
     dropout = nn.Dropout(cfg.dropout_rate)
     x = _constrain(dropout(self.embedder(tokens), deterministic=deterministic))
@@ -256,13 +262,15 @@ class Encoder(nn.Module):
             cfg.num_heads, cfg.relative_attention_num_buckets,
             jnp.dtype(cfg.param_dtype), name="relpos_bias")(),
         bidirectional=True, max_distance=cfg.relative_attention_max_distance)
-    x = layers.apply_layers(
+    hidden_states = layers.apply_layers(
         lambda name: EncoderLayer(cfg, name=name), x, bias,
         num_layers=cfg.num_encoder_layers, scan_layers=cfg.scan_layers,
         scan_unroll=cfg.scan_unroll, remat_policy=cfg.remat_policy,
-        deterministic=deterministic)
+        deterministic=deterministic, output_hidden_states=output_hidden_states)
+    x = hidden_states[-1] if output_hidden_states else hidden_states
     x = _norm(cfg, "encoder_norm")(x)
-    return _constrain(dropout(x, deterministic=deterministic))
+    x = _constrain(dropout(x, deterministic=deterministic))
+    return hidden_states[:-1] + (x,) if output_hidden_states else x
 
 
 class Decoder(nn.Module):
@@ -334,9 +342,13 @@ class T5(nn.Module):
 
   def encode(self, encoder_input_tokens: jax.Array,
              encoder_segment_ids: Optional[jax.Array] = None,
-             enable_dropout: bool = False) -> jax.Array:
-    """[B, L] token ids -> [B, L, d_model] after the final norm (config.dtype)."""
-    return self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout)
+             enable_dropout: bool = False, output_hidden_states: bool = False
+             ) -> jax.Array | tuple[jax.Array, ...]:
+    """[B, L] token ids -> [B, L, d_model] after the final norm (config.dtype);
+    with `output_hidden_states`, every hidden state (`Encoder`), the output
+    last."""
+    return self.encoder(encoder_input_tokens, encoder_segment_ids, not enable_dropout,
+                        output_hidden_states)
 
   def decode(self, encoded: jax.Array, encoder_input_tokens: jax.Array,
              decoder_input_tokens: jax.Array,
