@@ -320,6 +320,63 @@ def restore_params(path: fs.PathLike, shardings: Any = None,
   return model_name, config, params
 
 
+def restore_params_subset(path: fs.PathLike, target: Any
+                          ) -> tuple[str, Any, Any]:
+  """(model_name, config, params) with only the leaves `target` names.
+
+  `target` is a nested dict in the canonical layout (the disk's), a subset
+  of the checkpoint's parameter tree, whose leaves are
+  `jax.ShapeDtypeStruct`s with shardings (an encoder's, for embedding).
+  Each leaf is restored straight into its sharding, each process reading
+  only the slices its devices hold; the checkpoint's other tensors are
+  placeholders and are not read at all.
+
+  Raises:
+    ValueError: a `target` leaf the checkpoint lacks, named by its path.
+  """
+  step_dir, model_name, config, metadata = _params_metadata(path)
+
+  def select(meta, wanted, where):
+    items, args = {}, {}
+    for key, value in meta.items():
+      if key not in wanted:
+        items[key] = jax.tree_util.tree_map(lambda _: ocp.PLACEHOLDER, value)
+        args[key] = items[key]
+      elif isinstance(wanted[key], dict):
+        if not isinstance(value, dict):
+          raise ValueError(f"{step_dir}: {'/'.join(where + (key,))} is a "
+                           "tensor, not a group of parameters")
+        items[key], args[key] = select(value, wanted[key], where + (key,))
+      else:
+        leaf = wanted[key]
+        if tuple(value.shape) != tuple(leaf.shape):
+          raise ValueError(f"{step_dir}: parameter "
+                           f"{'/'.join(where + (key,))} has shape "
+                           f"{tuple(value.shape)}, expected {leaf.shape}")
+        items[key] = leaf
+        args[key] = ocp.ArrayRestoreArgs(sharding=leaf.sharding,
+                                         global_shape=leaf.shape,
+                                         dtype=leaf.dtype)
+    for key in wanted:
+      if key not in meta:
+        raise ValueError(f"checkpoint {step_dir} lacks parameter "
+                         f"{'/'.join(where + (key,))}")
+    return items, args
+
+  def unplaceheld(restored, wanted):
+    return {key: unplaceheld(restored[key], value) if isinstance(value, dict)
+            else restored[key] for key, value in wanted.items()}
+
+  item, restore_args = select(metadata, target, ())
+  restored = ocp.PyTreeCheckpointer().restore(
+      step_dir / PARAMS, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args))
+  logging.info("restored %d of the %d parameter tensors of %s from %s",
+               len(jax.tree_util.tree_leaves(target)),
+               len(jax.tree_util.tree_leaves(metadata)), model_name, step_dir)
+  return model_name, config, unplaceheld(restored, target)
+
+
 def lazy_params(path: fs.PathLike) -> tuple[str, Any, Any]:
   """(model_name, config, params) with `LazyArray` leaves, read on `load()`.
 

@@ -1,31 +1,34 @@
-"""scripts/embed.py end to end: checkpoints in, HDF5 out, killed and resumed."""
+"""scripts/embed.py end to end: checkpoints in, HDF5 out, killed anywhere
+and rerun, sharded over processes and merged.
+
+The script runs in children of a warm forkserver (tests/forked_embed.py):
+real processes, killed with SIGKILL, without paying the TensorFlow import
+each time."""
 
 import gzip
 import json
 import os
 import pathlib
-import signal
 import socket
 import subprocess
 import sys
-import threading
 
 import h5py
 import numpy as np
 import pytest
 
-from prottrans_jax import families
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
-from prottrans_jax.inference import batching
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
+from prottrans_jax.inference import shards
 from prottrans_jax.models import t5
 
+import forked_embed
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-EMBED = REPO / "scripts" / "embed.py"
 CONFIG = t5.T5_CONFIGS["tiny"]
 
 
@@ -35,145 +38,148 @@ def model_dir(tiny_prott5_model_dir):
 
 
 @pytest.fixture(scope="module")
-def mixed_lengths_fasta(tmp_path_factory):
-  """Real proteins spanning five length ranges (several buckets, each
-  compiled once): 11 proteins in 7 batches of 1 or 2 at --max_tokens=2048
-  on 2 devices."""
-  records = list(fasta.read_fasta(sample_corpus.FASTA_PATH))
-  chosen = []
-  for low, high, count in ((1025, 2048, 1), (513, 1024, 3), (257, 512, 3),
-                           (129, 256, 3), (1, 128, 3)):
-    chosen += [r for r in records if low <= len(r.sequence) <= high][:count]
-  path = tmp_path_factory.mktemp("fasta") / "mixed.fasta"
-  path.write_text("".join(f">{r.description}\n{r.sequence}\n" for r in chosen))
-  return path, len(chosen)
+def runner(tmp_path_factory):
+  return forked_embed.ForkedRunner(tmp_path_factory.mktemp("forked"),
+                                   devices=DEVICES)
 
 
-def _embed_command(fasta_path, output, model_dir, *extra):
-  return [sys.executable, str(EMBED), f"--input={fasta_path}",
-          f"--output={output}", f"--checkpoint_dir={model_dir}",
-          "--max_tokens=2048", "--noprogress", *extra]
+@pytest.fixture(scope="module")
+def crash_fasta(tmp_path_factory):
+  """40 real proteins of 60-250 residues: about 30 batches of one protein
+  per device at MAX_TOKENS per device, over a few buckets."""
+  records = [r for r in fasta.read_fasta(sample_corpus.FASTA_PATH)
+             if 60 <= len(r.sequence) <= 250][:40]
+  path = tmp_path_factory.mktemp("fasta") / "forty.fasta"
+  path.write_text("".join(f">{r.description}\n{r.sequence}\n"
+                          for r in records))
+  return path, records
 
 
-MAX_TOKENS = 2048  # _embed_command's --max_tokens.
-DEVICES = 2  # _env's host devices.
+def _embed_args(fasta_path, output, model_dir, *extra):
+  return [f"--input={fasta_path}", f"--output={output}",
+          f"--checkpoint_dir={model_dir}", f"--max_tokens={MAX_TOKENS}",
+          "--noprogress", *extra]
 
 
-def _env():
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={DEVICES}")
-  env.pop(run.PAUSE_AFTER_BATCHES_ENV, None)
-  return env
+MAX_TOKENS = 128  # Per device.
+DEVICES = 2  # The forked runs' host devices.
+BOTH = ("--per_residue", "--per_protein")  # Two outputs, two files.
 
 
-def _first_batches(fasta_path, count):
-  """Dataset names of the proteins in the first `count` batches the engine
-  plans for `fasta_path` (the plan depends on the lengths alone)."""
-  records = list(fasta.read_fasta(fasta_path))
-  special = families.of(CONFIG).num_special_tokens
-  plan = list(batching.plan_batches(
-      [len(r.sequence) + special for r in records], MAX_TOKENS, DEVICES))
-  return [h5_writer.dataset_name(records[i].id)
-          for batch in plan[:count] for i in batch.indices]
+def _outputs(output):
+  """The two files a --per_residue --per_protein run writes."""
+  stem = str(output)[:-len(".h5")]
+  return [pathlib.Path(f"{stem}.per_residue.h5"),
+          pathlib.Path(f"{stem}.per_protein.h5")]
 
 
-def _run_until_paused(command, after_batches, log_path):
-  """Starts `command` with the pause hook of run.py and returns the process,
-  blocked after its `after_batches`-th batch is on disk, and the line it
-  announced the pause with."""
-  env = dict(_env(), **{run.PAUSE_AFTER_BATCHES_ENV: str(after_batches)})
-  with open(log_path, "w") as log:
-    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                               stderr=log, text=True)
-  # A run that hangs before pausing is killed, which ends its stdout.
-  watchdog = threading.Timer(600, process.kill)
-  watchdog.start()
-  try:
-    paused = next((line for line in process.stdout
-                   if line.startswith(run.PAUSED_MARKER)), None)
-  finally:
-    watchdog.cancel()
-  if paused is None:
-    process.kill()
-    process.wait()
-    pytest.fail("the run ended without pausing:\n"
-                + pathlib.Path(log_path).read_text()[-3000:])
-  return process, paused
-
-
-def test_killed_run_resumes_to_the_uninterrupted_file(
-    model_dir, mixed_lengths_fasta, tmp_path):
-  fasta_path, total = mixed_lengths_fasta
-  straight = tmp_path / "straight.h5"
-  subprocess.run(_embed_command(fasta_path, straight, model_dir), env=_env(),
-                 check=True, capture_output=True, timeout=600)
-
-  # The run blocks once its second batch is on disk (run.py's test hook) and
-  # is killed there, with 5 of its 7 batches unwritten, however fast the
-  # machine.
-  resumed = tmp_path / "resumed.h5"
-  process, paused = _run_until_paused(
-      _embed_command(fasta_path, resumed, model_dir), 2, tmp_path / "log")
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert process.returncode == -signal.SIGKILL
-  expected = _first_batches(fasta_path, 2)
-  assert len(expected) == 4 and total == 11
-  assert f"batches=2 proteins={len(expected)} " in paused
-  with h5py.File(resumed) as f:
-    assert sorted(f) == sorted(expected)
-
-  result = subprocess.run(_embed_command(fasta_path, resumed, model_dir),
-                          env=_env(), check=True, capture_output=True,
-                          text=True, timeout=600)
-  assert (f"{total - len(expected)} proteins embedded" in result.stdout
-          and f"{len(expected)} already there" in result.stdout), result.stdout
-  with h5py.File(straight) as a, h5py.File(resumed) as b:
-    assert sorted(a) == sorted(b) and len(a) == total
+def _assert_same_file(expected, actual, atol=None):
+  """Same datasets, attributes and (bit for bit, unless `atol`) values."""
+  with h5py.File(expected) as a, h5py.File(actual) as b:
+    assert dict(a.attrs) == dict(b.attrs)
+    assert sorted(a) == sorted(b) and len(a) > 0
     for name in a:
-      np.testing.assert_array_equal(a[name][()], b[name][()])
-      assert a[name].attrs["original_id"] == b[name].attrs["original_id"]
+      assert a[name].dtype == b[name].dtype
+      assert dict(a[name].attrs) == dict(b[name].attrs)
+      if atol is None:
+        np.testing.assert_array_equal(a[name][()], b[name][()])
+      else:
+        np.testing.assert_allclose(a[name][()], b[name][()], atol=atol,
+                                   rtol=0)
 
 
-def test_pause_hook_rejects_a_bad_value(model_dir, tmp_path, monkeypatch):
-  fasta_path = tmp_path / "one.fasta"
-  fasta_path.write_text(">a\nMKTAYIAKQR\n")
-  monkeypatch.setenv(run.PAUSE_AFTER_BATCHES_ENV, "0")
-  model = loading.from_checkpoint(str(model_dir))
-  with pytest.raises(ValueError, match=f"{run.PAUSE_AFTER_BATCHES_ENV}='0'"):
-    run.embed_fasta(str(fasta_path), str(tmp_path / "o.h5"), model,
-                    progress=False)
-  assert not (tmp_path / "o.h5").exists()
+@pytest.fixture(scope="module")
+def straight_outputs(runner, crash_fasta, model_dir, tmp_path_factory):
+  """The uninterrupted run's two files."""
+  output = tmp_path_factory.mktemp("straight") / "straight.h5"
+  runner.run(_embed_args(crash_fasta[0], output, model_dir, *BOTH))
+  return _outputs(output)
 
 
-def test_former_flag_max_residues_works_with_a_warning(model_dir, tmp_path):
+# Where each killed run stops (the test hook PROTTRANS_JAX_PAUSE_AT: the
+# n-th time this run reaches the point): computing a batch, inside a
+# chunk's commit (written, not yet renamed into place), just after a
+# commit, inside the merge's commit and after it, spread over a whole run.
+KILL_POINTS = [("batch_computed", 1), ("chunk_written", 1),
+               ("chunk_committed", 1), ("chunk_written", 2),
+               ("chunk_committed", 2), ("batch_computed", 3)] * 3 + [
+                   ("merge_written", 1), ("merged", 1)]
+
+
+def _committed_chunks(output):
+  return sorted(pathlib.Path(f"{output}.parts").glob("shard-*/chunk-*.h5"))
+
+
+def test_killed_anywhere_the_rerun_finishes_with_the_uninterrupted_output(
+    runner, crash_fasta, model_dir, straight_outputs, tmp_path):
+  fasta_path, records = crash_fasta
+  output = tmp_path / "killed.h5"
+  args = _embed_args(fasta_path, output, model_dir, *BOTH)
+  committed = []
+  for point, n in KILL_POINTS:
+    paused = runner.run_until_paused(args, f"{point}:{n}")
+    assert paused is not None, f"the run ended before reaching {point}:{n}"
+    assert f"point={point} n={n}" in paused
+    # Committed chunks are never lost or rewritten by a kill.
+    now = _committed_chunks(output)
+    assert set(committed) <= set(now)
+    committed = now
+    if point == "merged":
+      assert all(p.exists() for p in _outputs(output))
+  _, log = runner.run(args)
+  # Killed after the merge, the rerun finds every protein in the files.
+  assert f"0 proteins embedded (0 residues), {len(records)} already there" in log
+  assert not pathlib.Path(f"{output}.parts").exists()
+  for expected, actual in zip(straight_outputs, _outputs(output)):
+    _assert_same_file(expected, actual)
+
+
+def test_a_rerun_redoes_only_the_batch_in_flight(runner, crash_fasta,
+                                                  model_dir, tmp_path):
+  fasta_path, records = crash_fasta
+  output = tmp_path / "o.h5"
+  args = _embed_args(fasta_path, output, model_dir, "--per_protein")
+  assert runner.run_until_paused(args, "chunk_written:4")
+  chunks = _committed_chunks(output)
+  assert len(chunks) == 3  # The fourth was in flight: not under its name.
+  committed = 0
+  for chunk in chunks:
+    with h5py.File(chunk) as f:
+      committed += len(f["ids"])
+  _, log = runner.run(args)
+  assert (f"{len(records) - committed} proteins embedded" in log
+          and f"{committed} already there" in log), log[-2000:]
+  with h5py.File(output) as f:
+    assert len(f) == len(records)
+
+
+def test_pause_hook_rejects_a_bad_value(runner, crash_fasta, model_dir,
+                                        tmp_path):
+  code, log = runner.run(
+      _embed_args(crash_fasta[0], tmp_path / "o.h5", model_dir),
+      env={"PROTTRANS_JAX_PAUSE_AT": "chunk_written"}, check=False)
+  assert code != 0 and "PROTTRANS_JAX_PAUSE_AT" in log
+
+
+def test_former_flag_max_residues_works_with_a_warning(runner, model_dir,
+                                                       tmp_path):
   fasta_path = tmp_path / "three.fasta"
   fasta_path.write_text(">a\nMKTAYIAKQR\n>b\nMKTAYIAKQRQISFVKSHFSRQ\n"
                         ">c\nGSHMKTAY\n")
   output = tmp_path / "o.h5"
-  command = _embed_command(fasta_path, output, model_dir)
-  old = [arg.replace("--max_tokens=", "--max_residues=") for arg in command]
-  result = subprocess.run(old, env=_env(), capture_output=True, text=True,
-                          timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
+  args = _embed_args(fasta_path, output, model_dir)
+  _, log = runner.run([arg.replace("--max_tokens=", "--max_residues=")
+                       for arg in args])
   assert ("--max_residues is deprecated and will be removed: use "
-          "--max_tokens") in result.stderr
+          "--max_tokens") in log
   with h5py.File(output) as f:
     recorded = json.loads(f.attrs[h5_writer.SETTINGS_ATTRIBUTE])
     assert len(f) == 3
   assert recorded["max_tokens"] == MAX_TOKENS and "max_residues" not in recorded
   # The new name resumes the file as the same setting; nothing is left to do.
-  again = subprocess.run(command, env=_env(), check=True,
-                         capture_output=True, text=True, timeout=600)
-  assert "0 proteins embedded" in again.stdout
-  assert "3 already there" in again.stdout
-  assert "deprecated" not in again.stderr
-
-  both = subprocess.run([*command, f"--max_residues={MAX_TOKENS}"],
-                        env=_env(), capture_output=True, text=True,
-                        timeout=600)
-  assert both.returncode != 0
-  assert "give --max_tokens only" in both.stderr
+  _, again = runner.run(args)
+  assert "0 proteins embedded" in again and "3 already there" in again
+  assert "deprecated" not in again
 
 
 def test_output_of_the_previous_version_resumes(model_dir, shared_data,
@@ -222,21 +228,23 @@ def test_output_of_the_previous_version_resumes(model_dir, shared_data,
 
 
 def test_script_reports_bad_input_by_record_and_exits_nonzero(
-    model_dir, tmp_path):
+    runner, model_dir, tmp_path):
   fasta_path = tmp_path / "dup.fasta"
   fasta_path.write_text(">P1 one\nMKTAYIAKQR\n>P1 again\nMKTAYIAKQR\n")
-  result = subprocess.run(
-      _embed_command(fasta_path, tmp_path / "o.h5", model_dir), env=_env(),
-      capture_output=True, text=True, timeout=600)
-  assert result.returncode != 0
-  assert "duplicate id 'P1'" in result.stderr
-  assert not (tmp_path / "o.h5").exists()
+  output = tmp_path / "o.h5"
+  code, log = runner.run(_embed_args(fasta_path, output, model_dir),
+                         check=False)
+  assert code != 0 and "duplicate id 'P1'" in log
+  assert not output.exists() and not pathlib.Path(f"{output}.parts").exists()
 
-  missing = subprocess.run(
-      _embed_command(fasta_path, tmp_path / "o.h5", tmp_path / "no_model"),
-      env=_env(), capture_output=True, text=True, timeout=600)
-  assert missing.returncode != 0
-  assert "no checkpoint at" in missing.stderr and "no_model" in missing.stderr
+  code, log = runner.run(_embed_args(fasta_path, output,
+                                     tmp_path / "no_model"), check=False)
+  assert code != 0 and "no checkpoint at" in log and "no_model" in log
+
+  code, log = runner.run(_embed_args(fasta_path, output, model_dir,
+                                     "--shard_index=3", "--num_shards=3"),
+                         check=False)
+  assert code != 0 and "--shard_index=3 --num_shards=3" in log
 
 
 def test_checkpoint_dir_or_step_dir_load_the_same_model(model_dir):
@@ -293,27 +301,55 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def test_two_processes_with_jax_distributed_equal_one(model_dir, shared_data,
-                                                      tmp_path):
-  fasta_path = shared_data / "sequences" / "globins45.fasta"
-  single = tmp_path / "single.h5"
-  subprocess.run(_embed_command(fasta_path, single, model_dir), env=_env(),
-                 check=True, capture_output=True, timeout=600)
-  env = dict(_env(), XLA_FLAGS="--xla_force_host_platform_device_count=4")
+def _shard_residues(output):
+  """Residues each shard embedded, from the shards' COMPLETED records."""
+  return [json.loads(p.read_text())["residues"] for p in sorted(
+      pathlib.Path(f"{output}.parts").glob("shard-*/COMPLETED"))]
+
+
+def test_three_shards_run_alone_merge_to_the_single_process_output(
+    runner, crash_fasta, model_dir, straight_outputs, tmp_path):
+  fasta_path, records = crash_fasta
+  output = tmp_path / "sharded.h5"
+  shard = lambda i: _embed_args(fasta_path, output, model_dir, *BOTH,
+                                f"--shard_index={i}", "--num_shards=3")
+  # Any order; shard 0 is killed mid-run and rerun alone.
+  _, log = runner.run(shard(2))
+  assert "shard 2 of 3" in log and "merge_embeddings.py" in log
+  assert runner.run_until_paused(shard(0), "chunk_committed:2")
+  runner.run(shard(1))
+  with pytest.raises(h5_writer.OutputError, match="shard 0 of 3"):
+    shards.merge(str(output), progress=False)
+  runner.run(shard(0))
+  residues = _shard_residues(output)
+  total = sum(len(r.sequence) for r in records)
+  assert len(residues) == 3 and sum(residues) == total
+  assert max(residues) - min(residues) < 0.1 * total / 3, residues
+
+  merge = subprocess.run(
+      [sys.executable, str(REPO / "scripts" / "merge_embeddings.py"),
+       f"--output={output}", "--noprogress"],
+      env=dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2"),
+      capture_output=True, text=True, timeout=600)
+  assert merge.returncode == 0, merge.stderr[-3000:]
+  # Other batches than the single run's: equal to float32 rounding.
+  for expected, actual in zip(straight_outputs, _outputs(output)):
+    _assert_same_file(expected, actual, atol=1e-5)
+
+
+def test_jax_distributed_processes_default_to_one_shard_each(
+    runner, crash_fasta, model_dir, straight_outputs, tmp_path):
+  fasta_path, _ = crash_fasta
+  output = tmp_path / "multi.h5"
   address = f"127.0.0.1:{_free_port()}"
-  outputs = [tmp_path / "multi.h5", tmp_path / "process1.h5"]
-  processes = [
-      subprocess.Popen(
-          _embed_command(fasta_path, outputs[i], model_dir,
-                         f"--coordinator_address={address}",
-                         "--num_processes=2", f"--process_id={i}"),
-          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  for process in processes:
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
-  assert not outputs[1].exists()  # Only process 0 writes.
-  with h5py.File(single) as a, h5py.File(outputs[0]) as b:
-    assert sorted(a) == sorted(b) and len(a) == 45
-    for name in a:
-      np.testing.assert_allclose(a[name][()], b[name][()], atol=1e-5, rtol=0)
+  processes = [runner.start(_embed_args(
+      fasta_path, output, model_dir, *BOTH,
+      f"--coordinator_address={address}", "--num_processes=2",
+      f"--process_id={i}")) for i in range(2)]
+  for process, log in processes:
+    process.join(600)
+    assert process.exitcode == 0, log.read_text()[-3000:]
+  assert len(_shard_residues(output)) == 2
+  shards.merge(str(output), progress=False)
+  for expected, actual in zip(straight_outputs, _outputs(output)):
+    _assert_same_file(expected, actual, atol=1e-5)

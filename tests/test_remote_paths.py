@@ -11,7 +11,6 @@ stay local here; everything else is read from and written to the bucket.
 import gzip
 import io
 import json
-import logging
 import os
 import pathlib
 
@@ -37,6 +36,7 @@ from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
+from prottrans_jax.inference import shards
 from prottrans_jax.models import t5
 
 CONFIG = t5.T5_CONFIGS["tiny"]
@@ -130,26 +130,32 @@ def _datasets(path: pathlib.Path) -> dict[str, np.ndarray]:
 
 
 def test_embed_from_and_to_a_bucket_resumes_from_the_bucket(
-    bucket, model_dir, tmp_path, monkeypatch, caplog):
-  caplog.set_level(logging.INFO, logger=run.__name__)
+    bucket, model_dir, tmp_path, monkeypatch):
   _put("gs://bucket/in.fasta", _fasta(PROTEINS))
   model = loading.from_checkpoint(model_dir)
-  settings = engine.EmbedSettings()
+  settings = engine.EmbedSettings(max_tokens=8)  # One bucket per batch.
 
-  # A run that fails before its end uploads nothing.
-  def fail(*args, **kwargs):
-    raise RuntimeError("stopped")
+  # A run that stops part-way has uploaded the batches it committed (one
+  # chunk file each, under emb.h5.parts/), and the rerun resumes from them.
+  # Batches (longest first): P3/x; P1 and P2; P4.
+  write_chunk = shards.ShardWriter.write_chunk
+  def stop_at_the_second_batch(writer, batch_index, *args, **kwargs):
+    if batch_index == 1:
+      raise RuntimeError("stopped")
+    return write_chunk(writer, batch_index, *args, **kwargs)
   with monkeypatch.context() as patch:
-    patch.setattr(h5_writer.EmbeddingWriter, "write", fail)
+    patch.setattr(shards.ShardWriter, "write_chunk", stop_at_the_second_batch)
     with pytest.raises(RuntimeError, match="stopped"):
       run.embed_fasta("gs://bucket/in.fasta", "gs://bucket/out/emb.h5", model,
                       settings, progress=False)
   assert not fake_gcs.local_path_of("gs://bucket/out/emb.h5").exists()
+  assert [p.name for p in fake_gcs.local_path_of(
+      "gs://bucket/out/emb.h5.parts").glob("*/chunk-*")] == ["chunk-0000000.h5"]
 
   summary = run.embed_fasta("gs://bucket/in.fasta", "gs://bucket/out/emb.h5",
                             model, settings, progress=False)
-  assert (summary.proteins, summary.embedded, summary.already_done) == (4, 4, 0)
-  assert "uploading it when the run ends" in caplog.text  # Said up front.
+  assert (summary.proteins, summary.embedded, summary.already_done) == (4, 3, 1)
+  assert not fake_gcs.local_path_of("gs://bucket/out/emb.h5.parts").exists()
   uploaded = fake_gcs.local_path_of("gs://bucket/out/emb.h5")
   remote = _datasets(uploaded)
   assert sorted(remote) == ["P1", "P2", "P3_x", "P4"]
@@ -161,7 +167,7 @@ def test_embed_from_and_to_a_bucket_resumes_from_the_bucket(
   for name, array in _datasets(local).items():
     np.testing.assert_array_equal(remote[name], array)
 
-  # A rerun resumes from the bucket's file: nothing left, then one more.
+  # A rerun finds everything in the bucket's file; a longer input adds one.
   again = run.embed_fasta("gs://bucket/in.fasta", "gs://bucket/out/emb.h5", model,
                           settings, progress=False)
   assert (again.embedded, again.already_done) == (0, 4)
@@ -175,10 +181,11 @@ def test_embed_from_and_to_a_bucket_resumes_from_the_bucket(
   with pytest.raises(h5_writer.OutputError,
                      match=r"gs://bucket/out/emb.h5 exists with other settings"):
     run.embed_fasta("gs://bucket/in.fasta", "gs://bucket/out/emb.h5", model,
-                    engine.EmbedSettings(per_protein=True), progress=False)
+                    engine.EmbedSettings(per_protein=True, max_tokens=8),
+                    progress=False)
   run.embed_fasta("gs://bucket/in.fasta", "gs://bucket/out/emb.h5", model,
-                  engine.EmbedSettings(per_protein=True), overwrite=True,
-                  progress=False)
+                  engine.EmbedSettings(per_protein=True, max_tokens=8),
+                  overwrite=True, progress=False)
   per_protein = _datasets(uploaded)
   assert sorted(per_protein) == ["P1", "P2", "P3_x", "P4"]
   assert per_protein["P1"].shape == (CONFIG.d_model,)

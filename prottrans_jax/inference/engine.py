@@ -221,6 +221,39 @@ def _local(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
   return list(devices)
 
 
+def embedding_layout(config: Any, settings: EmbedSettings,
+                     devices: Sequence[jax.Device] | None = None
+                     ) -> tuple[Any, jax.sharding.Mesh,
+                                partitioning.LogicalRules, nn.Module, Any]:
+  """How `Embedder` runs `config`: (the config it runs: canonical layout,
+  `settings.dtype`; the mesh over this process's devices; the logical-axis
+  rules; the module; the encoder's abstract boxed parameters)."""
+  family = families.of(config)
+  run_config = config.with_dtype(settings.dtype).with_layer_options(
+      scan_layers=False, remat_policy="none")
+  mesh = partitioning.create_mesh(settings.num_partitions,
+                                  devices=_local(devices))
+  rules = partitioning.logical_axis_rules(1)
+  model = family.module(run_config)
+  abstract = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
+                         method=family.encode))["params"]
+  return run_config, mesh, rules, model, abstract
+
+
+def encoder_targets(config: Any, settings: EmbedSettings,
+                    devices: Sequence[jax.Device] | None = None) -> Any:
+  """The encoder's parameters as `Embedder` places them (canonical names,
+  `jax.ShapeDtypeStruct`s with their shardings): what a loader restores
+  straight into place."""
+  _, mesh, rules, _, abstract = embedding_layout(config, settings, devices)
+  shardings = partitioning.params_shardings(abstract, mesh, rules)
+  return jax.tree.map(
+      lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype,
+                                               sharding=sharding),
+      nn.unbox(abstract), shardings)
+
+
 class Embedder:
   """A loaded encoder, placed on this process's devices, ready to embed.
 
@@ -240,14 +273,10 @@ class Embedder:
     # (unscanned, no remat: both only pay in training, with a backward
     # pass), so a checkpoint embeds the same whichever layout trained it.
     params = self.family.to_canonical(config, params)
-    self.config = config.with_dtype(settings.dtype).with_layer_options(
-        scan_layers=False, remat_policy="none")
-    self.mesh = partitioning.create_mesh(settings.num_partitions,
-                                         devices=_local(devices))
-    self.rules = partitioning.logical_axis_rules(1)
+    self.config, self.mesh, self.rules, self._model, abstract = (
+        embedding_layout(config, settings, devices))
     self.data_parallel = self.mesh.shape[partitioning.DATA_AXIS]
-    self._model = self.family.module(self.config)
-    self.params = self._place_encoder_params(params)
+    self.params = self._place_encoder_params(params, abstract)
     self._batch_sharding = partitioning.batch_sharding(self.mesh, self.rules)
     self._encode = jax.jit(self._encode_fn)
     self._test_oom_above_tokens = _test_oom_above_tokens()
@@ -255,13 +284,10 @@ class Embedder:
     # of the same shape goes straight to the retries.
     self._out_of_memory: set[tuple[int, int, bool]] = set()
 
-  def _place_encoder_params(self, params: Any) -> Any:
+  def _place_encoder_params(self, params: Any, abstract: Any) -> Any:
     """Keeps the encoder's parameters (a full model's decoder is not needed)
-    and shards them by the logical-axis rules."""
-    abstract = jax.eval_shape(
-        lambda: self._model.init(jax.random.key(0),
-                                 jnp.ones((1, 8), jnp.int32),
-                                 method=self.family.encode))["params"]
+    and shards them by the logical-axis rules. Arrays already in place (the
+    sharded loaders') stay where they are: nothing is gathered."""
     params = params.get("params", params)
 
     def take(abstract_tree, tree, path=()):
@@ -276,8 +302,9 @@ class Embedder:
 
     # Host copies: with several processes, every process passes the same
     # values and each keeps the shards of its own devices.
-    encoder_params = jax.tree.map(np.asarray,
-                                  take(nn.unbox(abstract), params))
+    encoder_params = jax.tree.map(
+        lambda x: x if isinstance(x, jax.Array) else np.asarray(x),
+        take(nn.unbox(abstract), params))
     shardings = partitioning.params_shardings(abstract, self.mesh, self.rules)
     return jax.device_put(encoder_params, shardings)
 

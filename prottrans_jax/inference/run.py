@@ -1,75 +1,62 @@
-"""FASTA file -> HDF5 embeddings: validation, resume, incremental writes.
+"""FASTA in, HDF5 embeddings out: one shard of the input, crash-safe, resumable.
 
-Input and output may be local paths or URLs (`gs://bucket/out.h5`), through
-`prottrans_jax.fs`. h5py writes local files only, so a URL output is
-written to a local temporary file (which starts as a copy of the bucket's
-file when one exists, so a rerun resumes it) and uploaded when the run ends
-normally; a run killed or failing before then uploads nothing, and the
-bucket keeps what it held.
+A run embeds shard `shard_index` of `num_shards` of its input (one FASTA file,
+a glob or a comma-separated list, local or at URLs): the records whose
+headers fall in the shard's share of the input's bytes (`fasta.read_fasta_shard`,
+balanced by residues), on this process's own devices, without talking to
+any other process. So the shards of a pod run never wait for each other, and
+a shard that failed is rerun alone with the same command.
+
+Output for `--output O` (`out.h5` or `gs://bucket/out.h5`), through
+`prottrans_jax.fs`:
+
+  O.parts/shard-<i>-of-<n>/   settings.json, one chunk file per planned
+                              batch (committed atomically), COMPLETED
+  O                           the file users read: one dataset per protein,
+                              made by `shards.merge` from every shard's
+                              chunks (at the end of a single-shard run;
+                              scripts/merge_embeddings.py after a sharded one)
+
+Crash safety: a chunk appears whole under its final name or not at all, and
+the merged file likewise, so whatever instant a run is killed at, the same
+command finishes it with exactly the output of an uninterrupted run, redoing
+at most the batch that was in flight. Batches are planned from the shard's
+records alone (lengths, the token budget, the local device count), so a
+rerun computes each remaining protein in the batch an uninterrupted run would
+have: the same shapes, the same numbers bit for bit.
+
+A single-shard run whose merged output already exists with the same settings
+(an earlier run's, possibly over fewer proteins) adds what it lacks: proteins
+already in it count as done. Any other existing output is refused unless
+`overwrite`.
 """
 
-import contextlib
 import dataclasses
+import hashlib
 import logging
-import os
-import time
-from typing import Iterator
-
-import jax
-from jax.experimental import multihost_utils
-import numpy as np
+from typing import Sequence
 
 from prottrans_jax import fs
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
+from prottrans_jax.inference import shards
 
 logger = logging.getLogger(__name__)
 
-# Settings renamed since files were first written: {former: current}. An
-# output recorded under the former name still resumes.
-RENAMED_SETTINGS = {"max_residues": "max_tokens"}
-
-# Test hook, for tests that kill a run at a known point: with
-# PROTTRANS_JAX_PAUSE_AFTER_BATCHES=N in the environment, a run that has
-# written its N-th batch (the file is closed after every batch, so that
-# batch is on disk) prints a line starting with PAUSED_MARKER and blocks
-# until it is killed. Unset, as always outside tests, it costs one
-# environment lookup per run.
-PAUSE_AFTER_BATCHES_ENV = "PROTTRANS_JAX_PAUSE_AFTER_BATCHES"
-PAUSED_MARKER = "PROTTRANS_JAX_PAUSED"
-
-
-def _pause_after_batches() -> int | None:
-  value = os.environ.get(PAUSE_AFTER_BATCHES_ENV)
-  if not value:
-    return None
-  if not value.isdigit() or int(value) < 1:
-    raise ValueError(f"{PAUSE_AFTER_BATCHES_ENV}={value!r}: expected a "
-                     "positive number of batches (a test hook; unset it)")
-  return int(value)
-
-
-def _pause_for_test(batches: int, proteins: int, output_path: str) -> None:
-  """Announces the pause on stdout and blocks until the process is killed."""
-  logger.warning("%s=%d: pausing until killed", PAUSE_AFTER_BATCHES_ENV,
-                 batches)
-  print(f"{PAUSED_MARKER} batches={batches} proteins={proteins} "
-        f"output={output_path}", flush=True)
-  while True:
-    time.sleep(3600)
-
-
 @dataclasses.dataclass(frozen=True)
 class EmbedSummary:
-  proteins: int  # In the input.
-  already_done: int  # Found in the output by a resumed run.
+  proteins: int  # In this shard of the input.
+  already_done: int  # In the existing output or committed chunks.
   embedded: int  # Computed by this run.
   residues: int  # Computed by this run.
+  shard_index: int = 0
+  num_shards: int = 1
+  merged: tuple[str, ...] = ()  # The merged files, when this run merged.
 
 
-def _dataset_names(records: list[fasta.FastaRecord]) -> dict[str, str]:
+def _dataset_names(records: Sequence[fasta.FastaRecord]) -> dict[str, str]:
   """Record id -> HDF5 dataset name; two ids may not share a name."""
   names, owner = {}, {}
   for record in records:
@@ -83,82 +70,110 @@ def _dataset_names(records: list[fasta.FastaRecord]) -> dict[str, str]:
   return names
 
 
-@contextlib.contextmanager
-def _local_output(output_path: str, overwrite: bool) -> Iterator[str]:
-  """A local path for the HDF5 output: `output_path` itself, or for a URL a
-  local copy (of the existing file, unless `overwrite`) uploaded when the
-  block ends normally."""
-  if not fs.is_remote(output_path):
-    yield output_path
-    return
-  exists = fs.path(output_path).exists()
-  with fs.staged_output(output_path, copy_existing=not overwrite) as local:
-    logger.warning(
-        "%s is a URL: writing %s locally (%s) and uploading it when the run "
-        "ends; a run stopped before then uploads nothing, and running the "
-        "same command again resumes from what the bucket holds",
-        output_path,
-        ("a copy of it, to resume" if exists and not overwrite else
-         "replacing it (--overwrite)" if exists else "a new file"), local)
-    yield os.fspath(local)
-    logger.info("uploading %s to %s", local, output_path)
+def _records_fingerprint(records: Sequence[fasta.FastaRecord]) -> str:
+  """A digest of the shard's ids and lengths, in order: a rerun whose input
+  changed would plan other batches, so its chunks must not be reused."""
+  digest = hashlib.blake2b(digest_size=16)
+  for record in records:
+    digest.update(f"{record.id}\t{len(record.sequence)}\n".encode())
+  return digest.hexdigest()
+
+
+def _names_in_existing_output(output_path: str, file_settings: dict,
+                              output_keys: Sequence[str]) -> set[str]:
+  """Dataset names present in every existing merged file of this output
+  (proteins an earlier run embedded); an existing file with other settings
+  is an OutputError naming it."""
+  done = None
+  for key, path in shards.merged_paths(output_path, output_keys).items():
+    if not path.exists():
+      return set()
+    with fs.local_copy(path) as local:
+      writer = h5_writer.EmbeddingWriter(
+          str(local), shards.merged_file_settings(file_settings, key),
+          renamed_settings=shards.RENAMED_SETTINGS, name=str(path))
+      names = writer.existing_names()
+    done = names if done is None else done & names
+  return done or set()
 
 
 def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
                 settings: engine.EmbedSettings = engine.EmbedSettings(),
                 policy: fasta.FastaPolicy = fasta.FastaPolicy(),
                 output_dtype: str = "float32", overwrite: bool = False,
-                progress: bool = True) -> EmbedSummary:
-  """Embeds every protein of a FASTA file into an HDF5 file.
+                progress: bool = True, shard_index: int = 0,
+                num_shards: int = 1) -> EmbedSummary:
+  """Embeds shard `shard_index` of `num_shards` of the proteins of
+  `input_path` (a FASTA path, glob or comma-separated list) under
+  `output_path` (see the module docstring for the layout); a single-shard
+  run also merges, into `output_path` itself.
 
-  A run that finds its own earlier, interrupted output (same model and
-  settings) skips the proteins already written and ends with the file an
-  uninterrupted run would have written. Any other existing file is refused
-  unless `overwrite`.
-
-  Either path may be a URL; a URL output is written locally and uploaded
-  when the run ends (the module docstring says what a stopped run leaves).
+  Raises:
+    fasta.FastaError: bad input the policy does not repair.
+    h5_writer.OutputError: the output exists with other settings, or holds
+      another input's chunks (pass `overwrite` to replace it).
   """
-  pause_after = _pause_after_batches()
-  records = list(fasta.read_fasta(input_path, policy))
+  stats = fasta.ShardReadStats()
+  records = list(fasta.read_fasta_shard(fasta.expand_inputs(input_path),
+                                        shard_index, num_shards, policy,
+                                        stats))
   names = _dataset_names(records)
-  with contextlib.ExitStack() as stack:
-    # With several processes (jax.distributed) all compute, process 0 writes;
-    # a URL output's local file is uploaded when this block ends normally.
-    writer = None
-    done = np.zeros(len(records), bool)
-    if jax.process_index() == 0:
-      writer = h5_writer.EmbeddingWriter(
-          stack.enter_context(_local_output(output_path, overwrite)),
-          settings={"model": model.source, "model_name": model.name,
-                    "per_protein": settings.per_protein,
-                    "compute_dtype": settings.dtype,
-                    "output_dtype": output_dtype,
-                    "max_tokens": settings.max_tokens},
-          overwrite=overwrite, renamed_settings=RENAMED_SETTINGS,
-          name=output_path)
-      existing = writer.existing_names()
-      done = np.array([names[r.id] in existing for r in records], bool)
-    if jax.process_count() > 1:
-      done = np.asarray(multihost_utils.broadcast_one_to_all(done))
-    done_ids = {r.id for r, d in zip(records, done) if d}
-    is_done = lambda record: record.id in done_ids
-    already_done = len(done_ids)
-    if already_done:
-      logger.info("resuming %s: %d of %d proteins already embedded",
-                  output_path, already_done, len(records))
-    embedder = engine.Embedder(model.config, model.params, settings)
-    embedded = residues = batches = 0
-    for results in engine.embed_with_progress(
-        embedder, records, is_done, disable=not progress or writer is None):
-      new = {names[r.id]: (r.description, array)
-             for r, array in results if not is_done(r)}
-      if writer is not None:
-        writer.write(new, dtype=output_dtype)
-      embedded += len(new)
-      residues += sum(len(r.sequence) for r, _ in results if not is_done(r))
-      batches += 1
-      if batches == pause_after:
-        _pause_for_test(batches, already_done + embedded, output_path)
+  output_keys = [spec.key for spec in settings.outputs]
+  file_settings = {"model": model.source, "model_name": model.name,
+                   "compute_dtype": settings.dtype,
+                   "output_dtype": output_dtype,
+                   "max_tokens": settings.max_tokens}
+  done_names = set()
+  if num_shards == 1 and not overwrite:
+    done_names = _names_in_existing_output(output_path, file_settings,
+                                           output_keys)
+  embedder = engine.Embedder(model.config, model.params, settings)
+  plan = embedder.plan(records)
+  writer = shards.ShardWriter(
+      output_path, shard_index, num_shards,
+      dict(file_settings, shard={
+          "input": str(input_path), "records": _records_fingerprint(records),
+          "data_parallel": embedder.data_parallel}),
+      output_keys, output_dtype=output_dtype, overwrite=overwrite)
+  committed = writer.committed()
+  is_done = lambda record: names[record.id] in done_names
+  skip = lambda index: index in committed or all(
+      is_done(records[i]) for i in plan[index].indices)
+  already_done = sum(
+      len(plan[i].indices) for i in committed) + sum(
+          is_done(records[i]) for b, batch in enumerate(plan)
+          if b not in committed for i in batch.indices)
+  logger.info("shard %d of %d: %d proteins (%d residues, %d bytes of input "
+              "read), %d batches; %d proteins already done",
+              shard_index, num_shards, len(records), stats.residues,
+              stats.bytes_read, len(plan), already_done)
+  embedded = residues = 0
+  if not writer.completed:
+    for batch in engine.embed_batches_with_progress(
+        embedder, records, skip, disable=not progress, batches=plan):
+      shards.pause_point("batch_computed")  # Test hook: killed mid-run.
+      keep = [j for j, r in enumerate(batch.records) if not is_done(r)]
+      writer.write_chunk(
+          batch.index, [names[batch.records[j].id] for j in keep],
+          [batch.records[j].description for j in keep],
+          {key: [arrays[j] for j in keep]
+           for key, arrays in batch.outputs.items()})
+      embedded += len(keep)
+      residues += sum(len(batch.records[j].sequence) for j in keep)
+    writer.complete({"proteins": len(records), "residues": stats.residues,
+                     "input_bytes_read": stats.bytes_read,
+                     "batches": len(plan)})
+  merged = ()
+  if num_shards == 1:
+    merged = tuple(str(p) for p in shards.merge(
+        output_path, overwrite=overwrite, extend_existing=not overwrite,
+        progress=progress).values())
+    shards.remove_parts(output_path)
+  else:
+    logger.info("shard %d of %d is complete; when every shard is, "
+                "scripts/merge_embeddings.py --output %s makes the file",
+                shard_index, num_shards, output_path)
   return EmbedSummary(proteins=len(records), already_done=already_done,
-                      embedded=embedded, residues=residues)
+                      embedded=embedded, residues=residues,
+                      shard_index=shard_index, num_shards=num_shards,
+                      merged=merged)
