@@ -195,6 +195,13 @@ class OutOfDeviceMemoryError(RuntimeError):
 
 
 def _is_out_of_memory(error: Exception) -> bool:
+  """Whether XLA ran out of device memory, running or compiling.
+
+  The status may sit anywhere in the message: on an H100 (jax 0.11.2) a
+  program too large for memory failed to compile with NOT_FOUND (the GPU
+  autotuner found no kernel configuration), quoting the RESOURCE_EXHAUSTED
+  of each failed try further down.
+  """
   return (isinstance(error, jax.errors.JaxRuntimeError)
           and "RESOURCE_EXHAUSTED" in str(error))
 
@@ -431,10 +438,11 @@ class Embedder:
   def _note_out_of_memory(self, index: int, rows: int, length: int,
                           blockwise: bool, error: Exception) -> None:
     self._out_of_memory.add((rows, length, blockwise))
+    lines = str(error).splitlines()
     logger.warning("batch %d: %d rows x %d tokens%s ran out of device "
                    "memory (%s)", index, rows, length,
                    " (attention block by block)" if blockwise else "",
-                   str(error).splitlines()[0][:300])
+                   next(line for line in lines if "RESOURCE_EXHAUSTED" in line)[:300])
 
   def _retry(self, index: int, batch_records: list[fasta.FastaRecord],
              length: int, blockwise: bool = False
