@@ -228,6 +228,15 @@ def _local(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
   return list(devices)
 
 
+def embedding_mesh(settings: EmbedSettings,
+                   devices: Sequence[jax.Device] | None = None
+                   ) -> jax.sharding.Mesh:
+  """The mesh an `Embedder` with `settings` runs on: `data` x
+  `num_partitions`-way `model` over `devices` (default this process's)."""
+  return partitioning.create_mesh(settings.num_partitions,
+                                  devices=_local(devices))
+
+
 def embedding_layout(config: Any, settings: EmbedSettings,
                      devices: Sequence[jax.Device] | None = None
                      ) -> tuple[Any, jax.sharding.Mesh,
@@ -238,8 +247,7 @@ def embedding_layout(config: Any, settings: EmbedSettings,
   family = families.of(config)
   run_config = config.with_dtype(settings.dtype).with_layer_options(
       scan_layers=False, remat_policy="none")
-  mesh = partitioning.create_mesh(settings.num_partitions,
-                                  devices=_local(devices))
+  mesh = embedding_mesh(settings, devices)
   rules = partitioning.logical_axis_rules(1)
   model = family.module(run_config)
   abstract = jax.eval_shape(
@@ -248,8 +256,8 @@ def embedding_layout(config: Any, settings: EmbedSettings,
   return run_config, mesh, rules, model, abstract
 
 
-def encoder_targets(config: Any, settings: EmbedSettings,
-                    devices: Sequence[jax.Device] | None = None) -> Any:
+def encoder_params_target(config: Any, settings: EmbedSettings,
+                          devices: Sequence[jax.Device] | None = None) -> Any:
   """The encoder's parameters as `Embedder` places them (canonical names,
   `jax.ShapeDtypeStruct`s with their shardings): what a loader restores
   straight into place."""

@@ -1,13 +1,15 @@
 """Where an encoder's weights come from: our checkpoints or Hugging Face.
 
-Given the embedding settings, a loader puts the encoder's weights straight
-where the `Embedder` wants them: each tensor in its sharding over this
-process's embedding mesh. From our checkpoints only the encoder's tensors
-are read, and of each only the slices this process's devices hold (Orbax
-restores into the target shardings), so no device ever holds a whole copy
-of a weight the mesh splits and a ProtT5's decoder is never read.
+Given the embedding's `EmbedSettings`, both loaders keep only the encoder and
+put each of its tensors straight into the sharding the embedding engine runs
+it in (`engine.encoder_params_target`: the same mesh and rules as
+`engine.Embedder`, which then uses them as they are). No device ever holds
+a whole tensor the mesh splits, so a model larger than one device's memory
+(ProtT5-XXL's encoder, ~22 GB in float32) embeds model-parallel. Without
+settings they return the parameters whole, as other callers want them.
 """
 
+import collections
 import dataclasses
 import logging
 from typing import Any, Sequence
@@ -27,51 +29,75 @@ logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
-  """An encoder's weights and where they came from (recorded in the output)."""
+  """An encoder's weights and where they came from (recorded in the output).
+
+  `tensors_read` and `max_device_bytes` are set by the loaders given
+  settings: how many tensors were read from the checkpoint, and the most
+  bytes of parameters any one device holds after placement.
+  """
   name: str  # Model family, e.g. "t5".
   config: Any
   params: Any
   source: str  # Checkpoint path and step, or Hugging Face directory.
+  tensors_read: int | None = None
+  max_device_bytes: int | None = None
 
 
-def peak_device_bytes(params: Any) -> int:
-  """The most bytes of `params` any one device holds (the sum of its
-  addressable shards): what loading placed on the fullest device."""
-  per_device = {}
+def device_bytes(params: Any) -> dict[jax.Device, int]:
+  """Bytes of `params` (a tree of `jax.Array`s) on each of this process's
+  devices: the sum of the shards it holds. Computed from the shards, as
+  `device.memory_stats()` is not available on every platform (None on CPU)."""
+  totals = collections.Counter()
   for leaf in jax.tree_util.tree_leaves(params):
     for shard in leaf.addressable_shards:
-      per_device[shard.device] = (per_device.get(shard.device, 0)
-                                  + shard.data.nbytes)
-  return max(per_device.values(), default=0)
+      totals[shard.device] += shard.data.nbytes
+  return dict(totals)
 
 
-def _log_placement(source: str, params: Any) -> None:
-  total = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params))
-  logger.info("%s: encoder %.1f MB placed, at most %.1f MB on one device",
-              source, total / 1e6, peak_device_bytes(params) / 1e6)
+def _placed(name: str, config: Any, params: Any, source: str,
+            tensors_read: int, out_of: str) -> LoadedModel:
+  """The LoadedModel of sharded `params`, its reads and placement logged."""
+  max_bytes = max(device_bytes(params).values())
+  logger.info("%s: read %d tensors of %s; the fullest device holds %.1f MB "
+              "of the encoder's %.1f MB", source, tensors_read, out_of,
+              max_bytes / 1e6,
+              sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params)) / 1e6)
+  return LoadedModel(name, config, params, source, tensors_read=tensors_read,
+                     max_device_bytes=max_bytes)
 
 
 def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
-                    devices: Sequence[jax.Device] | None = None
-                    ) -> LoadedModel:
+                    devices: Sequence[jax.Device] | None = None) -> LoadedModel:
   """A MODEL_DIR (its latest step) or one step's directory of ours, local or
   a URL (`gs://...`, which Orbax reads directly).
 
   The checkpoint records its model family and configuration, so nothing
-  else is needed; any family of `prottrans_jax.families` embeds. With
-  `settings` (the embedding's), only the encoder is read, straight into
-  its shardings on `devices` (default: this process's); without, the whole
-  model is restored on the first local device.
+  else is needed; any family of `prottrans_jax.families` embeds.
+
+  With `settings` (those the Embedder will run with, on the same `devices`:
+  default as `engine.Embedder`'s), only the encoder's tensors are read (not
+  T5's decoder nor the BERT family's heads), each once per process, on the
+  host, a group at a time (`checkpoints.restore_params_subset`), and
+  `params` are `jax.Array`s already in their shardings on
+  `engine.embedding_mesh(settings, devices)`, in the param dtype: each
+  device only ever receives its shards. They are in the canonical (unscanned) layout, the disk's, and the
+  returned config says so (`scan_layers` off), whichever layout trained
+  them. A checkpoint lacking an encoder tensor is a ValueError naming it.
+
+  Without `settings`, the whole model in the recorded config's layout on
+  the first local device (conversion, evaluation and tests use this).
   """
   step_dir = checkpoints.step_directory(path)
   if settings is None:
     model_name, config, params = checkpoints.restore_params(step_dir)
     return LoadedModel(model_name, config, params, source=str(step_dir))
-  _, config = checkpoints.checkpoint_model_config(step_dir)
-  model_name, config, params = checkpoints.restore_params_subset(
-      step_dir, engine.encoder_targets(config, settings, devices))
-  _log_placement(str(step_dir), params)
-  return LoadedModel(model_name, config, params, source=str(step_dir))
+  model_name, config = checkpoints.checkpoint_model_config(step_dir)
+  config = config.with_layer_options(scan_layers=False)
+  target = engine.encoder_params_target(config, settings, devices)
+  params, tensors_held = checkpoints.restore_params_subset(step_dir, target)
+  return _placed(model_name, config, params, str(step_dir),
+                 len(jax.tree_util.tree_leaves(target)),
+                 f"the {tensors_held} the checkpoint holds")
 
 
 def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
@@ -84,25 +110,29 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
   Full models, task models (BertForMaskedLM, ElectraForPreTraining, ...) and
   the encoder-only releases (e.g. the float16 `prot_t5_xl_half_uniref50-enc`)
   all work; only the encoder is read, one tensor at a time, and cast to the
-  parameter dtype. With `settings`, each tensor goes straight to its
-  sharding on `devices` (default: this process's) as it is read: the host
-  reads whole tensors (safetensors has no slices), no device gets one the
-  mesh splits.
+  parameter dtype.
+
+  With `settings` (and `devices`, as for `from_checkpoint`), each tensor is
+  put straight into its sharding on `engine.embedding_mesh(settings,
+  devices)` once read, so no device receives a whole tensor the mesh
+  splits; the host still reads each tensor whole (safetensors), one at a
+  time. Without, the parameters are host (numpy) arrays.
   """
   with fs.local_copy(directory) as local:
     config, loaders, _ = formats.read_hf_checkpoint(local, encoder_only=True)
-    dtype = np.dtype(config.param_dtype)
-    place = lambda name, array: array
-    if settings is not None:
-      targets = mapping.flatten(engine.encoder_targets(config, settings,
-                                                       devices))
-      place = lambda name, array: (jax.device_put(array,
-                                                  targets[name].sharding)
-                                   if name in targets else array)
-    params = mapping.unflatten(
-        {name: place(name, np.asarray(load(), dtype=dtype))
-         for name, load in loaders.items()})
-  if settings is not None:
-    _log_placement(str(directory), params)
-  return LoadedModel(families.of(config).name, config, params,
-                     source=str(directory))
+    if settings is None:
+      dtype = np.dtype(config.param_dtype)
+      params = mapping.unflatten(
+          {name: np.asarray(load(), dtype=dtype) for name, load in loaders.items()})
+      return LoadedModel(families.of(config).name, config, params,
+                         source=str(directory))
+    targets = mapping.flatten(engine.encoder_params_target(config, settings, devices))
+    missing = sorted(set(targets) - set(loaders))
+    if missing:
+      raise ValueError(f"{directory} lacks encoder parameter(s) {', '.join(missing)}")
+    params = mapping.unflatten({
+        name: jax.device_put(np.asarray(loaders[name](), dtype=target.dtype),
+                             target.sharding)
+        for name, target in targets.items()})
+  return _placed(families.of(config).name, config, params, str(directory),
+                 len(targets), "its encoder")
