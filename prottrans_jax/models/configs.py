@@ -46,9 +46,10 @@ class DictConfig:
 
   def with_blockwise_attention(self: _C) -> _C:
     """This config attending `attention_chunk_size` queries at a time at
-    every length above that: the same results in less memory, slower below
-    the usual threshold (the embedding engine's last retry of a batch out
-    of memory). A config made of several networks overrides this."""
+    every length above that: the same results (up to rounding) in less
+    memory, slower below the usual threshold (the embedding engine's last
+    retry of a batch out of memory). A config made of several networks
+    overrides this."""
     return dataclasses.replace(self, long_sequence_threshold=min(
         self.long_sequence_threshold, self.attention_chunk_size))
 
