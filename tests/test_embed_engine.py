@@ -69,6 +69,11 @@ def test_max_tokens_counts_special_tokens_and_padding(model):
                              engine.EmbedSettings(max_tokens=62),
                              devices=jax.devices()[:1])
   assert [len(batch) for batch in embedder.embed(records)] == [2, 2]
+  # The budget is per data-parallel device: two devices hold 2 x 62 tokens.
+  two_devices = engine.Embedder(model.config, model.params,
+                                engine.EmbedSettings(max_tokens=62),
+                                devices=jax.devices()[:2])
+  assert [(b.rows, b.length) for b in two_devices.plan(records)] == [(4, 31)]
 
 
 def test_former_name_max_residues_still_works_with_a_warning():
