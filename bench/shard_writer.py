@@ -16,7 +16,8 @@ It prints records/s and MB/s (array bytes) of each and, measured in the same
 run on the same batches, today's `h5_writer.EmbeddingWriter.write` (one
 HDF5 dataset per protein, the file closed after every batch as run.py did)
 on the first --reference_records (per protein) and
---reference_per_residue_records records, and the ratios.
+--reference_per_residue_records records, as it is and with the file fsynced
+after every batch (the durability ShardWriter gives), and the ratios.
 
 Then it merges the per-protein shard into one file (`shards.merge`, a copy
 and `links`), reads the parts back (`read_embeddings`) and prints records/s
@@ -114,9 +115,12 @@ def _write_shard(output, key, plan, lengths, names, original_ids, pool):
 
 
 def _write_reference(path, plan, lengths, names, original_ids, pool,
-                     per_residue, limit):
-  """Today's writer on the first `limit` records of the same batches;
-  returns (records, seconds, array bytes)."""
+                     per_residue, limit, fsync):
+  """Today's writer on the first `limit` records of the same batches, with
+  `fsync`: the file forced to disk after every batch (as ShardWriter forces
+  every chunk); returns (records, seconds, array bytes)."""
+  if os.path.exists(path):
+    os.remove(path)
   writer = h5_writer.EmbeddingWriter(path, {"bench": True})
   records = written = 0
   start = time.perf_counter()
@@ -126,6 +130,10 @@ def _write_reference(path, plan, lengths, names, original_ids, pool,
     arrays = _batch_arrays(batch, lengths, pool, per_residue)
     writer.write({names[i]: (original_ids[i], array)
                   for i, array in zip(batch.indices, arrays)})
+    if fsync:
+      descriptor = os.open(path, os.O_RDONLY)
+      os.fsync(descriptor)
+      os.close(descriptor)
     records += len(batch.indices)
     written += sum(a.nbytes for a in arrays)
   return records, time.perf_counter() - start, written
@@ -148,7 +156,8 @@ def main(argv):
   print(f"lengths drawn from {os.path.normpath(_FASTA.value)} ({len(records)} "
         f"proteins, mean {real_lengths.mean():.0f}, max {real_lengths.max()})"
         f"; d={d}, float32; ShardWriter fsyncs and renames every chunk, "
-        "EmbeddingWriter does not fsync")
+        "EmbeddingWriter does not fsync unless told (+ fsync: every batch); "
+        "ratios of MB/s")
   root = tempfile.mkdtemp(prefix="shard_writer_bench_", dir=_DIR.value)
   try:
     results = {}
@@ -170,14 +179,15 @@ def main(argv):
       output = os.path.join(root, f"{kind}.h5")
       seconds, nbytes = _write_shard(output, key, plan, lengths, names,
                                      original_ids, pool)
-      print(f"  ShardWriter     {_rate(count, seconds, nbytes)}")
-      reference = _write_reference(
-          os.path.join(root, f"{kind}_reference.h5"), plan, lengths, names,
-          original_ids, pool, per_residue, reference_count)
-      print(f"  EmbeddingWriter {_rate(*reference)}")
-      # In bytes: the reference's records are the plan's first, the longest.
-      ratio = (nbytes / seconds) / (reference[2] / reference[1])
-      print(f"  ShardWriter / EmbeddingWriter: {ratio:.1f}x (MB/s)")
+      print(f"  ShardWriter             {_rate(count, seconds, nbytes)}")
+      for fsync in (False, True):
+        reference = _write_reference(
+            os.path.join(root, f"{kind}_reference.h5"), plan, lengths, names,
+            original_ids, pool, per_residue, reference_count, fsync)
+        # In bytes: the reference's records are the plan's first, the longest.
+        ratio = (nbytes / seconds) / (reference[2] / reference[1])
+        label = "EmbeddingWriter + fsync" if fsync else "EmbeddingWriter"
+        print(f"  {label:23} {_rate(*reference)}; ShardWriter: {ratio:.1f}x")
       results[kind] = (output, count, nbytes, seconds)
       if per_residue:  # Its parts are only for the write figure: free disk.
         shutil.rmtree(shards.parts_directory(output))
