@@ -1,17 +1,12 @@
-"""Shared command-line plumbing for the scripts: multi-process start-up,
-the embedding batch budget and the T5X-style gin entry point. Scripts stay a
-few lines: flags in, one library call."""
+"""Shared command-line plumbing for the commands: multi-process start-up
+and the embedding batch budget. Scripts stay a few lines: flags in, one
+library call. No TensorFlow, seqio or gin here: the embedding and conversion
+commands import this module (the gin entry point of training is
+`gin_utils.run_gin_main`)."""
 
 import dataclasses
-import sys
-from typing import Callable
-
-from absl import app
 from absl import flags
 from absl import logging
-import seqio
-
-from prottrans_jax import gin_utils
 from prottrans_jax import partitioning
 
 
@@ -110,45 +105,3 @@ def define_max_tokens_flag(default: int, help_text: str = MAX_TOKENS_HELP,
       message="give --max_tokens only: --max_residues is its deprecated "
       "former name", flag_values=flag_values)
   return MaxTokensFlag(max_tokens, max_residues)
-
-
-@dataclasses.dataclass(frozen=True)
-class GinFlags:
-  gin_files: flags.FlagHolder
-  tfds_data_dir: flags.FlagHolder
-
-
-def define_gin_flags() -> GinFlags:
-  """--gin_file (repeatable) and --tfds_data_dir, as in T5X; --gin.NAME=VALUE
-  bindings are taken from argv by `run_gin_main`."""
-  return GinFlags(
-      flags.DEFINE_multi_string(
-          "gin_file", [], "gin files, in order (model first, then run); "
-          "--gin.NAME=VALUE binds a macro or parameter after them."),
-      flags.DEFINE_string(
-          "tfds_data_dir", None, "Data dir of the TFDS corpora built by "
-          "scripts/prepare_corpus.py (uniref50, bfd, ... tasks read there)."))
-
-
-def run_gin_main(run: Callable[[], None], gin_flags: GinFlags,
-                 distributed: DistributedFlags) -> None:
-  """Runs `run` after parsing the gin files and --gin.NAME=VALUE bindings.
-
-  A gin typo or a missing required macro exits non-zero with a message that
-  names the binding.
-  """
-  argv, bindings = gin_utils.split_gin_bindings(sys.argv)
-
-  def main(argv):
-    del argv
-    distributed.initialize()
-    if gin_flags.tfds_data_dir.value:
-      seqio.set_tfds_data_dir_override(gin_flags.tfds_data_dir.value)
-    try:
-      gin_utils.parse(gin_flags.gin_files.value, bindings)
-    except gin_utils.GinConfigError as e:
-      raise app.UsageError(str(e)) from e
-    logging.set_verbosity(logging.INFO)
-    run()
-
-  app.run(main, argv=argv)

@@ -6,11 +6,19 @@ dynamic registration (`from __gin__ import dynamic_registration` and
 depends on gin. Scripts call `parse` and then the configured function.
 """
 
+import dataclasses
 import pathlib
 import re
+import sys
 from typing import Any, Callable, Mapping, Sequence
 
+from absl import app
+from absl import flags
+from absl import logging
 import gin
+import seqio
+
+from prottrans_jax import cli
 
 # The gin files shipped in the package. Searched after the working
 # directory, so `--gin_file=models/prott5_tiny.gin` (canonical), the older
@@ -124,3 +132,45 @@ def configured_arguments(fn: Callable[..., Any]) -> dict[str, Any]:
     return dict(gin.get_bindings(fn, resolve_references=True))
   except ValueError:
     return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class GinFlags:
+  gin_files: flags.FlagHolder
+  tfds_data_dir: flags.FlagHolder
+
+
+def define_gin_flags() -> GinFlags:
+  """--gin_file (repeatable) and --tfds_data_dir, as in T5X; --gin.NAME=VALUE
+  bindings are taken from argv by `run_gin_main`."""
+  return GinFlags(
+      flags.DEFINE_multi_string(
+          "gin_file", [], "gin files, in order (model first, then run); "
+          "--gin.NAME=VALUE binds a macro or parameter after them."),
+      flags.DEFINE_string(
+          "tfds_data_dir", None, "Data dir of the TFDS corpora built by "
+          "scripts/prepare_corpus.py (uniref50, bfd, ... tasks read there)."))
+
+
+def run_gin_main(run: Callable[[], None], gin_flags: GinFlags,
+                 distributed: cli.DistributedFlags) -> None:
+  """Runs `run` after parsing the gin files and --gin.NAME=VALUE bindings.
+
+  A gin typo or a missing required macro exits non-zero with a message that
+  names the binding.
+  """
+  argv, bindings = split_gin_bindings(sys.argv)
+
+  def main(argv):
+    del argv
+    distributed.initialize()
+    if gin_flags.tfds_data_dir.value:
+      seqio.set_tfds_data_dir_override(gin_flags.tfds_data_dir.value)
+    try:
+      parse(gin_flags.gin_files.value, bindings)
+    except GinConfigError as e:
+      raise app.UsageError(str(e)) from e
+    logging.set_verbosity(logging.INFO)
+    run()
+
+  app.run(main, argv=argv)

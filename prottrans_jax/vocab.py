@@ -1,9 +1,12 @@
 """Protein vocabularies with the exact ids of the released ProtTrans tokenizers.
 
-Both are `seqio.Vocabulary` subclasses, so they work in Python and inside
-tf.data pipelines. A protein is one token per residue: there is no subword
-merging, so a fixed character table reproduces the released tokenizers
-(ProtT5's sentencepiece model, ProtBert's `vocab.txt`) without loading them.
+Plain Python and NumPy: the embedding, conversion and downstream code use
+them without TensorFlow. `prottrans_jax.data.vocabularies` wraps them as
+`seqio.Vocabulary` objects for the tf.data pipelines of training.
+
+A protein is one token per residue: there is no subword merging, so a fixed
+character table reproduces the released tokenizers (ProtT5's sentencepiece
+model, ProtBert's `vocab.txt`) without loading them.
 
 Input may be written as the released pipelines expect ("M K T ...") or plain
 ("MKT..."): whitespace is ignored. Letters are upper-cased. The rare residues
@@ -15,8 +18,6 @@ vocabulary letter becomes the unknown token.
 from typing import Iterable, Sequence
 
 import numpy as np
-import seqio
-import tensorflow as tf
 
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 # Residues the released models saw as themselves; all other letters map to X.
@@ -27,11 +28,13 @@ _PROTT5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 # ProtBert / ProtBert-BFD `vocab.txt` order, ids 5..29.
 _PROTBERT_RESIDUES = "LAGVESIKRDTPNQFYMHCWXUBZO"
 
-_IGNORED = -1  # Lookup value of whitespace: dropped, not tokenized.
+# Lookup value of whitespace: dropped, not tokenized.
+IGNORED = -1
+PAD_ID = 0  # Every vocabulary here pads with 0, as seqio requires.
 
 
 def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
-  """A byte -> token id table (whitespace -> _IGNORED, non-residues -> unk)."""
+  """A byte -> token id table (whitespace -> IGNORED, non-residues -> unk)."""
   table = np.full(256, unk_id, dtype=np.int32)
   for letter, token_id in residue_ids.items():
     table[ord(letter)] = token_id
@@ -40,12 +43,18 @@ def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
     table[ord(letter)] = residue_ids["X"]
     table[ord(letter.lower())] = residue_ids["X"]
   for space in " \t\r\n":
-    table[ord(space)] = _IGNORED
+    table[ord(space)] = IGNORED
   return table
 
 
-class _CharacterVocabulary(seqio.Vocabulary):
-  """One token per residue character, with fixed special ids below/above."""
+class CharacterVocabulary:
+  """One token per residue character, with fixed special ids below them and
+  `extra_ids` sentinels above.
+
+  `encode` and `decode` follow `seqio.Vocabulary`'s contract (no EOS added;
+  decoding maps ids past the base vocabulary to unk and stops at the first
+  EOS), so the seqio wrapper only adds the TensorFlow ops.
+  """
 
   def __init__(self, residue_offset: int, residues: str,
                special_tokens: Sequence[str], unk_id: int, eos_id: int | None,
@@ -54,11 +63,13 @@ class _CharacterVocabulary(seqio.Vocabulary):
     self._residue_ids = {r: residue_offset + i for i, r in enumerate(residues)}
     self._unk_id = unk_id
     self._eos_id = eos_id
+    self._extra_ids = extra_ids
     self._lookup = _build_lookup(self._residue_ids, unk_id)
     self._id_to_piece = list(self._special_tokens) + list(residues)
-    super().__init__(extra_ids=extra_ids)
 
-  # --- seqio.Vocabulary interface -------------------------------------------
+  @property
+  def pad_id(self) -> int:
+    return PAD_ID
 
   @property
   def eos_id(self) -> int | None:
@@ -69,56 +80,60 @@ class _CharacterVocabulary(seqio.Vocabulary):
     return self._unk_id
 
   @property
-  def _base_vocab_size(self) -> int:
+  def extra_ids(self) -> int:
+    return self._extra_ids
+
+  @property
+  def base_vocab_size(self) -> int:
+    """Special tokens and residues, without the extra ids."""
     return len(self._id_to_piece)
 
-  def _encode(self, s: str) -> Sequence[int]:
-    data = np.frombuffer(s.encode("utf-8"), dtype=np.uint8)
-    ids = self._lookup[data]
-    # A multi-byte UTF-8 character is one unknown symbol, not several.
-    is_continuation = (data & 0xC0) == 0x80
-    return ids[(ids != _IGNORED) & ~is_continuation].tolist()
+  @property
+  def vocab_size(self) -> int:
+    return self.base_vocab_size + self._extra_ids
 
-  def _decode(self, ids: Iterable[int]) -> str:
-    return "".join(self._piece(int(i)) for i in ids)
-
-  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor:
-    lookup = tf.constant(self._lookup)
-    ragged_input = s.shape.rank != 0
-    byte_values = tf.strings.unicode_decode(s, "UTF-8", errors="replace",
-                                            replacement_char=0xFFFD)
-    byte_values = tf.minimum(byte_values, 255)  # Non-ASCII -> a non-residue slot.
-    if ragged_input:
-      ids = tf.ragged.map_flat_values(tf.gather, lookup, byte_values)
-      return tf.ragged.boolean_mask(ids, ids != _IGNORED)
-    ids = tf.gather(lookup, byte_values)
-    return tf.boolean_mask(ids, ids != _IGNORED)
-
-  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    # seqio has already replaced ids outside the base vocabulary by unk.
-    pieces = tf.constant([self._piece(i) for i in range(self._base_vocab_size)])
-    return tf.strings.reduce_join(tf.gather(pieces, ids), axis=-1)
-
-  def __eq__(self, other) -> bool:
-    return (type(self) is type(other) and
-            self._id_to_piece == other._id_to_piece and
-            self._extra_ids == other._extra_ids)
-
-  # --- helpers ----------------------------------------------------------------
-
-  def _piece(self, token_id: int) -> str:
-    """The text of one id; padding decodes to nothing."""
-    if token_id == self.pad_id:
-      return ""
-    return self._id_to_piece[token_id]
+  @property
+  def byte_lookup(self) -> np.ndarray:
+    """The 256-entry byte -> id table (`IGNORED` for whitespace)."""
+    return self._lookup
 
   @property
   def residue_ids(self) -> dict[str, int]:
     """Residue letter -> id, for the letters the vocabulary holds."""
     return dict(self._residue_ids)
 
+  def encode(self, s: str) -> list[int]:
+    """The ids of a protein, without EOS."""
+    data = np.frombuffer(s.encode("utf-8"), dtype=np.uint8)
+    ids = self._lookup[data]
+    # A multi-byte UTF-8 character is one unknown symbol, not several.
+    is_continuation = (data & 0xC0) == 0x80
+    return ids[(ids != IGNORED) & ~is_continuation].tolist()
 
-class ProtT5Vocabulary(_CharacterVocabulary):
+  def decode(self, ids: Iterable[int]) -> str:
+    """The residues of `ids` up to the first EOS; padding decodes to nothing."""
+    clean = [int(i) if int(i) < self.base_vocab_size else self._unk_id
+             for i in ids]
+    if self._eos_id is not None and self._eos_id in clean:
+      clean = clean[:clean.index(self._eos_id) + 1]
+    return "".join(self.piece(i) for i in clean)
+
+  def piece(self, token_id: int) -> str:
+    """The text of one id of the base vocabulary; padding is empty."""
+    if token_id == self.pad_id:
+      return ""
+    return self._id_to_piece[token_id]
+
+  def __eq__(self, other) -> bool:
+    return (type(self) is type(other) and
+            self._id_to_piece == other._id_to_piece and
+            self._extra_ids == other._extra_ids)
+
+  def __hash__(self) -> int:
+    return hash((type(self), tuple(self._id_to_piece), self._extra_ids))
+
+
+class ProtT5Vocabulary(CharacterVocabulary):
   """The ProtT5 tokenizer's ids: `<pad>` 0, `</s>` 1, `<unk>` 2, residues 3..27.
 
   100 sentinels sit at the top (`<extra_id_k>` = 127 - k), exactly as
@@ -139,13 +154,13 @@ class ProtT5Vocabulary(_CharacterVocabulary):
     """`<extra_id_0>`, the id ProtT5's pre-training replaced residues with."""
     return self.vocab_size - 1
 
-  def _piece(self, token_id: int) -> str:
+  def piece(self, token_id: int) -> str:
     if token_id == self.eos_id:
       return ""  # Decoded proteins are plain residue strings.
-    return super()._piece(token_id)
+    return super().piece(token_id)
 
 
-class ProtBertVocabulary(_CharacterVocabulary):
+class ProtBertVocabulary(CharacterVocabulary):
   """ProtBert / ProtBert-BFD `vocab.txt`: `[PAD]` 0, `[UNK]` 1, `[CLS]` 2,
   `[SEP]` 3, `[MASK]` 4, residues 5..29.
 
@@ -169,7 +184,7 @@ class ProtBertVocabulary(_CharacterVocabulary):
   def cls_id(self) -> int:
     return self.CLS_ID
 
-  def _piece(self, token_id: int) -> str:
+  def piece(self, token_id: int) -> str:
     if token_id in (self.CLS_ID, self.SEP_ID):
       return ""
-    return super()._piece(token_id)
+    return super().piece(token_id)

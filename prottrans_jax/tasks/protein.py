@@ -19,23 +19,23 @@ import functools
 import seqio
 import tensorflow as tf
 
-from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.data import fasta
 from prottrans_jax.data import preprocessors
 from prottrans_jax.data import sample_corpus
 from prottrans_jax.data import splits
 from prottrans_jax.data import tfds_builder
+from prottrans_jax.data import vocabularies
 
 TFDS_CORPORA = ("uniref50", "uniref100", "bfd", "custom")
 
 PROTT5_OUTPUT_FEATURES = {
-    "inputs": seqio.Feature(vocab_lib.ProtT5Vocabulary(), add_eos=True),
-    "targets": seqio.Feature(vocab_lib.ProtT5Vocabulary(), add_eos=True),
+    "inputs": seqio.Feature(vocabularies.prott5(), add_eos=True),
+    "targets": seqio.Feature(vocabularies.prott5(), add_eos=True),
 }
 # [CLS]/[SEP] are added by the preprocessors, so seqio adds no EOS.
 PROTBERT_OUTPUT_FEATURES = {
-    "inputs": seqio.Feature(vocab_lib.ProtBertVocabulary(), add_eos=False),
-    "targets": seqio.Feature(vocab_lib.ProtBertVocabulary(), add_eos=False),
+    "inputs": seqio.Feature(vocabularies.protbert(), add_eos=False),
+    "targets": seqio.Feature(vocabularies.protbert(), add_eos=False),
     "loss_weights": seqio.Feature(
         seqio.PassThroughVocabulary(size=2, eos_id=None), add_eos=False),
 }
