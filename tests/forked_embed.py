@@ -20,7 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PAUSED_MARKER = "PROTTRANS_JAX_PAUSED"
 # One script per forkserver: absl flags are global, and two scripts' flags
 # (--output, --overwrite, ...) would collide.
-_PRELOAD = ["scripts.embed"]
+_PRELOAD = ["prottrans_jax.commands.embed"]
 
 
 def _child(argv: list[str], env: dict[str, str],
@@ -37,7 +37,7 @@ def _child(argv: list[str], env: dict[str, str],
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   from absl import app  # pylint: disable=g-import-not-at-top
-  from scripts import embed  # pylint: disable=g-import-not-at-top
+  from prottrans_jax.commands import embed  # pylint: disable=g-import-not-at-top
   sys.argv = ["embed.py", *argv]
   app.run(embed.main)
 

@@ -1,4 +1,7 @@
-"""scripts/embed.py --hf_model_dir equals transformers' T5EncoderModel."""
+"""`prottrans-embed --hf_model_dir` equals transformers' T5EncoderModel, and
+embeds (and converts) without importing TensorFlow, seqio, TFDS, Beam or gin."""
+
+import json
 
 import os
 import pathlib
@@ -33,8 +36,8 @@ def hf_encoder_dir(tmp_path_factory):
   return path, model
 
 
-def test_embed_script_matches_t5_encoder_model(hf_encoder_dir, shared_data,
-                                               tmp_path):
+def test_embed_command_matches_t5_encoder_model_without_tensorflow(
+    hf_encoder_dir, shared_data, tmp_path):
   path, model = hf_encoder_dir
   records = (list(fasta.read_fasta(
       shared_data / "sequences" / "prottrans_example_seqs.fasta")) +
@@ -46,10 +49,13 @@ def test_embed_script_matches_t5_encoder_model(hf_encoder_dir, shared_data,
   output = tmp_path / "out.h5"
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  subprocess.run([sys.executable, str(REPO / "scripts" / "embed.py"),
-                  f"--input={input_fasta}", f"--output={output}",
-                  f"--hf_model_dir={path}", "--noprogress"],
-                 env=env, check=True, capture_output=True, timeout=600)
+  probe = subprocess.run(
+      [sys.executable, str(REPO / "tests" / "light_core_probe.py"), str(path),
+       str(input_fasta), str(output), str(tmp_path / "native")],
+      env=env, check=True, capture_output=True, text=True, timeout=600)
+  # The core imported no training-only package, embedding and converting.
+  assert json.loads(probe.stdout.strip().splitlines()[-1]) == []
+  assert (tmp_path / "native" / "checkpoints").is_dir()
 
   vocab = vocab_lib.ProtT5Vocabulary()
   with h5py.File(output) as f, torch.no_grad():

@@ -4,9 +4,9 @@ ProtT5 from Hugging Face, T5X or ours; ProtBert, ProtAlbert and ProtElectra
 (BertForMaskedLM, AlbertModel, ElectraForPreTraining, ...) between Hugging
 Face and ours, chosen by config.json's model_type and architectures.
 
-  python scripts/convert_checkpoint.py --from hf --to native \
+  prottrans-convert --from hf --to native \
       --input /path/prot_t5_xl_uniref50 --output /path/model_dir
-  python scripts/convert_checkpoint.py --from native --to hf --encoder_only \
+  prottrans-convert --from native --to hf --encoder_only \
       --dtype float16 --input /path/model_dir --output /path/hf_export
 
 Input and output may be gs:// URLs: native checkpoints are read and
@@ -59,5 +59,10 @@ def main(argv):
   print("\n".join(result))
 
 
-if __name__ == "__main__":
+def start() -> None:
+  """Parses the command line and runs the command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  start()

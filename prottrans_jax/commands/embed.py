@@ -1,10 +1,10 @@
-"""Embeds the proteins of FASTA files with a ProtTrans encoder into HDF5.
+r"""Embeds the proteins of FASTA files with a ProtTrans encoder into HDF5.
 
-  python scripts/embed.py --input proteins.fasta --output embeddings.h5 \
+  prottrans-embed --input proteins.fasta --output embeddings.h5 \
       --checkpoint_dir runs/prott5_tiny [--per_protein]
-  python scripts/embed.py --input proteins.fasta --output embeddings.h5 \
+  prottrans-embed --input proteins.fasta --output embeddings.h5 \
       --hf_model_dir /path/to/prot_t5_xl_half_uniref50-enc --dtype bfloat16
-  python scripts/embed.py --input 'uniref50/*.fasta' --output gs://b/u50.h5 \
+  prottrans-embed --input 'uniref50/*.fasta' --output gs://b/u50.h5 \
       --hf_model_dir ... --per_residue --per_protein --layers=-1,-4 \
       --shard_index 3 --num_shards 16
 
@@ -21,7 +21,7 @@ Sharded runs (a pod, a cluster, many machines): every process runs the same
 command with its own --shard_index (default: the jax.distributed process
 index) and embeds only its share of the input, balanced by residues, on its
 own devices; shards never wait for each other. Each writes OUTPUT.parts/
-shard-<i>-of-<n>/; when all are complete, scripts/merge_embeddings.py
+shard-<i>-of-<n>/; when all are complete, prottrans-merge-embeddings
 --output OUTPUT makes the file (a single-shard run merges by itself).
 
 Killed at any moment, the same command finishes the job: every batch is
@@ -50,7 +50,7 @@ _INPUT = flags.DEFINE_string(
     "glob ('uniref50/*.fasta') or a comma-separated list.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "HDF5 file to write (local or gs://); sharded runs write "
-    "OUTPUT.parts/ and scripts/merge_embeddings.py makes OUTPUT.")
+    "OUTPUT.parts/ and prottrans-merge-embeddings makes OUTPUT.")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint_dir", None,
     "This project's checkpoint: a MODEL_DIR (latest step) or a step dir, "
@@ -158,5 +158,10 @@ def main(argv):
         + (f" shard {shard_index} of {num_shards}" if num_shards > 1 else ""))
 
 
-if __name__ == "__main__":
+def start() -> None:
+  """Parses the command line and runs the command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  start()

@@ -1,9 +1,9 @@
 """Merges the shards of a sharded embedding run into the HDF5 file users read.
 
-  python scripts/merge_embeddings.py --output gs://b/emb/uniref50.h5
-  python scripts/merge_embeddings.py --output /data/emb.h5 --links
+  prottrans-merge-embeddings --output gs://b/emb/uniref50.h5
+  prottrans-merge-embeddings --output /data/emb.h5 --links
 
-`scripts/embed.py --num_shards N` leaves OUTPUT.parts/shard-<i>-of-<N>/, one
+`prottrans-embed --num_shards N` leaves OUTPUT.parts/shard-<i>-of-<N>/, one
 directory of chunk files per shard. When every shard is complete, this
 writes OUTPUT as a single-shard run would have: one dataset per protein
 named by its id, the full header in the attribute `original_id` (one file
@@ -57,5 +57,10 @@ def main(argv):
   print("wrote " + ", ".join(str(path) for path in merged.values()))
 
 
-if __name__ == "__main__":
+def start() -> None:
+  """Parses the command line and runs the command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  start()

@@ -1,12 +1,12 @@
 r"""Predicts secondary structure and localization for the proteins of a FASTA.
 
-  python scripts/predict.py --fasta new.fasta --embeddings new.h5 \
+  prottrans-predict --fasta new.fasta --embeddings new.h5 \
       --heads heads/ss,heads/loc --output_prefix predictions/new
 
 Writes PREFIX.tsv (one row per protein: q3/q8 strings, localization and
 membrane classes, their probabilities) and PREFIX.json (the same, with the
 probability of every localization class). --embeddings are the per-residue
-embeddings of the same FASTA (scripts/embed.py); one-hot heads need none.
+embeddings of the same FASTA (prottrans-embed); one-hot heads need none.
 Every path may be a gs:// URL (an embeddings file there is copied to a
 local temporary file to read).
 """
@@ -42,5 +42,10 @@ def main(argv):
   print("wrote " + " and ".join(paths))
 
 
-if __name__ == "__main__":
+def start() -> None:
+  """Parses the command line and runs the command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  start()

@@ -1,6 +1,6 @@
 r"""Trains a model configured by gin (T5X conventions).
 
-  python scripts/train.py \
+  prottrans-train \
     --gin_file=models/prott5_tiny.gin --gin_file=runs/pretrain.gin \
     --gin.MODEL_DIR="'runs/prott5_tiny'" --gin.TRAIN_STEPS=300
 
@@ -19,6 +19,7 @@ from absl import flags
 import gin
 
 from prottrans_jax import cli
+from prottrans_jax import gin_utils
 from prottrans_jax.training import trainer
 
 
@@ -26,9 +27,14 @@ def train():
   gin.get_configurable(trainer.train)(describe_config=gin.operative_config_str)
 
 
-_GIN_FLAGS = cli.define_gin_flags()
+_GIN_FLAGS = gin_utils.define_gin_flags()
 _DISTRIBUTED = cli.define_distributed_flags()
 flags.adopt_module_key_flags(cli)  # --help lists them.
 
+def start() -> None:
+  """Parses the command line and runs the command."""
+  gin_utils.run_gin_main(train, _GIN_FLAGS, _DISTRIBUTED)
+
+
 if __name__ == "__main__":
-  cli.run_gin_main(train, _GIN_FLAGS, _DISTRIBUTED)
+  start()

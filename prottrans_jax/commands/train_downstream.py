@@ -1,11 +1,11 @@
 r"""Trains a downstream head on embeddings (or the one-hot baseline).
 
   # Secondary structure (Q3/Q8) from per-residue embeddings:
-  python scripts/train_downstream.py --head ss_cnn \
+  prottrans-train-downstream --head ss_cnn \
       --labels train.csv --label_format netsurfp --embeddings train.h5 \
       --output_dir heads/ss [--test_labels test.csv]
   # Localization (Q10) and membrane (Q2), paper's FNN on mean embeddings:
-  python scripts/train_downstream.py --head mlp --labels deeploc.fasta \
+  prottrans-train-downstream --head mlp --labels deeploc.fasta \
       --label_format deeploc --embeddings deeploc.h5 --output_dir heads/loc
 
 The embeddings file must hold every labelled protein (embed the same
@@ -37,7 +37,7 @@ _FORMAT = flags.DEFINE_enum("label_format", None, sorted(readers.FORMATS),
                             "netsurfp CSV, deeploc FASTA, or the bundled "
                             "Swiss-Prot sample's annotation TSV.")
 _EMBEDDINGS = flags.DEFINE_string(
-    "embeddings", None, "HDF5 from scripts/embed.py (per residue).")
+    "embeddings", None, "HDF5 from prottrans-embed (per residue).")
 _ONEHOT = flags.DEFINE_bool("onehot", False,
                             "Train on one-hot residues (the baseline).")
 _OUTPUT = flags.DEFINE_string("output_dir", None, "Where the head is saved.")
@@ -80,5 +80,10 @@ def main(argv):
           f"({score.proteins} proteins, {score.items} labelled items)")
 
 
-if __name__ == "__main__":
+def start() -> None:
+  """Parses the command line and runs the command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  start()

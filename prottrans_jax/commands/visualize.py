@@ -1,6 +1,6 @@
 r"""Draws a 2-D map of per-protein embeddings coloured by a label (Fig. 4).
 
-  python scripts/visualize.py --embeddings deeploc.h5 \
+  prottrans-visualize --embeddings deeploc.h5 \
       --labels deeploc.fasta --label_format deeploc \
       --color_by localization --output maps/deeploc_tsne.png [--method umap]
 
@@ -19,7 +19,7 @@ from prottrans_jax.downstream import maps
 from prottrans_jax.downstream import readers
 
 _EMBEDDINGS = flags.DEFINE_string(
-    "embeddings", None, "HDF5 from scripts/embed.py (per residue or per "
+    "embeddings", None, "HDF5 from prottrans-embed (per residue or per "
     "protein).")
 _ONEHOT = flags.DEFINE_bool("onehot", False, "Map amino-acid composition "
                             "instead (the baseline).")
@@ -51,5 +51,10 @@ def main(argv):
   print(f"wrote {_OUTPUT.value}: {len(coords)} proteins")
 
 
-if __name__ == "__main__":
+def start() -> None:
+  """Parses the command line and runs the command."""
   app.run(main)
+
+
+if __name__ == "__main__":
+  start()
