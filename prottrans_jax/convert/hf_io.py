@@ -130,7 +130,9 @@ def resolve_model(spec: os.PathLike) -> ModelLocation:
         f"{not_a_path}, but the Hub has no model {repo_id} this user may read (a "
         "private or gated model needs `hf auth login` or HF_TOKEN)") from e
   except errors.LocalEntryNotFoundError as e:
-    if isinstance(e, errors.IncompleteSnapshotError):
+    # A snapshot cached in part: the Hub's message lists what is missing
+    # (huggingface_hub releases before this error only say "not found").
+    if isinstance(e, getattr(errors, "IncompleteSnapshotError", ())):
       why = str(e)
     elif offline:
       why = "HF_HUB_OFFLINE is set, so nothing is downloaded"
