@@ -13,6 +13,9 @@ streams: peak memory is about one tensor whatever the checkpoint's size
 (bench/convert_memory.py measures it on ProtT5-XL). Native checkpoints are
 read one leaf per restore and written with `checkpoints.LazyArray` leaves.
 
+A Hugging Face input may also be a Hub model id (`owner/name[@revision]`,
+resolved to its directory in the Hub cache by `hf_io.resolve_model`).
+
 Inputs and outputs may be URLs (`gs://bucket/...`), through
 `prottrans_jax.fs`: Orbax reads and writes native checkpoints there itself;
 Hugging Face and T5X files are read from a local copy of the input
@@ -68,8 +71,9 @@ def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = No
                        **config_overrides: Any
                        ) -> tuple[Any, dict[str, mapping.Loader], bool]:
   """(config, {our name: loader}, encoder_only) of a local Hugging Face
-  directory (the loaders read it when called; copy a URL with
-  `fs.local_copy` and call them inside its block).
+  directory or a Hub model id (`hf_io.resolve_model`); the loaders read it
+  when called (copy a URL with `fs.local_copy` and call them inside its
+  block).
 
   Any model type a family record has a converter for (ProtT5, ProtBert,
   ProtAlbert, ProtElectra). `encoder_only=None` keeps what the checkpoint
@@ -77,6 +81,7 @@ def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = No
   True skips the decoder / heads. Names and shapes are checked before
   anything large is read.
   """
+  directory = hf_io.resolve_model(directory).directory
   hf_config = hf_io.load_hf_config(directory)
   converter = _hf_family(hf_config).hf_converter
   architecture = converter.architecture(hf_config)
@@ -129,8 +134,11 @@ def read_checkpoint(source: str, input_dir: os.PathLike, encoder_only: Optional[
   everything outside the encoder (T5's decoder, the BERT family's heads).
   A "native" `input_dir` may be a URL (Orbax reads it); "hf" and "t5x" are
   read from local disk and their loaders read it when called
-  (`convert_checkpoint` copies a URL to a local directory for its run).
+  (`convert_checkpoint` copies a URL to a local directory for its run). An
+  "hf" `input_dir` may be a Hub model id (`hf_io.resolve_model`).
   """
+  if source == "hf":
+    input_dir = hf_io.resolve_model(input_dir).directory
   _require_input(input_dir)
   if source == "hf":
     config, loaders, encoder_only = read_hf_checkpoint(input_dir, encoder_only)
@@ -224,7 +232,9 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
   """Converts `input_dir` (format `source`) into `output_dir` (format `target`).
 
   Either directory may be a URL (`gs://...`; the module docstring says what
-  is copied through local disk).
+  is copied through local disk); an "hf" input may be a Hub model id
+  (`hf_io.resolve_model`: its directory in the Hub cache, downloaded when
+  online).
 
   Args:
     source: "hf", "t5x" or "native".
@@ -246,6 +256,8 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     raise ValueError(f"Unknown target format {target!r}; expected one of {TARGETS}")
   if dtype is not None and dtype not in hf_io.EXPORT_DTYPES:
     raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
+  if source == "hf":
+    input_dir = hf_io.resolve_model(input_dir).directory
   if not dry_run and fs.is_remote(input_dir):
     _check_output(output_dir, input_dir, overwrite)  # Before downloading the input.
   with _local_input(source, input_dir) as local_input:

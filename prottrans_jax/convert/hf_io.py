@@ -18,12 +18,19 @@ Local directories only (safetensors memory-maps, torch.load): formats.py
 and the embedding loader read and write URLs (`gs://...`) through local
 copies (`prottrans_jax.fs.local_copy` / `staged_output`); a URL given here
 is an error, never a local directory named `gs:`.
+
+Model ids: wherever a Hugging Face directory is accepted, a Hub model id
+(`Rostlab/prot_t5_xl_half_uniref50-enc`, optionally `@revision`) is too;
+`resolve_model` turns it into its directory in the Hub's local cache,
+downloading what the readers need when online.
 """
 import json
+import logging
 import os
 import pathlib
+import re
 import struct
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -31,6 +38,8 @@ import safetensors
 
 from prottrans_jax import fs
 from prottrans_jax.convert import mapping
+
+logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -43,6 +52,107 @@ _SAFETENSORS_DTYPES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16",
                        np.dtype(ml_dtypes.bfloat16): "BF16"}
 EXPORT_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16),
                  "bfloat16": np.dtype(ml_dtypes.bfloat16)}
+
+
+# owner/name[@revision], in the characters the Hub allows in names; a
+# revision may be a branch with slashes (refs/pr/1).
+_MODEL_ID = re.compile(r"(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?:@(?P<revision>\S+))?")
+# What the readers use, fetched in this order: a checkpoint with both
+# safetensors and torch weights is fetched once, as safetensors. Tokenizer
+# files are small and keep the cached directory usable by transformers.
+_HUB_FILES = [CONFIG_FILE, "model*.safetensors", SAFETENSORS_INDEX, "spiece.model",
+              "vocab.txt", "tokenizer.json", "tokenizer_config.json",
+              "special_tokens_map.json"]
+_HUB_TORCH_FILES = [TORCH_FILE]
+
+
+class ModelLocation(NamedTuple):
+  """Where `resolve_model` found a model."""
+  directory: str  # Local directory or URL, to read.
+  source: str  # What to record: the spec given, or a model id pinned to its commit.
+
+
+def _env_true(name: str) -> bool:
+  return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def hub_cache_dir() -> str:
+  """The Hugging Face Hub cache, from the environment as it is now:
+  huggingface_hub reads these variables once, when first imported."""
+  for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+    if os.environ.get(name):
+      return os.path.expanduser(os.environ[name])
+  home = os.environ.get("HF_HOME") or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+      "huggingface")
+  return os.path.join(os.path.expanduser(home), "hub")
+
+
+def resolve_model(spec: os.PathLike) -> ModelLocation:
+  """A Hugging Face model directory given as a path, a URL or a Hub model id.
+
+  An existing local path or a URL (`gs://...`) is returned as it is; any
+  other `owner/name` or `owner/name@revision` is a model id, looked up in
+  the Hub cache (`hub_cache_dir()`: HF_HUB_CACHE, else HF_HOME/hub):
+  online, the files the readers use are downloaded into it (only what is
+  missing); offline (HF_HUB_OFFLINE=1, or the Hub unreachable) the cached
+  snapshot is used. A path that does not exist and is not id-shaped is
+  returned as it is, for the reader to report missing.
+
+  Raises:
+    FileNotFoundError: the id is neither cached nor downloadable; the
+      message names the id, the cache and the ways to fix it.
+    ValueError: an id-shaped string the Hub rejects as a name.
+  """
+  text = os.fspath(spec)
+  match = _MODEL_ID.fullmatch(text) if isinstance(spec, str) else None
+  if match is None or fs.is_remote(text) or os.path.exists(text):
+    return ModelLocation(text, text)
+  # Imported here: only a model id needs the Hub client.
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  from huggingface_hub import errors  # pylint: disable=g-import-not-at-top
+  repo_id, revision = match["repo"], match["revision"]
+  cache_dir = hub_cache_dir()
+  offline = _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+  not_a_path = f"{text!r} is not a local path, so it was taken as a Hugging Face model id"
+  fetch = lambda patterns: huggingface_hub.snapshot_download(
+      repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=patterns,
+      local_files_only=offline)
+  try:
+    directory = fetch(_HUB_FILES)
+    if not any((pathlib.Path(directory) / name).is_file()
+               for name in (SAFETENSORS_FILE, SAFETENSORS_INDEX)):
+      directory = fetch(_HUB_TORCH_FILES)
+  except errors.RevisionNotFoundError as e:
+    raise FileNotFoundError(f"{not_a_path}: {repo_id} has no revision {revision!r}") from e
+  except errors.RepositoryNotFoundError as e:  # Also gated.
+    raise FileNotFoundError(
+        f"{not_a_path}, but the Hub has no model {repo_id} this user may read (a "
+        "private or gated model needs `hf auth login` or HF_TOKEN)") from e
+  except errors.LocalEntryNotFoundError as e:
+    # A snapshot cached in part: the Hub's message lists what is missing
+    # (huggingface_hub releases before this error only say "not found").
+    if isinstance(e, getattr(errors, "IncompleteSnapshotError", ())):
+      why = str(e)
+    elif offline:
+      why = "HF_HUB_OFFLINE is set, so nothing is downloaded"
+    else:
+      cause = e.__cause__ or e  # The network's error, not the Hub's advice.
+      why = f"the Hub could not be reached ({type(cause).__name__}: {cause})"
+    raise FileNotFoundError(
+        f"{not_a_path}, and {repo_id} (revision {revision or 'main'}) is not in the "
+        f"Hugging Face cache {cache_dir}: {why}. Download it once while online "
+        f"(without HF_HUB_OFFLINE, or `hf download {repo_id}"
+        + (f" --revision {revision}" if revision else "")
+        + "`), point HF_HUB_CACHE "
+        "or HF_HOME at the cache that holds it, or pass its local directory") from e
+  except errors.HFValidationError as e:
+    raise ValueError(f"{not_a_path}, which the Hub rejects: {e}") from e
+  # The snapshot's directory is named after its commit, which pins the id
+  # to the weights read, whichever cache or host read them.
+  source = f"{repo_id}@{pathlib.Path(directory).name}"
+  logger.info("Hugging Face model %s resolved to %s (%s)", text, directory, source)
+  return ModelLocation(directory, source)
 
 
 def _local(directory: os.PathLike) -> pathlib.Path:

@@ -21,6 +21,7 @@ from prottrans_jax import checkpoints
 from prottrans_jax import families
 from prottrans_jax import fs
 from prottrans_jax.convert import formats
+from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.inference import engine
 
@@ -38,7 +39,9 @@ class LoadedModel:
   name: str  # Model family, e.g. "t5".
   config: Any
   params: Any
-  source: str  # Checkpoint path and step, or Hugging Face directory.
+  # Checkpoint path and step, Hugging Face directory, or Hub model id pinned
+  # to its commit (owner/name@commit).
+  source: str
   tensors_read: int | None = None
   max_device_bytes: int | None = None
 
@@ -103,9 +106,13 @@ def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
 def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
             devices: Sequence[jax.Device] | None = None) -> LoadedModel:
   """A Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra directory
-  (config.json + safetensors or pytorch_model.bin), local or a URL; a URL
-  is copied to a local temporary directory first (safetensors and torch
-  read local files), which needs the checkpoint's size in local disk.
+  (config.json + safetensors or pytorch_model.bin), local or a URL, or a
+  Hub model id (`Rostlab/prot_t5_xl_half_uniref50-enc[@revision]`: its
+  directory in the Hub cache, downloaded when online; see
+  `hf_io.resolve_model`). A URL is copied to a local temporary directory
+  first (safetensors and torch read local files), which needs the
+  checkpoint's size in local disk. `source` is the directory as given, or
+  for an id, the id pinned to the commit read (`owner/name@commit`).
 
   Full models, task models (BertForMaskedLM, ElectraForPreTraining, ...) and
   the encoder-only releases (e.g. the float16 `prot_t5_xl_half_uniref50-enc`)
@@ -118,21 +125,23 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
   splits; the host still reads each tensor whole (safetensors), one at a
   time. Without, the parameters are host (numpy) arrays.
   """
-  with fs.local_copy(directory) as local:
+  location = hf_io.resolve_model(directory)
+  with fs.local_copy(location.directory) as local:
     config, loaders, _ = formats.read_hf_checkpoint(local, encoder_only=True)
     if settings is None:
       dtype = np.dtype(config.param_dtype)
       params = mapping.unflatten(
           {name: np.asarray(load(), dtype=dtype) for name, load in loaders.items()})
       return LoadedModel(families.of(config).name, config, params,
-                         source=str(directory))
+                         source=location.source)
     targets = mapping.flatten(engine.encoder_params_target(config, settings, devices))
     missing = sorted(set(targets) - set(loaders))
     if missing:
-      raise ValueError(f"{directory} lacks encoder parameter(s) {', '.join(missing)}")
+      raise ValueError(f"{location.directory} lacks encoder parameter(s) "
+                       f"{', '.join(missing)}")
     params = mapping.unflatten({
         name: jax.device_put(np.asarray(loaders[name](), dtype=target.dtype),
                              target.sharding)
         for name, target in targets.items()})
-  return _placed(families.of(config).name, config, params, str(directory),
+  return _placed(families.of(config).name, config, params, location.source,
                  len(targets), "its encoder")
