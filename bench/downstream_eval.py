@@ -44,7 +44,7 @@ from prottrans_jax.inference import run
 _CHECKPOINT = flags.DEFINE_string("checkpoint_dir", None,
                                   "This project's checkpoint (MODEL_DIR).")
 _HF = flags.DEFINE_string("hf_model_dir", None,
-                          "Local Hugging Face ProtT5 directory.")
+                          "Hugging Face ProtT5 directory or Hub model id.")
 _DATA = flags.DEFINE_string(
     "data_dir", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                              "data"), "The shared data directory.")

@@ -26,7 +26,9 @@ from prottrans_jax.convert import hf_io
 
 flags.DEFINE_enum("from", None, formats.SOURCES, "Input format.")
 flags.DEFINE_enum("to", None, formats.TARGETS, "Output format.")
-flags.DEFINE_string("input", None, "Input checkpoint directory (local or gs://).")
+flags.DEFINE_string("input", None, "Input checkpoint directory (local or "
+                    "gs://); with --from hf also a Hugging Face model id "
+                    "(owner/name[@revision]) from the Hugging Face cache.")
 flags.DEFINE_string("output", None,
                     "Output directory, local or gs:// (must not exist or be empty).")
 flags.DEFINE_bool("encoder_only", False,

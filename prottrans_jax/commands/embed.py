@@ -3,7 +3,7 @@ r"""Embeds the proteins of FASTA files with a ProtTrans encoder into HDF5.
   prottrans-embed --input proteins.fasta --output embeddings.h5 \
       --checkpoint_dir runs/prott5_tiny [--per_protein]
   prottrans-embed --input proteins.fasta --output embeddings.h5 \
-      --hf_model_dir /path/to/prot_t5_xl_half_uniref50-enc --dtype bfloat16
+      --hf_model_dir Rostlab/prot_t5_xl_half_uniref50-enc --dtype bfloat16
   prottrans-embed --input 'uniref50/*.fasta' --output gs://b/u50.h5 \
       --hf_model_dir ... --per_residue --per_protein --layers=-1,-4 \
       --shard_index 3 --num_shards 16
@@ -58,8 +58,12 @@ _CHECKPOINT = flags.DEFINE_string(
     "shards.")
 _HF = flags.DEFINE_string(
     "hf_model_dir", None,
-    "Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra directory "
-    "(config.json + safetensors), local or gs:// (copied locally first).")
+    "Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra model: a "
+    "directory (config.json + safetensors), local or gs:// (copied locally "
+    "first), or a Hub model id such as "
+    "Rostlab/prot_t5_xl_half_uniref50-enc[@revision], found in or "
+    "downloaded to the Hugging Face cache (HF_HUB_CACHE / HF_HOME; "
+    "HF_HUB_OFFLINE=1 reads the cache only).")
 _PER_RESIDUE = flags.DEFINE_bool(
     "per_residue", None, "Write (L, d) per protein, one row per residue "
     "(default: yes, unless --per_protein alone is given).")
