@@ -411,19 +411,31 @@ def _first_nonfinite(first: jax.Array, step: jax.Array,
   return jnp.where((first[0] < 0) & ~finite, this, first)
 
 
-def _stop_if_nonfinite(first: jax.Array, manager, model_dir: epath.Path
-                       ) -> None:
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _stop_if_nonfinite(first: jax.Array, manager, model_dir: epath.Path,
+                       params: Any = None, step: int = 0) -> None:
   """Raises NonFiniteError (after the saves in flight, all of earlier good
-  steps, have finished) if a step's loss or gradient norm was not finite."""
-  step, loss, grad_norm = (float(x) for x in jax.device_get(first))
-  if step < 0:
+  steps, have finished) if a step's loss or gradient norm was not finite,
+  or `params` (about to be saved after `step`) are not: an update can
+  overflow where the loss and gradients were still finite."""
+  bad_step, loss, grad_norm = (float(x) for x in jax.device_get(first))
+  if bad_step >= 0:
+    what = (f"step {int(bad_step)}: the loss ({loss}) or gradient norm "
+            f"({grad_norm}) is not finite")
+  elif params is not None and not bool(_all_finite(params)):
+    what = f"step {step}: the parameters after the update are not finite"
+  else:
     return
   manager.wait_until_finished()
   latest = manager.latest_step()
   manager.close()
   raise NonFiniteError(
-      f"step {int(step)}: the loss ({loss}) or gradient norm ({grad_norm}) is "
-      f"not finite; training stopped without saving that state. The last "
+      f"{what}; training stopped without saving that state. The last "
       f"checkpoint is "
       + (f"step {latest} in {model_dir}" if latest is not None
          else f"none (nothing saved in {model_dir})")
@@ -603,7 +615,8 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
         saving = (done % checkpoint_period == 0 or done == train_steps
                   or preempted)
         if saving or done % log_period == 0:
-          _stop_if_nonfinite(nonfinite, manager, model_dir)
+          _stop_if_nonfinite(nonfinite, manager, model_dir,
+                             state.params if saving else None, done)
         if done % log_period == 0 or done == train_steps or preempted:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
           seconds = time.perf_counter() - timer
