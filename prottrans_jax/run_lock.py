@@ -34,7 +34,7 @@ from prottrans_jax import fs
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0
 # How long a remote lock is left before being read back to see who won.
-_REMOTE_SETTLE_S = 2.0
+_REMOTE_SETTLE_S = 0.5
 
 
 class LockHeldError(RuntimeError):

@@ -400,15 +400,18 @@ def check_positive(**values: Any) -> None:
 
 
 @jax.jit
-def _first_nonfinite(first: jax.Array, step: jax.Array,
-                     metrics: Mapping[str, jax.Array]) -> jax.Array:
-  """[step, loss, grad_norm] of the first step whose loss or gradient norm
+def _first_nonfinite(first: tuple[jax.Array, jax.Array], step: jax.Array,
+                     metrics: Mapping[str, jax.Array]
+                     ) -> tuple[jax.Array, jax.Array]:
+  """(step, [loss, grad_norm]) of the first step whose loss or gradient norm
   was not finite (step -1 while none): kept on the device, so checking every
   step costs no host round trip."""
   finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-  this = jnp.stack([step.astype(jnp.float32), metrics["loss"],
-                    metrics["grad_norm"]]).astype(jnp.float32)
-  return jnp.where((first[0] < 0) & ~finite, this, first)
+  record = (first[0] < 0) & ~finite
+  values = jnp.stack([metrics["loss"], metrics["grad_norm"]]).astype(
+      jnp.float32)
+  return (jnp.where(record, step, first[0]),
+          jnp.where(record, values, first[1]))
 
 
 @jax.jit
@@ -423,10 +426,10 @@ def _stop_if_nonfinite(first: jax.Array, manager, model_dir: epath.Path,
   steps, have finished) if a step's loss or gradient norm was not finite,
   or `params` (about to be saved after `step`) are not: an update can
   overflow where the loss and gradients were still finite."""
-  bad_step, loss, grad_norm = (float(x) for x in jax.device_get(first))
+  bad_step, (loss, grad_norm) = jax.device_get(first)
   if bad_step >= 0:
-    what = (f"step {int(bad_step)}: the loss ({loss}) or gradient norm "
-            f"({grad_norm}) is not finite")
+    what = (f"step {int(bad_step)}: the loss ({float(loss)}) or gradient "
+            f"norm ({float(grad_norm)}) is not finite")
   elif params is not None and not bool(_all_finite(params)):
     what = f"step {step}: the parameters after the update are not finite"
   else:
@@ -599,7 +602,7 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
     profile = _ProfileWindow(str(model_dir), profile_first_step, profile_steps)
     last = {}
     timer, timed_steps = time.perf_counter(), 0
-    nonfinite = jnp.full((3,), -1.0, jnp.float32)
+    nonfinite = (jnp.int32(-1), jnp.zeros((2,), jnp.float32))
     with _PreemptionWatch() as preemption:
       for step in range(first_step, train_steps):
         done = step + 1
