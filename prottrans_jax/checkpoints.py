@@ -9,6 +9,8 @@ Layout of a MODEL_DIR:
     dataset/                 each process's input iterator state (training
                              only; training/inputs.py writes and reads it)
     model_config/            json: {"model_name": family, "config": {...}}
+    integrity/               json: each saved array's shape, dtype and
+                             checksum, and the items written (see below)
 
 MODEL_DIR may be a local path or a URL (`gs://bucket/run`): every path here
 goes through the filesystem layer (`prottrans_jax.fs`, etils epath).
@@ -35,6 +37,16 @@ Embedding reads only the encoder's parameters, each straight into its
 sharding (`restore_params_subset`), so no device holds a whole tensor that
 the embedding mesh splits.
 
+Damage is detected, not read as weights: every array is checksummed as
+it is written (`array_checksum`: a position-weighted sum of its bytes as
+32-bit words, the same integer whether computed on the host or under jit
+over a sharded array, so it is of the whole logical array and every process
+agrees) and the `integrity` item records them with the items the step was
+written with. Restores check the arrays they read against it and raise
+`DamagedCheckpointError` naming the step (also for a missing item or a read
+that fails: a truncated file); `verify_params` checks a step's parameters
+alone. Steps written before the record existed restore unchecked.
+
 This module is the format only: the trainer, the converters and the
 embedding loader all use it, and it imports none of them.
 """
@@ -59,7 +71,188 @@ OPT_STATE = "opt_state"
 TRAIN_INFO = "train_info"
 MODEL_CONFIG = "model_config"
 DATASET = "dataset"
-ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG, DATASET)
+INTEGRITY = "integrity"
+ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG, DATASET, INTEGRITY)
+# Checksummed items: (restored trees are checked against the record).
+CHECKED_ITEMS = (PARAMS, OPT_STATE)
+
+
+class DamagedCheckpointError(ValueError):
+  """A checkpoint step that cannot be restored as written: an item missing,
+  a file unreadable, or an array whose checksum differs from the one
+  recorded when it was saved. `step_dir` is the step's directory."""
+
+  def __init__(self, step_dir: fs.PathLike, reason: str):
+    self.step_dir = fs.path(step_dir)
+    self.reason = reason
+    super().__init__(f"checkpoint step {self.step_dir.name} is damaged "
+                     f"({self.step_dir}): {reason}")
+
+
+def _words_np(array: np.ndarray) -> np.ndarray:
+  """`array`'s bytes as a flat array of uint32 words (2- and 1-byte elements
+  widened one per word, 8-byte ones split in two)."""
+  array = np.ascontiguousarray(array)
+  if array.dtype == np.bool_:
+    return array.astype(np.uint32).reshape(-1)
+  size = array.dtype.itemsize
+  if size in (4, 8):
+    return array.reshape(-1).view(np.uint32)
+  return array.reshape(-1).view(np.dtype(f"uint{8 * size}")).astype(np.uint32)
+
+
+def _words_jax(x: jax.Array) -> jax.Array:
+  """`_words_np` under jit, keeping the array's shape (no reshape, so a
+  sharded array is not gathered): 8-byte elements gain a trailing axis."""
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  size = x.dtype.itemsize
+  if size in (4, 8):
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+  return jax.lax.bitcast_convert_type(
+      x, jnp.dtype(f"uint{8 * size}")).astype(jnp.uint32)
+
+
+_CHUNK_WORDS = 1 << 24
+
+
+def array_checksum(array: np.ndarray) -> int:
+  """A host array's checksum: sum over its words w_i of w_i * (2i + 1),
+  modulo 2**32. Each word's factor is odd, so changing any one word always
+  changes the sum; positions are weighted, so moved bytes do too."""
+  words = _words_np(np.asarray(array))
+  total = np.uint32(0)
+  for start in range(0, words.size, _CHUNK_WORDS):
+    chunk = words[start:start + _CHUNK_WORDS]
+    factors = np.arange(start, start + chunk.size, dtype=np.uint32)
+    factors = factors * np.uint32(2) + np.uint32(1)
+    total = total + np.sum(chunk * factors, dtype=np.uint32)
+  return int(total)
+
+
+def _checksum_traced(x: jax.Array) -> jax.Array:
+  words = _words_jax(x)
+  index = jnp.zeros(words.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(words.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, words.shape,
+                                             axis) * jnp.uint32(stride)
+    stride *= words.shape[axis]
+  return jnp.sum(words * (index * jnp.uint32(2) + jnp.uint32(1)),
+                 dtype=jnp.uint32)
+
+
+@jax.jit
+def _device_checksums(tree: Any) -> Any:
+  return jax.tree_util.tree_map(_checksum_traced, tree)
+
+
+def _array_record(array: Any, checksum: int) -> dict[str, Any]:
+  return {"shape": list(array.shape), "dtype": np.dtype(array.dtype).name,
+          "checksum": int(checksum)}
+
+
+def tree_checksums(tree: Any) -> dict[str, dict[str, Any]]:
+  """{key path: {shape, dtype, checksum}} of every array of `tree`: jax
+  arrays checksummed where they are (sharded or not; only scalars reach the
+  host), numpy arrays on the host. `array_checksum` of a leaf's host copy
+  gives the same number."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  on_device = {jax.tree_util.keystr(k): v for k, v in leaves
+               if isinstance(v, jax.Array)}
+  sums = jax.device_get(_device_checksums(on_device)) if on_device else {}
+  return {jax.tree_util.keystr(k): _array_record(
+      v, sums[jax.tree_util.keystr(k)] if isinstance(v, jax.Array)
+      else array_checksum(np.asarray(v))) for k, v in leaves}
+
+
+def _integrity_record(kind: str, items: Any, arrays: dict[str, Any]
+                      ) -> dict[str, Any]:
+  return {"version": 1, "kind": kind, "items": sorted(items),
+          "arrays": arrays}
+
+
+def read_integrity(step_dir: fs.PathLike) -> dict[str, Any] | None:
+  """A step's integrity record; None for a step written before they were
+  (restored unchecked). Raises DamagedCheckpointError if it is unreadable."""
+  step_dir = fs.path(step_dir)
+  record_dir = step_dir / INTEGRITY
+  if not record_dir.is_dir():
+    return None
+  try:
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(record_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise DamagedCheckpointError(
+        step_dir, f"its {INTEGRITY} record is unreadable: {e!r}") from e
+
+
+def check_items(step_dir: fs.PathLike, record: dict[str, Any] | None,
+                wanted: Any = ()) -> None:
+  """Raises DamagedCheckpointError if an item the step was written with
+  (per `record`), or one of `wanted`, is missing from `step_dir`."""
+  step_dir = fs.path(step_dir)
+  expected = set(wanted) | set(record["items"] if record else ())
+  missing = sorted(item for item in expected if not (step_dir / item).exists())
+  if missing:
+    raise DamagedCheckpointError(
+        step_dir, f"missing {', '.join(f'{m}/' for m in missing)}"
+        + (f" (it was written with {', '.join(record['items'])})"
+           if record else ""))
+
+
+def _check_shapes(step_dir: epath.Path, item: str, abstract: Any,
+                  record: dict[str, Any] | None) -> None:
+  """A ValueError (not damage: another model or optimizer) if the arrays
+  `abstract` asks for are not the ones the step recorded."""
+  if record is None or item not in record["arrays"]:
+    return
+  saved = record["arrays"][item]
+  wanted = {jax.tree_util.keystr(k): list(v.shape)
+            for k, v in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+  differ = sorted(set(wanted) ^ set(saved)) or sorted(
+      k for k in wanted if wanted[k] != saved[k]["shape"])
+  if differ:
+    name = differ[0]
+    raise ValueError(
+        f"checkpoint step {step_dir.name} ({step_dir}) holds another "
+        f"{item} tree than this run's model and optimizer build: e.g. "
+        f"{item}{name} is {saved[name]['shape'] if name in saved else 'absent'}"
+        f" there and {wanted.get(name, 'absent')} here")
+
+
+def verify_arrays(step_dir: fs.PathLike, item: str, tree: Any,
+                  record: dict[str, Any] | None) -> None:
+  """Raises DamagedCheckpointError naming the step and the first array of
+  `tree` (restored from `item`) whose checksum is not the recorded one.
+  Arrays restored into another dtype than saved are not checked."""
+  if record is None or item not in record["arrays"]:
+    return
+  saved = record["arrays"][item]
+  found = tree_checksums(tree)
+  for name, entry in found.items():
+    expected = saved.get(name)
+    if expected is None or expected["dtype"] != entry["dtype"]:
+      continue
+    if expected["checksum"] != entry["checksum"]:
+      raise DamagedCheckpointError(
+          step_dir, f"{item}{name} does not match the checksum recorded when "
+          f"it was saved (its bytes changed on disk)")
+
+
+def _verify_leaf(step_dir: epath.Path, saved: dict[str, Any] | None,
+                 name: str, array: np.ndarray) -> None:
+  """`verify_arrays` for one host array of the params item."""
+  expected = (saved or {}).get(name)
+  if (expected is not None and expected["dtype"] == array.dtype.name
+      and expected["checksum"] != array_checksum(array)):
+    raise DamagedCheckpointError(
+        step_dir, f"{PARAMS}{name} does not match the checksum recorded "
+        f"when it was saved (its bytes changed on disk)")
+
+
+def _read_error(step_dir: fs.PathLike, item: str, error: Exception
+                ) -> DamagedCheckpointError:
+  return DamagedCheckpointError(step_dir, f"reading {item}/ failed: {error!r}")
 
 
 def _config_record(config: Any) -> dict[str, Any]:
@@ -149,6 +342,12 @@ def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
     items[TRAIN_INFO] = ocp.args.JsonSave(train_info)
   if data_state is not None:
     items[DATASET] = data_state
+  arrays = {PARAMS: tree_checksums(params)}
+  if opt_state is not None:
+    arrays[OPT_STATE] = tree_checksums(opt_state)
+  kind = "train" if train_info is not None else "params"
+  items[INTEGRITY] = ocp.args.JsonSave(
+      _integrity_record(kind, list(items), arrays))
   manager.save(step, args=ocp.args.Composite(**items), force=True)
 
 
@@ -212,6 +411,24 @@ def write_params_checkpoint(model_dir: fs.PathLike, params: Any, config: Any,
   directory. Training started on this MODEL_DIR fine-tunes from these params
   (fresh optimizer state, step counting on from `step`).
   """
+  # Lazy leaves are checksummed as they are loaded for writing (each read
+  # once); the record is written into the step once they all have been.
+  lazy_sums = {}
+
+  def checksummed(key_path, leaf):
+    if not isinstance(leaf, LazyArray):
+      return leaf
+    name = jax.tree_util.keystr(key_path)
+
+    def load():
+      array = leaf.materialize(name)
+      lazy_sums[name] = _array_record(array, array_checksum(array))
+      return array
+    return LazyArray(leaf.shape, leaf.dtype, load)
+
+  arrays = tree_checksums(jax.tree_util.tree_map(
+      lambda x: None if isinstance(x, LazyArray) else x, params))
+  params = jax.tree_util.tree_map_with_path(checksummed, params)
   manager = checkpoint_manager(model_dir, async_save=False,
                                item_handlers={PARAMS: _params_handler()})
   manager.save(step, force=True, args=ocp.args.Composite(**{
@@ -219,7 +436,12 @@ def write_params_checkpoint(model_dir: fs.PathLike, params: Any, config: Any,
       MODEL_CONFIG: ocp.args.JsonSave(_config_record(config))}))
   manager.wait_until_finished()
   manager.close()
-  return fs.path(model_dir) / CHECKPOINTS_SUBDIR / str(step)
+  step_dir = fs.path(model_dir) / CHECKPOINTS_SUBDIR / str(step)
+  if jax.process_index() == 0:
+    ocp.Checkpointer(ocp.JsonCheckpointHandler()).save(
+        step_dir / INTEGRITY, _integrity_record(
+            "params", (PARAMS, MODEL_CONFIG), {PARAMS: {**arrays, **lazy_sums}}))
+  return step_dir
 
 
 def has_item(manager: ocp.CheckpointManager, step: int, item: str) -> bool:
@@ -243,17 +465,33 @@ def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
   Pass `abstract_opt_state=None` for a params-only checkpoint, and
   `data_state` (the restore args of the `dataset` item) to restore the
   input position too.
+
+  Raises DamagedCheckpointError naming the step when an item it was written
+  with is missing, a read fails or an array's checksum differs; ValueError
+  when the step holds other arrays than `abstract_*` (another config).
   """
   family = families.of(config)
   on_disk = functools.partial(family.to_canonical, config)
+  step_dir = fs.path(manager.directory) / str(step)
+  record = read_integrity(step_dir)
   items = {PARAMS: ocp.args.StandardRestore(on_disk(abstract_params))}
   if abstract_opt_state is not None:
     items[OPT_STATE] = ocp.args.StandardRestore(on_disk(abstract_opt_state))
     items[TRAIN_INFO] = ocp.args.JsonRestore()
   if data_state is not None:
     items[DATASET] = data_state
-  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  check_items(step_dir, record, items)
+  for item in CHECKED_ITEMS:
+    if item in items:
+      _check_shapes(step_dir, item, items[item].item, record)
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(**items))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _read_error(step_dir, "/, ".join(items), e) from e
   out = {name: restored[name] for name in items}
+  for item in CHECKED_ITEMS:
+    if item in out:
+      verify_arrays(step_dir, item, out[item], record)
   out[PARAMS] = _to_layout(config, out[PARAMS], abstract_params)
   if abstract_opt_state is not None:
     out[OPT_STATE] = _to_layout(config, out[OPT_STATE], abstract_opt_state)
@@ -282,7 +520,10 @@ def checkpoint_model_config(path: fs.PathLike) -> tuple[str, Any]:
   config_path = step_dir / MODEL_CONFIG
   if not config_path.is_dir():
     raise FileNotFoundError(f"{step_dir} has no {MODEL_CONFIG} item")
-  record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(config_path)
+  try:
+    record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(config_path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _read_error(step_dir, MODEL_CONFIG, e) from e
   return _config_from_record(record, str(config_path))
 
 
@@ -290,7 +531,12 @@ def _params_metadata(path: fs.PathLike) -> tuple[epath.Path, str, Any, Any]:
   """(step directory, model_name, config, params metadata tree) of a checkpoint."""
   step_dir = step_directory(path)
   model_name, config = checkpoint_model_config(step_dir)
-  metadata = ocp.StandardCheckpointer().metadata(step_dir / PARAMS).item_metadata.tree
+  check_items(step_dir, read_integrity(step_dir), (PARAMS,))
+  try:
+    metadata = ocp.StandardCheckpointer().metadata(
+        step_dir / PARAMS).item_metadata.tree
+  except Exception as e:  # pylint: disable=broad-except
+    raise _read_error(step_dir, PARAMS, e) from e
   return step_dir, model_name, config, metadata
 
 
@@ -316,8 +562,12 @@ def restore_params(path: fs.PathLike, shardings: Any = None,
   target = jax.tree_util.tree_map(
       lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s),
       in_layout, shardings)
-  params = ocp.StandardCheckpointer().restore(
-      step_dir / PARAMS, family.to_canonical(layout_config, target))
+  try:
+    params = ocp.StandardCheckpointer().restore(
+        step_dir / PARAMS, family.to_canonical(layout_config, target))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _read_error(step_dir, PARAMS, e) from e
+  verify_arrays(step_dir, PARAMS, params, read_integrity(step_dir))
   params = _to_layout(layout_config, params, target)
   logging.info("restored params of %s from %s", model_name, step_dir)
   return model_name, config, params
@@ -362,6 +612,7 @@ def restore_params_subset(path: fs.PathLike, target: Any,
                        f"{found}; expected shape {tuple(leaf.shape)}")
 
   jax.tree_util.tree_map_with_path(check_on_disk, target)
+  saved = (read_integrity(step_dir) or {"arrays": {}})["arrays"].get(PARAMS)
   placeholders = jax.tree_util.tree_map(lambda _: ocp.PLACEHOLDER, metadata)
   # Reads of this process alone: no barrier with other processes, which
   # may load at other times (each embedding process works on its own).
@@ -376,13 +627,19 @@ def restore_params_subset(path: fs.PathLike, target: Any,
     item, restore_args = placeholders, placeholders
     for key_path, leaf in group:
       item = _replace_at(item, key_path, 0)
+      # Read as stored (checksummed so), cast after the check.
       restore_args = _replace_at(restore_args, key_path, ocp.RestoreArgs(
-          restore_type=np.ndarray, dtype=leaf.dtype))
-    restored = checkpointer.restore(step_dir / PARAMS, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args))
+          restore_type=np.ndarray))
+    try:
+      restored = checkpointer.restore(step_dir / PARAMS, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args))
+    except Exception as e:  # pylint: disable=broad-except
+      raise _read_error(step_dir, PARAMS, e) from e
     for key_path, leaf in group:
-      placed[key_path] = jax.device_put(_value_at(restored, key_path),
-                                        leaf.sharding)
+      array = _value_at(restored, key_path)
+      _verify_leaf(step_dir, saved, jax.tree_util.keystr(key_path), array)
+      placed[key_path] = jax.device_put(
+          np.asarray(array, dtype=leaf.dtype), leaf.sharding)
     del restored  # The host copies; the devices hold their shards.
   params = jax.tree_util.tree_map_with_path(
       lambda key_path, _: placed[key_path], target)
@@ -390,6 +647,43 @@ def restore_params_subset(path: fs.PathLike, target: Any,
   logging.info("restored %d of the %d params in %s", len(placed), num_params,
                step_dir)
   return params, num_params
+
+
+def verify_params(path: fs.PathLike, max_host_bytes: int = 1 << 30
+                  ) -> epath.Path:
+  """Reads every parameter of a checkpoint (a MODEL_DIR: its latest step)
+  on the host, a group of at most `max_host_bytes` at a time, and checks
+  each against the checksum recorded at save. Returns the step directory;
+  raises DamagedCheckpointError naming the step (and the array) otherwise.
+  A step written before checksums were recorded is read through (so an
+  unreadable file is still found) and logged as unchecked."""
+  step_dir, _, _, metadata = _params_metadata(path)
+  record = read_integrity(step_dir)
+  if record is None:
+    logging.warning("%s has no %s record (written by an older version): "
+                    "its parameters are read but not checked", step_dir,
+                    INTEGRITY)
+  target = jax.tree_util.tree_map(
+      lambda m: jax.ShapeDtypeStruct(
+          m.shape, m.dtype, sharding=jax.sharding.SingleDeviceSharding(
+              jax.local_devices(backend="cpu")[0])), metadata)
+  # restore_params_subset checks each array as it reads it; the device
+  # copies it makes are on the host CPU and dropped at once, group by group.
+  for group in _groups_of_bytes(
+      jax.tree_util.tree_flatten_with_path(target)[0], max_host_bytes):
+    subset = {}
+    for key_path, leaf in group:
+      subset = _set_at(subset, key_path, leaf)
+    restore_params_subset(step_dir, subset, max_host_bytes)
+  return step_dir
+
+
+def _set_at(tree: dict, key_path, value: Any) -> dict:
+  """Nested dict `tree` with `value` added at `key_path` (made as needed)."""
+  if not key_path:
+    return value
+  key = key_path[0].key
+  return {**tree, key: _set_at(tree.get(key, {}), key_path[1:], value)}
 
 
 def _groups_of_bytes(leaves: list[tuple[Any, Any]], max_bytes: int
@@ -418,6 +712,7 @@ def lazy_params(path: fs.PathLike) -> tuple[str, Any, Any]:
   """
   step_dir, model_name, config, metadata = _params_metadata(path)
   params_dir = step_dir / PARAMS
+  saved = (read_integrity(step_dir) or {"arrays": {}})["arrays"].get(PARAMS)
   placeholders = jax.tree_util.tree_map(lambda _: ocp.PLACEHOLDER, metadata)
   checkpointer = ocp.PyTreeCheckpointer()
 
@@ -425,9 +720,14 @@ def lazy_params(path: fs.PathLike) -> tuple[str, Any, Any]:
     item = _replace_at(placeholders, key_path, 0)
     restore_args = _replace_at(placeholders, key_path,
                                ocp.RestoreArgs(restore_type=np.ndarray))
-    restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args))
-    return _value_at(restored, key_path)
+    try:
+      restored = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(
+          item=item, restore_args=restore_args))
+    except Exception as e:  # pylint: disable=broad-except
+      raise _read_error(step_dir, PARAMS, e) from e
+    array = _value_at(restored, key_path)
+    _verify_leaf(step_dir, saved, jax.tree_util.keystr(key_path), array)
+    return array
 
   params = jax.tree_util.tree_map_with_path(
       lambda key_path, m: LazyArray(tuple(m.shape), np.dtype(m.dtype),

@@ -155,19 +155,26 @@ def test_lazy_params_stream_one_tensor_at_a_time(tmp_path):
 
 
 def test_finetune_from_params_only_checkpoint(tmp_path, caplog):
-  """A converter's params-only checkpoint resumes with a fresh optimizer."""
+  """A converter's params-only checkpoint is not resumed as if it were a
+  training step; asked for (initial_checkpoint), it fine-tunes with a fresh
+  optimizer."""
   params = _init_params(TINY)
-  checkpoints.write_params_checkpoint(tmp_path, params, step=5, config=TINY)
+  step_dir = checkpoints.write_params_checkpoint(tmp_path, params, step=5,
+                                                 config=TINY)
+  run = lambda **extra: trainer.train(
+      model_dir=str(tmp_path), model_config=TINY, task_name=TASK,
+      task_feature_lengths=LENGTHS, batch_size=BATCH_SIZE, train_steps=6,
+      learning_rate=optimizers.constant_schedule(1e-3),
+      optimizer=optimizers.adafactor(),
+      partition=partitioning.PartitionConfig(mesh_shape=(1, 1)),
+      log_period=1, **extra)
+  with pytest.raises(ValueError, match=r"step 5 .* is params-only .*fresh "
+                     r"optimizer.*initial_checkpoint"):
+    run()
   logging.set_verbosity(logging.INFO)
   with caplog.at_level("INFO"):
-    trainer.train(
-        model_dir=str(tmp_path), model_config=TINY, task_name=TASK,
-        task_feature_lengths=LENGTHS, batch_size=BATCH_SIZE, train_steps=6,
-        learning_rate=optimizers.constant_schedule(1e-3),
-        optimizer=optimizers.adafactor(),
-        partition=partitioning.PartitionConfig(mesh_shape=(1, 1)),
-        log_period=1)
-  assert "restored params-only checkpoint at step 5" in caplog.text
+    run(initial_checkpoint=str(step_dir))
+  assert "fine-tuning from the params-only checkpoint at step 5" in caplog.text
   manager = checkpoints.checkpoint_manager(tmp_path)
   assert manager.latest_step() == 6
   assert checkpoints.has_optimizer_state(manager, 6)

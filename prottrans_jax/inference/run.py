@@ -37,6 +37,7 @@ import logging
 from typing import Sequence
 
 from prottrans_jax import fs
+from prottrans_jax import run_lock
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
@@ -98,6 +99,20 @@ def _names_in_existing_output(output_path: str, file_settings: dict,
 
 
 def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
+                *args, shard_index: int = 0, num_shards: int = 1,
+                **kwargs) -> EmbedSummary:
+  """`_embed_fasta` (below) holding `<output>.lock` (a single-shard run) or
+  `<output>.shard-<i>-of-<n>.lock`, so two runs never write one output."""
+  lock_name = (f"{fs.path(output_path).name}.lock" if num_shards == 1 else
+               f"{fs.path(output_path).name}.{shards.shard_name(shard_index, num_shards)}.lock")
+  with run_lock.RunLock(fs.path(output_path).parent / lock_name,
+                        f"embedding into {output_path}"):
+    return _embed_fasta(input_path, output_path, model, *args,
+                        shard_index=shard_index, num_shards=num_shards,
+                        **kwargs)
+
+
+def _embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
                 settings: engine.EmbedSettings = engine.EmbedSettings(),
                 policy: fasta.FastaPolicy = fasta.FastaPolicy(),
                 output_dtype: str = "float32", overwrite: bool = False,

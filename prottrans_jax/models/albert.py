@@ -20,6 +20,7 @@ class AlbertConfig(bert.BertConfig):
 
   def __post_init__(self):
     super().__post_init__()
+    self.check_dimensions("embedding_size", "num_hidden_groups")
     if self.num_hidden_layers % self.num_hidden_groups:
       raise ValueError(f"num_hidden_layers {self.num_hidden_layers} is not a multiple "
                        f"of num_hidden_groups {self.num_hidden_groups}")

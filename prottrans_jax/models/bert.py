@@ -64,6 +64,11 @@ class BertConfig(configs.DictConfig):
   scan_unroll: int = 1
 
   def __post_init__(self):
+    self.check_dimensions(
+        "vocab_size", "hidden_size", "num_hidden_layers",
+        "num_attention_heads", "intermediate_size",
+        "max_position_embeddings", "type_vocab_size", "attention_chunk_size",
+        "long_sequence_threshold")
     layers.check_layer_options(self.scan_layers, self.remat_policy,
                                self.scan_unroll)
 

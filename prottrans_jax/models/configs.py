@@ -16,6 +16,16 @@ class DictConfig:
   where attention runs block by block (`attention_block`,
   `with_blockwise_attention`)."""
 
+  def check_dimensions(self, *names: str) -> None:
+    """Raises ValueError naming the first of fields `names` (sizes, layer
+    and head counts) that is not an integer >= 1: a zero or negative one
+    builds an empty or broken network, failing later somewhere obscure."""
+    for name in names:
+      value = getattr(self, name)
+      if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{type(self).__name__}.{name} must be an integer "
+                         f">= 1, got {value!r}")
+
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
 

@@ -72,6 +72,11 @@ class T5Config(configs.DictConfig):
   scan_unroll: int = 1
 
   def __post_init__(self):
+    self.check_dimensions(
+        "vocab_size", "d_model", "d_kv", "num_heads", "d_ff",
+        "num_encoder_layers", "num_decoder_layers",
+        "relative_attention_num_buckets", "relative_attention_max_distance",
+        "attention_chunk_size", "long_sequence_threshold")
     parse_feed_forward_proj(self.feed_forward_proj)
     layers.check_layer_options(self.scan_layers, self.remat_policy,
                                self.scan_unroll)

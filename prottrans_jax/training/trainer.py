@@ -9,6 +9,15 @@ and eval/, and profiler traces (plugins/profile/). Started again on the same
 MODEL_DIR, a run restores the latest checkpoint and its data position and
 continues as if never stopped; SIGTERM (a preemption) saves the current step
 and ends the run cleanly.
+
+Nothing silently wrong: process 0 holds MODEL_DIR/run.lock while the run
+lasts (`run_lock`), so a second run on it fails naming the first; a damaged
+latest step (checkpoints.DamagedCheckpointError) is moved aside to
+`<step>.damaged` and the newest intact one restored, with a warning naming
+it; a step without optimizer state is resumed only as an explicit
+params-only start (`initial_checkpoint`); a step whose loss or gradient norm
+is not finite stops the run (`NonFiniteError`) before that state is saved,
+so keep-N never drops a good checkpoint for a bad one.
 """
 
 import dataclasses
@@ -29,6 +38,7 @@ from prottrans_jax import checkpoints
 from prottrans_jax import families
 from prottrans_jax import fs
 from prottrans_jax import partitioning
+from prottrans_jax import run_lock
 from prottrans_jax.training import inputs
 from prottrans_jax.training import mfu
 from prottrans_jax.training import optimizers
@@ -37,6 +47,13 @@ from prottrans_jax.training import summaries
 from prottrans_jax.training import train_state as train_state_lib
 
 CONFIG_FILE = "config.gin"
+LOCK_FILE = "run.lock"
+DAMAGED_SUFFIX = ".damaged"
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradient norm of a step was not finite: the run stopped
+  without saving that state."""
 
 
 def init_fn(family: families.ModelFamily, model: nn.Module) -> Callable[[jax.Array], Any]:
@@ -164,13 +181,84 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
   """The state to start from and the number of batches already consumed;
   `train_input` is moved to the checkpoint's data position.
 
-  Checkpoints hold the canonical layout; restores come back in `config`'s
-  (the run's model config: scanned or not), whichever wrote them.
+  The newest intact step of MODEL_DIR is restored: damaged newer steps
+  (with an integrity record, so known to be this format's) are moved aside
+  to `<step>.damaged` with a warning naming each, once an older step has
+  restored; if none restores, nothing is moved and the error names the
+  newest. Checkpoints hold the canonical layout; restores come back in
+  `config`'s (the run's model config: scanned or not), whichever wrote them.
   """
+  damaged = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    step_dir = fs.path(manager.directory) / str(step)
+    try:
+      restored = _restore_step(
+          manager=manager, step=step, layout=layout, tx=tx,
+          initial_checkpoint=initial_checkpoint, config=config,
+          train_input=train_input)
+    except checkpoints.DamagedCheckpointError as e:
+      if not (step_dir / checkpoints.INTEGRITY).exists():
+        raise  # Written before integrity records: cannot tell damage apart.
+      logging.warning("%s; trying the step before it", e)
+      damaged.append(e)
+      continue
+    _move_aside(manager, damaged)
+    return restored
+  if damaged:
+    raise checkpoints.DamagedCheckpointError(
+        damaged[0].step_dir,
+        f"{damaged[0].reason}; and no older step of {manager.directory} is "
+        f"intact (damaged: {', '.join(e.step_dir.name for e in damaged)})")
+  if initial_checkpoint:
+    _, _, params = checkpoints.restore_params(
+        initial_checkpoint, shardings=layout.shardings.params,
+        layout_config=config)
+    logging.info("initialised params from %s; optimizer state fresh",
+                 initial_checkpoint)
+    return train_state_lib.state_from_params(params, tx, layout, 0), 0
+  return train_state_lib.init_state(init, tx, layout,
+                                    jax.random.key(seed)), 0
+
+
+def _move_aside(manager, damaged: Sequence[Any]) -> None:
+  """Renames each damaged step directory to `<step>.damaged` (kept for
+  inspection, no longer a step: the run saves that step number again)."""
+  if not damaged:
+    return
+  if jax.process_index() == 0:
+    for error in damaged:
+      target = error.step_dir.with_name(error.step_dir.name + DAMAGED_SUFFIX)
+      suffix = 1
+      while target.exists():
+        suffix += 1
+        target = error.step_dir.with_name(
+            f"{error.step_dir.name}{DAMAGED_SUFFIX}-{suffix}")
+      error.step_dir.rename(target)
+      logging.warning("moved damaged checkpoint step %s aside to %s",
+                      error.step_dir.name, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("prottrans_jax damaged steps moved")
+  manager.reload()
+
+
+def _restore_step(*, manager, step: int, layout, tx,
+                  initial_checkpoint: str | None, config: Any,
+                  train_input: inputs.TrainInput
+                  ) -> tuple[train_state_lib.TrainState, int]:
+  """`_restore_or_init` of one step: a training step resumes exactly
+  (state, optimizer, data position); a params-only step (a converter's)
+  only when the user asked for a params-only start."""
   abstract = _abstract(layout.abstract_state, layout.shardings)
-  step = manager.latest_step()
-  if step is not None and checkpoints.has_optimizer_state(manager, step):
-    data_dir = fs.path(manager.directory) / str(step) / checkpoints.DATASET
+  step_dir = fs.path(manager.directory) / str(step)
+  record = checkpoints.read_integrity(step_dir)
+  written_by_training = (
+      record["kind"] == "train" if record is not None else any(
+          (step_dir / item).exists() for item in (
+              checkpoints.OPT_STATE, checkpoints.TRAIN_INFO,
+              checkpoints.DATASET)))
+  if written_by_training:
+    data_dir = step_dir / checkpoints.DATASET
     with_data = train_input.has_state(data_dir)
     restored = checkpoints.restore_train_items(
         manager, step, config=config, abstract_params=abstract.params,
@@ -196,22 +284,23 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
           train_input.state_file_name(), batches_consumed)
       train_input.skip(batches_consumed)
     return state, batches_consumed
-  if step is not None:
-    params = checkpoints.restore_train_items(
-        manager, step, config=config,
-        abstract_params=abstract.params)[checkpoints.PARAMS]
-    logging.info("restored params-only checkpoint at step %d from %s; "
-                 "optimizer state initialised fresh", step, manager.directory)
-    return train_state_lib.state_from_params(params, tx, layout, step), 0
-  if initial_checkpoint:
-    _, _, params = checkpoints.restore_params(
-        initial_checkpoint, shardings=layout.shardings.params,
-        layout_config=config)
-    logging.info("initialised params from %s; optimizer state fresh",
-                 initial_checkpoint)
-    return train_state_lib.state_from_params(params, tx, layout, 0), 0
-  return train_state_lib.init_state(init, tx, layout,
-                                    jax.random.key(seed)), 0
+  if not initial_checkpoint:
+    raise ValueError(
+        f"checkpoint step {step} ({step_dir}) is params-only (no "
+        f"{checkpoints.OPT_STATE}/ or {checkpoints.TRAIN_INFO}/): resuming "
+        f"from it would start a fresh optimizer and read the data from its "
+        f"first batch. To fine-tune from it, set "
+        f"trainer.train.initial_checkpoint (INITIAL_CHECKPOINT_PATH of "
+        f"runs/finetune.gin) to {step_dir}")
+  params = checkpoints.restore_train_items(
+      manager, step, config=config,
+      abstract_params=abstract.params)[checkpoints.PARAMS]
+  logging.warning(
+      "params-only start (initial_checkpoint is set): fine-tuning from the "
+      "params-only checkpoint at step %d in %s, which takes precedence over "
+      "initial_checkpoint; optimizer state initialised fresh, data read from "
+      "its first batch", step, manager.directory)
+  return train_state_lib.state_from_params(params, tx, layout, step), 0
 
 
 class _PreemptionWatch:
@@ -299,6 +388,64 @@ def prepare_model_dir(model_dir: fs.PathLike,
   return model_dir
 
 
+def check_positive(**values: Any) -> None:
+  """Raises ValueError naming each setting (its gin name) that is not an
+  integer >= 1: settings that would otherwise do nothing, or fail deep in
+  TensorFlow or XLA."""
+  bad = [f"{name} must be an integer >= 1, got {value!r}"
+         for name, value in values.items()
+         if not isinstance(value, int) or isinstance(value, bool) or value < 1]
+  if bad:
+    raise ValueError("; ".join(bad))
+
+
+@jax.jit
+def _first_nonfinite(first: tuple[jax.Array, jax.Array], step: jax.Array,
+                     metrics: Mapping[str, jax.Array]
+                     ) -> tuple[jax.Array, jax.Array]:
+  """(step, [loss, grad_norm]) of the first step whose loss or gradient norm
+  was not finite (step -1 while none): kept on the device, so checking every
+  step costs no host round trip."""
+  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+  record = (first[0] < 0) & ~finite
+  values = jnp.stack([metrics["loss"], metrics["grad_norm"]]).astype(
+      jnp.float32)
+  return (jnp.where(record, step, first[0]),
+          jnp.where(record, values, first[1]))
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
+                            for x in jax.tree_util.tree_leaves(tree)]))
+
+
+def _stop_if_nonfinite(first: jax.Array, manager, model_dir: epath.Path,
+                       params: Any = None, step: int = 0) -> None:
+  """Raises NonFiniteError (after the saves in flight, all of earlier good
+  steps, have finished) if a step's loss or gradient norm was not finite,
+  or `params` (about to be saved after `step`) are not: an update can
+  overflow where the loss and gradients were still finite."""
+  bad_step, (loss, grad_norm) = jax.device_get(first)
+  if bad_step >= 0:
+    what = (f"step {int(bad_step)}: the loss ({float(loss)}) or gradient "
+            f"norm ({float(grad_norm)}) is not finite")
+  elif params is not None and not bool(_all_finite(params)):
+    what = f"step {step}: the parameters after the update are not finite"
+  else:
+    return
+  manager.wait_until_finished()
+  latest = manager.latest_step()
+  manager.close()
+  raise NonFiniteError(
+      f"{what}; training stopped without saving that state. The last "
+      f"checkpoint is "
+      + (f"step {latest} in {model_dir}" if latest is not None
+         else f"none (nothing saved in {model_dir})")
+      + "; every earlier checkpoint is kept. Look for damaged inputs or "
+      "parameters, or lower the learning rate, before resuming")
+
+
 def train(*, model_dir: str, model_config: Any, task_name: str,
           task_feature_lengths: Mapping[str, int], batch_size: int,
           train_steps: int, learning_rate: optimizers.Schedule,
@@ -355,9 +502,23 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
 
   Returns:
     The last logged training metrics, plus `eval/...` ones if evaluated.
+
+  Raises:
+    run_lock.LockHeldError: another run holds MODEL_DIR.
+    checkpoints.DamagedCheckpointError: no intact step to resume (naming
+      the newest damaged one).
+    NonFiniteError: a step's loss or gradient norm was not finite.
   """
-  if train_steps < 0:
-    raise ValueError(f"train_steps must be >= 0, got {train_steps}")
+  arguments = dict(locals())
+  check_positive(**{"TRAIN_STEPS (trainer.train.train_steps)": train_steps,
+                    "BATCH_SIZE (trainer.train.batch_size)": batch_size,
+                    "trainer.train.num_microbatches": num_microbatches,
+                    "trainer.train.checkpoint_period": checkpoint_period,
+                    "trainer.train.log_period": log_period})
+  if keep_checkpoints is not None:
+    check_positive(**{"trainer.train.keep_checkpoints": keep_checkpoints})
+  if eval_period is not None:
+    check_positive(**{"trainer.train.eval_period": eval_period})
   if profile_first_step is not None and (profile_first_step < 1
                                          or profile_steps < 1):
     raise ValueError(
@@ -365,6 +526,32 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
         f"({profile_steps}) must be >= 1: steps are counted from 1")
   if compilation_cache_dir:
     use_compilation_cache(compilation_cache_dir)
+  model_dir = fs.path(model_dir)
+  if jax.process_index() == 0:
+    model_dir.mkdir(parents=True, exist_ok=True)
+  with run_lock.hold_on_process_zero(model_dir / LOCK_FILE,
+                                    f"training run on {model_dir}"):
+    return _train_holding_lock(**arguments)
+
+
+def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
+                        task_feature_lengths: Mapping[str, int],
+                        batch_size: int, train_steps: int,
+                        learning_rate: optimizers.Schedule,
+                        optimizer: optax.GradientTransformation,
+                        partition: partitioning.PartitionConfig,
+                        loss: steps.LossConfig, num_microbatches: int,
+                        seed: int, checkpoint_period: int,
+                        keep_checkpoints: int | None, log_period: int,
+                        eval_period: int | None, eval_batches: int | None,
+                        peak_tflops_per_device: float | None,
+                        initial_checkpoint: str | None,
+                        compilation_cache_dir: str | None,
+                        profile_first_step: int | None, profile_steps: int,
+                        describe_config: Callable[[], str] | None
+                        ) -> dict[str, float]:
+  """`train` once MODEL_DIR is locked (its arguments, checked)."""
+  del compilation_cache_dir  # In effect already.
   model_dir = prepare_model_dir(model_dir, describe_config)
 
   # Measured (on CPU) before the mesh is in effect: the benchmark runs on
@@ -390,6 +577,9 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
         initial_checkpoint=initial_checkpoint, config=model_config,
         train_input=train_input)
     first_step = int(state.step)
+    if first_step >= train_steps:
+      logging.warning("%s is at step %d already, and train_steps is %d: "
+                      "nothing to train", model_dir, first_step, train_steps)
 
     compile_start = time.perf_counter()
     step_fn = train_step.lower().compile()
@@ -412,6 +602,7 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     profile = _ProfileWindow(str(model_dir), profile_first_step, profile_steps)
     last = {}
     timer, timed_steps = time.perf_counter(), 0
+    nonfinite = (jnp.int32(-1), jnp.zeros((2,), jnp.float32))
     with _PreemptionWatch() as preemption:
       for step in range(first_step, train_steps):
         done = step + 1
@@ -419,10 +610,16 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
         batch = partitioning.global_batch_from_process_rows(
             next(train_input), batch_sharding, batch_size)
         state, metrics = step_fn(state, batch)
+        nonfinite = _first_nonfinite(nonfinite, jnp.int32(done), metrics)
         batches_consumed += 1
         timed_steps += 1
         profile.after(done, state)
         preempted = preemption.reached(manager, done)
+        saving = (done % checkpoint_period == 0 or done == train_steps
+                  or preempted)
+        if saving or done % log_period == 0:
+          _stop_if_nonfinite(nonfinite, manager, model_dir,
+                             state.params if saving else None, done)
         if done % log_period == 0 or done == train_steps or preempted:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
           seconds = time.perf_counter() - timer
@@ -440,7 +637,7 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
               100 * metrics["mfu"], _format(metrics))
           train_summaries.write(done, metrics)
           last = metrics
-        if done % checkpoint_period == 0 or done == train_steps or preempted:
+        if saving:
           checkpoints.save(
               manager, done, params=state.params, opt_state=state.opt_state,
               train_info={"step": done, "batches_consumed": batches_consumed},
