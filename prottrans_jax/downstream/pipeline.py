@@ -44,6 +44,10 @@ def labelled_examples(proteins: Sequence[readers.LabeledProtein],
   if not kept:
     raise readers.LabelError(f"none of the {len(proteins)} proteins has a "
                              f"label for {list(shape.tasks)}")
+  if len(kept) < len(proteins):
+    logger.info("%s head: %d of %d proteins have a label for %s; the "
+                "other %d are left out", kind, len(kept), len(proteins),
+                list(shape.tasks), len(proteins) - len(kept))
   return (features_lib.load_features(kept, source,
                                      not shape.per_residue_input),
           [dict(p.labels) for p in kept])
