@@ -110,9 +110,15 @@ def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
 
   Raises:
     fasta.FastaError: bad input the policy does not repair.
-    h5_writer.OutputError: the output exists with other settings, or holds
-      another input's chunks (pass `overwrite` to replace it).
+    h5_writer.OutputError: the output cannot be written there, or exists
+      with other settings or weights (`model.fingerprint`), or holds another
+      input's chunks (pass `overwrite` to replace it).
+    engine.ProteinTooLongError: proteins longer than the model's positions,
+      all named, before anything is written.
+    engine.NonFiniteEmbeddingError: a protein's embedding is NaN or
+      infinite; its batch is not written (the batches before it are).
   """
+  shards.check_output_location(output_path)
   stats = fasta.ShardReadStats()
   records = list(fasta.read_fasta_shard(fasta.expand_inputs(input_path),
                                         shard_index, num_shards, policy,
@@ -123,6 +129,10 @@ def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
                    "compute_dtype": settings.dtype,
                    "output_dtype": output_dtype,
                    "max_tokens": settings.max_tokens}
+  if model.fingerprint is not None:
+    # Which weights: the same path may hold others by now (a MODEL_DIR
+    # retrained to the same step, a model downloaded again).
+    file_settings["weights_fingerprint"] = model.fingerprint
   done_names = set()
   if num_shards == 1 and not overwrite:
     done_names = _names_in_existing_output(output_path, file_settings,
@@ -149,17 +159,21 @@ def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
               stats.bytes_read, len(plan), already_done)
   embedded = residues = 0
   if not writer.completed:
-    for batch in engine.embed_batches_with_progress(
-        embedder, records, skip, disable=not progress, batches=plan):
-      shards.pause_point("batch_computed")  # Test hook: killed mid-run.
-      keep = [j for j, r in enumerate(batch.records) if not is_done(r)]
-      writer.write_chunk(
-          batch.index, [names[batch.records[j].id] for j in keep],
-          [batch.records[j].description for j in keep],
-          {key: [arrays[j] for j in keep]
-           for key, arrays in batch.outputs.items()})
-      embedded += len(keep)
-      residues += sum(len(batch.records[j].sequence) for j in keep)
+    try:
+      for batch in engine.embed_batches_with_progress(
+          embedder, records, skip, disable=not progress, batches=plan):
+        shards.pause_point("batch_computed")  # Test hook: killed mid-run.
+        keep = [j for j, r in enumerate(batch.records) if not is_done(r)]
+        writer.write_chunk(
+            batch.index, [names[batch.records[j].id] for j in keep],
+            [batch.records[j].description for j in keep],
+            {key: [arrays[j] for j in keep]
+             for key, arrays in batch.outputs.items()})
+        embedded += len(keep)
+        residues += sum(len(batch.records[j].sequence) for j in keep)
+    except BaseException:
+      writer.remove_if_empty()  # Nothing of this run to resume.
+      raise
     writer.complete({"proteins": len(records), "residues": stats.residues,
                      "input_bytes_read": stats.bytes_read,
                      "batches": len(plan)})
