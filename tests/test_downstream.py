@@ -280,6 +280,17 @@ def test_predict_writes_structure_strings_and_localization(
   assert json.load(open(json_path))[0]["id"] == "CB513_0001"
   with pytest.raises(ValueError, match="trained on embeddings"):
     predict.predict_fasta(fasta_path, None, [ss_dir])
+  # Embeddings of another model (another width): both widths and the head
+  # named, not a Flax shape error.
+  wide = str(tmp_path / "wide.h5")
+  with h5py.File(h5_path) as source, h5py.File(wide, "w") as f:
+    for name in source:
+      f[name] = np.zeros((source[name].shape[0], 48), np.float32)
+  width = pipeline.load_trained_head(ss_dir).config.input_dim
+  assert width != 48
+  with pytest.raises(ValueError, match=rf"head {ss_dir} takes features of "
+                     rf"width {width}, but {wide} holds width 48"):
+    predict.predict_fasta(fasta_path, wide, [ss_dir])
 
 
 def test_light_attention_trains_on_per_residue_input(shared_data):
