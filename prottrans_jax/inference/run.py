@@ -26,9 +26,11 @@ rerun computes each remaining protein in the batch an uninterrupted run would
 have: the same shapes, the same numbers bit for bit.
 
 A single-shard run whose merged output already exists with the same settings
-(an earlier run's, possibly over fewer proteins) adds what it lacks: proteins
-already in it count as done. Any other existing output is refused unless
-`overwrite`.
+and weights (`LoadedModel.fingerprint`; an earlier run's, possibly over
+fewer proteins) adds what it lacks: proteins already in it count as done.
+Any other existing output is refused unless `overwrite`. Nothing non-finite
+is written (`engine.NonFiniteEmbeddingError`), and a run that fails before
+its first chunk leaves no parts directory behind.
 """
 
 import dataclasses
