@@ -309,12 +309,14 @@ def _write_fasta(path, records):
   return str(path)
 
 
-def test_weights_swapped_at_the_same_path_are_refused(tiny_prott5_model_dir,
-                                                      tmp_path):
+def test_weights_swapped_at_the_same_path_are_refused(tmp_path):
   settings = engine.EmbedSettings(max_tokens=64)
   input_path = _write_fasta(tmp_path / "in.fasta", _records([20, 10]))
   output = str(tmp_path / "out.h5")
-  model_dir = shutil.copytree(tiny_prott5_model_dir, tmp_path / "model")
+  model_dir = tmp_path / "model"
+  config = t5.T5_CONFIGS["tiny"]
+  checkpoints.write_params_checkpoint(model_dir, _random_params(config),
+                                      step=7, config=config)
   first = loading.from_checkpoint(str(model_dir), settings)
   run.embed_fasta(input_path, output, first, settings, progress=False)
   # The same files loaded again: the same fingerprint (what lets it resume).
@@ -322,11 +324,9 @@ def test_weights_swapped_at_the_same_path_are_refused(tiny_prott5_model_dir,
       first.fingerprint)
   # Retrained to the same step: same path, same source, other weights of
   # the same shapes.
-  whole = loading.from_checkpoint(str(model_dir))
   shutil.rmtree(model_dir)
-  checkpoints.write_params_checkpoint(
-      model_dir, jax.tree.map(lambda x: -x, whole.params), step=7,
-      config=whole.config)
+  checkpoints.write_params_checkpoint(model_dir, _random_params(config, 1),
+                                      step=7, config=config)
   other = loading.from_checkpoint(str(model_dir), settings)
   assert other.source == first.source
   assert other.fingerprint != first.fingerprint

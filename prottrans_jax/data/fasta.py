@@ -109,7 +109,8 @@ def _open_binary(path: str) -> Iterator[io.BufferedReader]:
 def _decompressed(raw: io.BufferedReader):
   """`raw`, or its gzip stream when it starts with gzip's magic bytes (by
   content, so a mis-named file still reads). `peek` looks without
-  consuming, so a pipe is read once."""
+  consuming, so a pipe is read once (it sees at least the writer's first
+  write, in practice far more than the two bytes it needs)."""
   return (gzip.GzipFile(fileobj=raw, mode="rb")
           if raw.peek(2)[:2] == GZIP_MAGIC else raw)
 
@@ -320,7 +321,7 @@ class ShardReadStats:
 
 def _has_magic(path: str) -> bool:
   with fs.open_read(path) as f:
-    return f.peek(2)[:2] == GZIP_MAGIC
+    return f.read(2) == GZIP_MAGIC
 
 
 def _glob(pattern: str) -> list[str]:
