@@ -250,12 +250,16 @@ class ShardWriter:
   def remove_if_empty(self) -> None:
     """Deletes this shard's directory, and the parts directory if nothing
     else is in it, when no chunk was committed (a run that failed before
-    its first chunk leaves no output behind)."""
-    if not self.directory.exists() or not self._holds_nothing():
-      return
-    self.directory.rmtree()
-    if self.parts.is_dir() and not any(self.parts.iterdir()):
-      self.parts.rmdir()
+    its first chunk leaves no output behind). Best effort, called while
+    another error propagates: a failure here is logged, not raised."""
+    try:
+      if not self.directory.exists() or not self._holds_nothing():
+        return
+      self.directory.rmtree()
+      if self.parts.is_dir() and not any(self.parts.iterdir()):
+        self.parts.rmdir()
+    except OSError as e:
+      logger.warning("could not remove the empty %s: %s", self.directory, e)
 
   def _check_split(self, num_shards: int, overwrite: bool) -> None:
     if not self.parts.is_dir():
