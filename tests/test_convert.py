@@ -2,6 +2,7 @@
 from functools import partial
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -173,6 +174,21 @@ def test_clear_errors(hf_dir, tmp_path):
   with pytest.raises(mapping.ConversionError,
                      match=r"encoder.block.1.layer.1.DenseReluDense.wi.weight.*\(65, 32\).*\(64, 32\)"):
     formats.convert_checkpoint("hf", "native", bad_shape, tmp_path / "o1", progress=False)
+  # Nothing left that would block the rerun (no output, no hidden partial).
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["shape"]
+
+  # Damaged files are named.
+  truncated = shutil.copytree(hf_dir, tmp_path / "truncated")
+  weights = truncated / hf_io.SAFETENSORS_FILE
+  weights.write_bytes(weights.read_bytes()[:-1000])
+  with pytest.raises(ValueError, match=rf"{weights} is not a readable "
+                     r"safetensors file \(truncated or damaged\?"):
+    formats.convert_checkpoint("hf", "hf", truncated, tmp_path / "o5", dry_run=True)
+  not_json = shutil.copytree(hf_dir, tmp_path / "not_json")
+  (not_json / hf_io.CONFIG_FILE).write_text("<html>rate limited</html>")
+  with pytest.raises(ValueError, match=rf"{not_json / hf_io.CONFIG_FILE} is "
+                     "not valid JSON"):
+    formats.convert_checkpoint("hf", "hf", not_json, tmp_path / "o6", dry_run=True)
 
   missing = _rewrite(hf_dir, tmp_path / "missing", lambda s: s.pop(
       "decoder.block.0.layer.0.SelfAttention.k.weight"))

@@ -104,6 +104,32 @@ def test_unknown_classes_are_errors(tmp_path):
     readers.read_deeploc(fasta_path)
 
 
+def test_sample_format_unknown_location_is_an_error_unmapped_is_logged(
+    tmp_path, caplog):
+  fasta_path = _write(tmp_path / "s.fasta", ">P1\nMKV\n>P2\nMKVL\n>P3\nMK\n")
+  header = "id\tentry_name\tlength\tlocation\tmembrane\tsecondary_structure\n"
+  rows = ["P1\tA_B\t3\tNucleus\tS\tHHE", "P2\tC_D\t4\tMembrane\tM\t",
+          "P3\tE_F\t2\tMoon\tS\t"]
+  bad = _write(tmp_path / "bad.tsv", header + "\n".join(rows) + "\n")
+  with pytest.raises(readers.LabelError,
+                     match=r"bad.tsv:4: 'P3': unknown location 'Moon'"):
+    readers.read_swissprot_sample(bad, fasta_path=fasta_path)
+  good = _write(tmp_path / "good.tsv", header + "\n".join(rows[:2]) + "\n")
+  with caplog.at_level("INFO"):
+    proteins = readers.read_swissprot_sample(good, fasta_path=fasta_path)
+  assert [int(p.labels["localization"]) for p in proteins] == [
+      readers.LOCALIZATION_CLASSES.index("Nucleus"), readers.IGNORE]
+  assert "1 proteins whose location is one of ['Membrane'] have no " \
+      "localization label" in caplog.text
+  # A head says how many proteins it leaves out for lack of its labels.
+  with caplog.at_level("INFO"):
+    inputs, _ = pipeline.labelled_examples(proteins, "ss_cnn",
+                                           features.ONEHOT)
+  assert len(inputs) == 1
+  assert "ss_cnn head: 1 of 2 proteins have a label for ['q3', 'q8']; " \
+      "the other 1 are left out" in caplog.text
+
+
 def test_id_missing_from_embeddings_is_an_error(tmp_path):
   path = str(tmp_path / "e.h5")
   with h5py.File(path, "w") as f:
@@ -254,6 +280,17 @@ def test_predict_writes_structure_strings_and_localization(
   assert json.load(open(json_path))[0]["id"] == "CB513_0001"
   with pytest.raises(ValueError, match="trained on embeddings"):
     predict.predict_fasta(fasta_path, None, [ss_dir])
+  # Embeddings of another model (another width): both widths and the head
+  # named, not a Flax shape error.
+  wide = str(tmp_path / "wide.h5")
+  with h5py.File(h5_path) as source, h5py.File(wide, "w") as f:
+    for name in source:
+      f[name] = np.zeros((source[name].shape[0], 48), np.float32)
+  width = pipeline.load_trained_head(ss_dir).config.input_dim
+  assert width != 48
+  with pytest.raises(ValueError, match=rf"head {ss_dir} takes features of "
+                     rf"width {width}, but {wide} holds width 48"):
+    predict.predict_fasta(fasta_path, wide, [ss_dir])
 
 
 def test_light_attention_trains_on_per_residue_input(shared_data):

@@ -1,20 +1,30 @@
 """Several outputs in one pass: per residue and per protein, any hidden
-layer; float16 compute; batches out of device memory retried in parts."""
+layer; float16 compute; batches out of device memory retried in parts;
+outputs tied to their weights; non-finite values and proteins too long
+refused."""
 
 import dataclasses
 import functools
 import logging
+import shutil
 
+import flax.linen as nn
+import h5py
 import jax
 import numpy as np
 import pytest
 import torch
 import transformers
 
+from prottrans_jax import checkpoints
 from prottrans_jax import families
 from prottrans_jax.convert import mapping
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
+from prottrans_jax.inference import fingerprint
+from prottrans_jax.inference import h5_writer
+from prottrans_jax.inference import loading
+from prottrans_jax.inference import run
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import t5
@@ -278,3 +288,134 @@ def test_a_batch_that_never_fits_is_a_clear_error(t5_model, monkeypatch):
                      match=r"batch 0: 2 row\(s\) x 101 tokens .*attention 32 "
                      r"queries at a time.*'p0', 'p1'.*--num_partitions"):
     list(embedder.embed_batches(_records(OOM_LENGTHS)))
+
+
+# --- Nothing silently wrong: outputs tied to their weights, bad values and
+# impossible inputs refused before they are written ------------------------
+
+
+def _random_params(config, seed=0):
+  """Random weights of `config`'s whole network, drawn in numpy (no
+  compiled initialiser: these tests are about what the run does with
+  them)."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda a: (rng.normal(0, 0.2, a.shape)).astype(a.dtype),
+      nn.unbox(families.abstract_params(families.of(config), config)))
+
+
+def _write_fasta(path, records):
+  path.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records))
+  return str(path)
+
+
+def test_weights_swapped_at_the_same_path_are_refused(tmp_path):
+  settings = engine.EmbedSettings(max_tokens=64)
+  input_path = _write_fasta(tmp_path / "in.fasta", _records([20, 10]))
+  output = str(tmp_path / "out.h5")
+  model_dir = tmp_path / "model"
+  config = t5.T5_CONFIGS["tiny"]
+  checkpoints.write_params_checkpoint(model_dir, _random_params(config),
+                                      step=7, config=config)
+  first = loading.from_checkpoint(str(model_dir), settings)
+  run.embed_fasta(input_path, output, first, settings, progress=False)
+  # The same files loaded again: the same fingerprint (what lets it resume).
+  assert loading.from_checkpoint(str(model_dir), settings).fingerprint == (
+      first.fingerprint)
+  # Retrained to the same step: same path, same source, other weights of
+  # the same shapes.
+  shutil.rmtree(model_dir)
+  checkpoints.write_params_checkpoint(model_dir, _random_params(config, 1),
+                                      step=7, config=config)
+  other = loading.from_checkpoint(str(model_dir), settings)
+  assert other.source == first.source
+  assert other.fingerprint != first.fingerprint
+  with pytest.raises(h5_writer.OutputError,
+                     match=r"out.h5 exists with other settings "
+                     r"\(weights_fingerprint: .*--overwrite.*--output"):
+    run.embed_fasta(input_path, output, other, settings, progress=False)
+
+
+def test_hugging_face_weights_of_one_architecture_differ_by_fingerprint(
+    tmp_path):
+  """Two trainings of one architecture have the same safetensors headers
+  and sizes: the fingerprint's content samples tell them apart; a copy of
+  the same files, or a README added, does not change it."""
+  def save(seed, directory):
+    torch.manual_seed(seed)
+    config = transformers.T5Config(
+        vocab_size=128, d_model=128, d_kv=16, d_ff=512, num_layers=2,
+        num_heads=8, feed_forward_proj="relu")
+    transformers.T5EncoderModel(config).save_pretrained(directory)
+    return str(directory)
+
+  first = save(0, tmp_path / "a")
+  loaded = loading.from_hf(first)
+  assert loaded.fingerprint == fingerprint.of_hf_directory(first)
+  # Above the size read whole: sampled.
+  assert (tmp_path / "a" / "model.safetensors").stat().st_size > 1 << 20
+  copy = shutil.copytree(first, tmp_path / "copy")
+  (copy / "README.md").write_text("notes")
+  assert fingerprint.of_hf_directory(copy) == loaded.fingerprint
+  assert fingerprint.of_hf_directory(save(1, tmp_path / "b")) != (
+      loaded.fingerprint)
+
+
+def test_a_non_finite_embedding_is_refused_naming_the_protein(tmp_path):
+  """NaN in the weights of one residue ('W'): proteins with a W get NaN
+  embeddings, the others not. The first batch (no W) is committed, the
+  run fails on the second naming its protein, and nothing is merged."""
+  config = dataclasses.replace(t5.T5_CONFIGS["tiny"], dtype="float32")
+  params = _random_params(config)
+  [w_token] = families.of(config).tokenize("W")[:-1]
+  table = np.array(params["token_embedder"]["embedding"])
+  table[w_token] = np.nan
+  params["token_embedder"]["embedding"] = table
+  model = loading.LoadedModel("t5", config, params, "random")
+  records = [fasta.FastaRecord("long", "long", "MKTAYIAKQR" * 6, 1),
+             fasta.FastaRecord("longer", "longer", "MKTAYIAKQR" * 5, 2),
+             fasta.FastaRecord("short_w", "short_w", "MKTWAYIAKQ", 3)]
+  output = tmp_path / "out.h5"
+  with pytest.raises(engine.NonFiniteEmbeddingError,
+                     match=r"per_residue/layer_-1 of protein\(s\) 'short_w' "
+                     r"is not finite.*not written"):
+    run.embed_fasta(_write_fasta(tmp_path / "in.fasta", records), str(output),
+                    model, engine.EmbedSettings(max_tokens=64),
+                    progress=False)
+  assert not output.exists()
+  committed = []
+  for chunk in (tmp_path / "out.h5.parts").glob("shard-*/chunk-*.h5"):
+    with h5py.File(chunk) as f:
+      committed += list(f["ids"].asstr()[()])
+      assert np.isfinite(f["per_residue/layer_-1"][()]).all()
+  assert sorted(committed) == ["long", "longer"]
+
+
+def test_proteins_over_bert_positions_are_all_named_before_any_work(
+    tmp_path):
+  config = bert.BERT_CONFIGS["tiny"].with_dtype("float32")
+  family = families.of(config)
+  model = loading.LoadedModel(family.name, config, _random_params(config),
+                              "random")
+  records = [fasta.FastaRecord("fits", "fits", "M" * 1022, 1),
+             fasta.FastaRecord("one_over", "one_over", "M" * 1023, 2),
+             fasta.FastaRecord("huge", "huge", "M" * 200_000, 3)]
+  output = tmp_path / "out.h5"
+  with pytest.raises(engine.ProteinTooLongError,
+                     match=r"2 protein\(s\) longer than this model's 1024 "
+                     r"positions \(1022 residues plus 2 special tokens\): "
+                     r"'one_over' \(1023 residues\); 'huge' \(200000 "
+                     r"residues\)\. Nothing was embedded"):
+    run.embed_fasta(_write_fasta(tmp_path / "in.fasta", records),
+                    str(output), model, progress=False)
+  assert sorted(tmp_path.iterdir()) == [tmp_path / "in.fasta"]
+
+
+def test_an_output_under_a_file_is_refused_naming_it(tmp_path):
+  (tmp_path / "afile").write_text("not a directory")
+  with pytest.raises(h5_writer.OutputError,
+                     match=r"--output .*afile/x.h5: .*afile is a file, not "
+                     "a directory"):
+    run.embed_fasta(str(tmp_path / "none.fasta"), str(tmp_path / "afile" /
+                                                      "x.h5"),
+                    loading.LoadedModel("t5", T5_CONFIG, {}, "random"))

@@ -2,6 +2,8 @@
 
 import gzip
 import os
+import sys
+import threading
 
 import pytest
 
@@ -108,3 +110,77 @@ def test_bad_arguments_and_inputs_are_clear_errors(tmp_path):
   (tmp_path / "empty.fasta").write_text("")
   with pytest.raises(fasta.FastaError, match="no FASTA records"):
     _shards([str(tmp_path / "empty.fasta")], 1)
+
+
+# --- Streams: standard input and named pipes, read once --------------------
+
+STREAM_TEXT = ">a first\nMKTAYIAKQR\nQISF\n>b\nGSHMLEDPVD\n>c\nMKV*\n"
+
+
+def _feed(fd_or_path, data):
+  """Writes `data` into a pipe from a thread, as another process would: a
+  reader that opens a named pipe twice hangs, one that reads standard
+  input twice loses its first bytes."""
+  def write():
+    with open(fd_or_path, "wb") as f:
+      f.write(data)
+  thread = threading.Thread(target=write, daemon=True)
+  thread.start()
+  return thread
+
+
+def _expected(tmp_path):
+  path = tmp_path / "plain.fasta"
+  path.write_text(STREAM_TEXT)
+  return _key(fasta.read_fasta(path))
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_a_named_pipe_is_read_once_whole(tmp_path, compress):
+  expected = _expected(tmp_path)
+  fifo = str(tmp_path / "in.fifo")
+  data = STREAM_TEXT.encode()
+  data = gzip.compress(data) if compress else data
+  for read in (lambda p: list(fasta.read_fasta(p)),
+               lambda p: list(fasta.read_fasta_shard(
+                   fasta.expand_inputs(p), 0, 1))):
+    os.mkfifo(fifo)
+    writer = _feed(fifo, data)
+    assert _key(read(fifo)) == expected
+    writer.join(timeout=10)
+    assert not writer.is_alive()
+    os.remove(fifo)
+
+
+def test_standard_input_as_dash_and_dev_stdin(tmp_path, monkeypatch):
+  expected = _expected(tmp_path)
+  # `-`: sys.stdin, here a real pipe.
+  read_end, write_end = os.pipe()
+  monkeypatch.setattr(sys, "stdin", os.fdopen(read_end))
+  writer = _feed(write_end, STREAM_TEXT.encode())
+  assert fasta.expand_inputs("-") == ["-"]
+  assert _key(fasta.read_fasta_shard(["-"], 0, 1)) == expected
+  writer.join(timeout=10)
+  # /dev/stdin: the process's descriptor 0, a pipe for the time of the test.
+  read_end, write_end = os.pipe()
+  saved = os.dup(0)
+  try:
+    os.dup2(read_end, 0)
+    os.close(read_end)
+    writer = _feed(write_end, gzip.compress(STREAM_TEXT.encode()))
+    assert _key(fasta.read_fasta_shard(
+        fasta.expand_inputs("/dev/stdin"), 0, 1)) == expected
+    writer.join(timeout=10)
+  finally:
+    os.dup2(saved, 0)
+    os.close(saved)
+
+
+def test_a_stream_cannot_be_sharded(tmp_path):
+  fifo = str(tmp_path / "in.fifo")
+  os.mkfifo(fifo)  # Never opened: refused before any read.
+  with pytest.raises(fasta.FastaError,
+                     match=r"in.fifo is a stream.*cannot be split into 2"):
+    list(fasta.read_fasta_shard([fifo], 0, 2))
+  with pytest.raises(fasta.FastaError, match=r"<stdin> is a stream"):
+    list(fasta.read_fasta_shard(["-"], 1, 3))

@@ -139,6 +139,28 @@ def test_a_shard_with_other_settings_or_split_is_refused(tmp_path):
   assert writer.committed() == set() and not writer.completed
 
 
+def test_a_shard_that_holds_no_chunk_never_blocks_a_rerun(tmp_path, caplog):
+  """A run that stopped before its first chunk (killed, or failed) left
+  only settings: a rerun with corrected settings starts afresh, and a
+  failed run removes even those."""
+  output = tmp_path / "o.h5"
+  shards.ShardWriter(output, 0, 1, SETTINGS, KEYS)  # Killed here.
+  with caplog.at_level("INFO"):
+    writer = shards.ShardWriter(output, 0, 1, dict(SETTINGS, max_tokens=32),
+                                KEYS)
+  assert "holds no chunk yet; starting it with the new settings " \
+      "(settings.max_tokens: 64 there, 32 now)" in caplog.text
+  writer.remove_if_empty()  # What a failed run does.
+  assert list(tmp_path.iterdir()) == []
+  # A shard with a chunk is kept, and other settings refused.
+  _write_shards(output, _proteins(2), 1, complete=False)
+  writer = shards.ShardWriter(output, 0, 1, SETTINGS, KEYS)
+  writer.remove_if_empty()
+  assert writer.committed() == {0}
+  with pytest.raises(h5_writer.OutputError, match="other settings"):
+    shards.ShardWriter(output, 0, 1, dict(SETTINGS, max_tokens=32), KEYS)
+
+
 def test_extending_a_merged_file_keeps_it_and_adds_the_rest(tmp_path):
   proteins = _proteins(8)
   keys = KEYS[1:]

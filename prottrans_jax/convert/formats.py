@@ -264,10 +264,51 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     config, loaders, encoder_only, step = read_checkpoint(source, local_input, encoder_only)
     if dry_run:
       return mapping_lines(source, target, local_input, config, encoder_only, list(loaders))
-    if _check_output(output_dir, input_dir, overwrite):
-      fs.path(output_dir).rmtree()
-    return _write(target, output_dir, config, loaders, encoder_only, step, dtype,
-                  max_shard_bytes, progress, f"{source} -> {target}")
+    replace = _check_output(output_dir, input_dir, overwrite)
+    return _written_whole(output_dir, replace, lambda out: _write(
+        target, out, config, loaders, encoder_only, step, dtype,
+        max_shard_bytes, progress, f"{source} -> {target}"))
+
+
+_PARTIAL_MARK = ".partial"
+
+
+def _written_whole(output_dir: os.PathLike, replace: bool,
+                   write: Callable[[os.PathLike], list[str]]) -> list[str]:
+  """Runs `write` so that a failed conversion leaves no partial output that
+  would block its rerun. Locally it writes a hidden sibling directory,
+  renamed to `output_dir` once complete (an older output, with
+  `replace`, stays until then; a killed run leaves only the sibling, which
+  the next one deletes). A URL has no rename: its output is deleted if
+  the writing fails."""
+  out = fs.path(output_dir)
+  if fs.is_remote(out):
+    if replace:
+      out.rmtree()
+    try:
+      return write(output_dir)
+    except BaseException:
+      if out.exists():
+        logger.warning("conversion failed: deleting the partial %s", out)
+        out.rmtree()
+      raise
+  staging = out.parent / f".{out.name}{_PARTIAL_MARK}"
+  out.parent.mkdir(parents=True, exist_ok=True)
+  if staging.exists():
+    logger.info("deleting %s, left by a conversion that stopped", staging)
+    staging.rmtree()
+  try:
+    written = write(staging)
+  except BaseException:
+    if staging.exists():
+      staging.rmtree()
+    raise
+  if replace:
+    out.rmtree()
+  elif out.exists():
+    out.rmdir()  # Empty (`_check_output`).
+  os.replace(os.fspath(staging), os.fspath(out))
+  return [os.fspath(out) + path[len(os.fspath(staging)):] for path in written]
 
 
 def _write(target: str, output_dir: os.PathLike, config: Any,

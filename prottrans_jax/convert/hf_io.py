@@ -171,11 +171,24 @@ def _require_dir(directory: os.PathLike) -> pathlib.Path:
   return path
 
 
+def _read_json(path: pathlib.Path) -> dict:
+  try:
+    return json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path} is not valid JSON ({e}); download it again "
+                     "or fix it") from e
+
+
 def load_hf_config(directory: os.PathLike) -> dict:
   path = _require_dir(directory) / CONFIG_FILE
   if not path.is_file():
     raise FileNotFoundError(f"No {CONFIG_FILE} in {directory}")
-  return json.loads(path.read_text())
+  return _read_json(path)
+
+
+def _damaged(path: pathlib.Path, error: Exception) -> ValueError:
+  return ValueError(f"{path} is not a readable safetensors file (truncated "
+                    f"or damaged? {error}); download or convert it again")
 
 
 class LazyStateDict(Mapping[str, np.ndarray]):
@@ -185,11 +198,15 @@ class LazyStateDict(Mapping[str, np.ndarray]):
     path = _require_dir(directory)
     self._torch_state = None
     if (path / SAFETENSORS_INDEX).is_file():
-      weight_map = json.loads((path / SAFETENSORS_INDEX).read_text())["weight_map"]
+      weight_map = _read_json(path / SAFETENSORS_INDEX)["weight_map"]
       self._files = {name: path / file for name, file in weight_map.items()}
     elif (path / SAFETENSORS_FILE).is_file():
-      with safetensors.safe_open(path / SAFETENSORS_FILE, framework="numpy") as f:
-        self._files = {name: path / SAFETENSORS_FILE for name in f.keys()}
+      try:
+        with safetensors.safe_open(path / SAFETENSORS_FILE,
+                                   framework="numpy") as f:
+          self._files = {name: path / SAFETENSORS_FILE for name in f.keys()}
+      except safetensors.SafetensorError as e:
+        raise _damaged(path / SAFETENSORS_FILE, e) from e
     elif (path / TORCH_FILE).is_file():
       self._torch_state = _load_torch_state(path / TORCH_FILE)
       self._files = {name: path / TORCH_FILE for name in self._torch_state}
@@ -203,10 +220,13 @@ class LazyStateDict(Mapping[str, np.ndarray]):
       return _torch_to_numpy(self._torch_state[name])
     # Opened per tensor: closing unmaps the file, so the pages read so far
     # do not stay in this process's resident memory.
-    with safetensors.safe_open(self._files[name], framework="numpy") as f:
-      if f.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16
-        return _read_bf16(self._files[name], name)
-      return f.get_tensor(name)
+    try:
+      with safetensors.safe_open(self._files[name], framework="numpy") as f:
+        if f.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16
+          return _read_bf16(self._files[name], name)
+        return f.get_tensor(name)
+    except safetensors.SafetensorError as e:
+      raise _damaged(self._files[name], e) from e
 
   def __iter__(self) -> Iterator[str]:
     return iter(self._files)

@@ -28,8 +28,12 @@ import dataclasses
 import gzip
 import hashlib
 import io
+import itertools
 import logging
+import math
 import os
+import stat
+import sys
 import zlib
 from typing import Iterator, Literal, Sequence, TextIO
 
@@ -71,16 +75,59 @@ class FastaPolicy:
             f"FastaPolicy.{field}={value!r}: expected one of {allowed}")
 
 
+STDIN = "-"  # The input path that means standard input.
+
+
+def is_stream(path: str) -> bool:
+  """Whether `path` can only be read once, front to back: standard input
+  (`-`, `/dev/stdin` on a pipe), a named pipe, a character device."""
+  if path == STDIN:
+    return True
+  if fs.is_remote(path):
+    return False
+  try:
+    return not stat.S_ISREG(os.stat(path).st_mode)
+  except OSError:
+    return False
+
+
+def _display(path: str) -> str:
+  return "<stdin>" if path == STDIN else path
+
+
+@contextlib.contextmanager
+def _open_binary(path: str) -> Iterator[io.BufferedReader]:
+  """`path` opened once for reading bytes (standard input for `-`, left
+  open for whoever reads it next)."""
+  if path == STDIN:
+    yield sys.stdin.buffer
+    return
+  with fs.open_read(path) as f:
+    yield f
+
+
+def _decompressed(raw: io.BufferedReader):
+  """`raw`, or its gzip stream when it starts with gzip's magic bytes (by
+  content, so a mis-named file still reads). `peek` looks without
+  consuming, so a pipe is read once (it sees at least the writer's first
+  write, in practice far more than the two bytes it needs)."""
+  return (gzip.GzipFile(fileobj=raw, mode="rb")
+          if raw.peek(2)[:2] == GZIP_MAGIC else raw)
+
+
 @contextlib.contextmanager
 def _open_text(path: str) -> Iterator[TextIO]:
-  """Opens plain or gzip FASTA by content, so a mis-named file still reads."""
-  with fs.open_read(path) as f:
-    magic = f.read(2)
-  with fs.open_read(path) as raw:
-    stream = gzip.GzipFile(fileobj=raw, mode="rb") if magic == GZIP_MAGIC else raw
-    with io.TextIOWrapper(stream, encoding="utf-8", errors="replace",
-                          newline="") as text:
+  """Opens plain or gzip FASTA, once (see `_decompressed`)."""
+  with _open_binary(path) as raw:
+    stream = _decompressed(raw)
+    text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace",
+                            newline="")
+    try:
       yield text
+    finally:
+      text.detach()  # `_open_binary` closes the file (not standard input).
+      if stream is not raw:
+        stream.close()  # Leaves `raw` open.
 
 
 class _IdRegistry:
@@ -224,9 +271,9 @@ def read_fasta(path: str | os.PathLike,
     FastaError: bad input the policy does not repair (see module docstring).
   """
   path = os.fspath(path)
-  if not fs.path(path).exists():
+  if path != STDIN and not fs.path(path).exists():
     raise FileNotFoundError(f"FASTA file not found: {path}")
-  parser = _RecordParser(path, policy, _IdRegistry())
+  parser = _RecordParser(_display(path), policy, _IdRegistry())
   count = 0
   try:
     with _open_text(path) as handle:
@@ -242,8 +289,8 @@ def read_fasta(path: str | os.PathLike,
     count += 1
     yield record
   if count == 0:
-    raise FastaError(f"{path}: no FASTA records found (expected lines starting "
-                     "with '>')")
+    raise FastaError(f"{_display(path)}: no FASTA records found (expected "
+                     "lines starting with '>')")
 
 
 # --- Shards of a large input ------------------------------------------------
@@ -260,6 +307,8 @@ def read_fasta(path: str | os.PathLike,
 # every shard decompresses it in full, twice (once to learn its size), so
 # split or decompress large gzip inputs. Duplicate ids are found within a
 # shard; across shards, where no shard sees the others, the merge finds them.
+# A single shard needs no offsets: it reads each input once, front to back,
+# which is all a stream (stdin, a pipe) allows; a stream cannot be sharded.
 
 
 @dataclasses.dataclass
@@ -287,7 +336,8 @@ def _glob(pattern: str) -> list[str]:
 def expand_inputs(spec: str | os.PathLike) -> list[str]:
   """The FASTA files of `spec`: a path, a glob (`data/*.fasta`,
   `gs://bucket/uniref/*.fa.gz`) or a comma-separated list of them; each
-  glob's matches sorted, the list's order kept, repeats dropped.
+  glob's matches sorted, the list's order kept, repeats dropped. `-` is
+  standard input.
 
   Raises:
     FileNotFoundError: a path that does not exist or a glob matching nothing.
@@ -296,7 +346,9 @@ def expand_inputs(spec: str | os.PathLike) -> list[str]:
   for part in (p.strip() for p in os.fspath(spec).split(",")):
     if not part:
       continue
-    if any(c in part for c in "*?["):
+    if part == STDIN:
+      matches = [part]
+    elif any(c in part for c in "*?["):
       matches = _glob(part)
       if not matches:
         raise FileNotFoundError(f"no FASTA file matches {part}")
@@ -334,13 +386,13 @@ def _stream_size(path: str, gzipped: bool, stats: ShardReadStats) -> int:
   return size
 
 
-def _read_range(path: str, gzipped: bool, start: int, end: int,
-                parser: _RecordParser,
+def _read_range(path: str, start: int, end: float, parser: _RecordParser,
                 stats: ShardReadStats) -> Iterator[FastaRecord]:
-  """Records of `path` whose headers start at offsets in [start, end)."""
-  with fs.open_read(path) as raw:
-    if gzipped or start == 0 or not raw.seekable():
-      stream = gzip.GzipFile(fileobj=raw) if gzipped else raw
+  """Records of `path` whose headers start at offsets in [start, end),
+  `path` opened once."""
+  with _open_binary(path) as raw:
+    stream = _decompressed(raw)
+    if stream is not raw or start == 0 or not raw.seekable():
       lines = _binary_lines(stream, 0, stats, count_lines=True)
     else:
       raw.seek(start - 1)  # The line holding byte start - 1 ends before
@@ -383,26 +435,34 @@ def read_fasta_shard(inputs: Sequence[str], shard_index: int, num_shards: int,
                      "expected num_shards >= 1 and 0 <= shard_index < "
                      "num_shards")
   stats = ShardReadStats() if stats is None else stats
-  files = []
-  for path in map(os.fspath, inputs):
-    if not fs.path(path).exists():
+  paths = [os.fspath(path) for path in inputs]
+  for path in paths:
+    if path != STDIN and not fs.path(path).exists():
       raise FileNotFoundError(f"FASTA file not found: {path}")
-    gzipped = _has_magic(path)
-    files.append((path, gzipped, _stream_size(path, gzipped, stats)))
-  total = sum(size for _, _, size in files)
-  begin = -(-shard_index * total // num_shards)
-  end = -(-(shard_index + 1) * total // num_shards)
+    if num_shards > 1 and is_stream(path):
+      raise FastaError(
+          f"{_display(path)} is a stream (standard input or a pipe), which "
+          f"can be read only once, front to back: it cannot be split into "
+          f"{num_shards} shards by byte ranges. Write it to a file first, "
+          "or run one shard")
+  if num_shards == 1:  # Everything, in one pass per input.
+    ranges = [(path, 0, math.inf) for path in paths]
+  else:
+    sizes = [_stream_size(path, _has_magic(path), stats) for path in paths]
+    total = sum(sizes)
+    begin = -(-shard_index * total // num_shards)
+    end = -(-(shard_index + 1) * total // num_shards)
+    bases = [0, *itertools.accumulate(sizes)]
+    ranges = [(path, max(begin - base, 0), end - base)
+              for path, base, size in zip(paths, bases, sizes)
+              if base < end and begin < base + size]
   seen = _IdRegistry()
-  base = 0
-  for path, gzipped, size in files:
-    if base < end and begin < base + size:
-      parser = _RecordParser(path, policy, seen)
-      for record in _read_range(path, gzipped, max(begin - base, 0),
-                                end - base, parser, stats):
-        stats.records += 1
-        stats.residues += len(record.sequence)
-        yield record
-    base += size
+  for path, start, stop in ranges:
+    parser = _RecordParser(_display(path), policy, seen)
+    for record in _read_range(path, start, stop, parser, stats):
+      stats.records += 1
+      stats.residues += len(record.sequence)
+      yield record
   if num_shards == 1 and stats.records == 0:
-    raise FastaError(f"{', '.join(path for path, _, _ in files)}: no FASTA "
-                     "records found (expected lines starting with '>')")
+    raise FastaError(f"{', '.join(map(_display, paths))}: no FASTA records "
+                     "found (expected lines starting with '>')")

@@ -25,6 +25,19 @@ class TrainedHead:
   config: models.HeadConfig
   params: Any
   info: dict[str, Any]  # Feature source, best epoch, losses per epoch.
+  directory: str | None = None  # Where it is saved, if it is.
+
+  def check_features(self, features: Sequence[np.ndarray],
+                     source: str) -> None:
+    """A ValueError naming both widths unless `features` (from `source`)
+    are as wide as this head's input."""
+    widths = sorted({int(f.shape[-1]) for f in features})
+    if widths and widths != [self.config.input_dim]:
+      raise ValueError(
+          f"head {self.directory or '(unsaved)'} takes features of width "
+          f"{self.config.input_dim}, but {source} holds width "
+          f"{', '.join(map(str, widths))}: embeddings of another model? Use "
+          "the embeddings of the model the head was trained on")
 
 
 def _labelled_tasks(tasks: Sequence[str],
@@ -44,6 +57,10 @@ def labelled_examples(proteins: Sequence[readers.LabeledProtein],
   if not kept:
     raise readers.LabelError(f"none of the {len(proteins)} proteins has a "
                              f"label for {list(shape.tasks)}")
+  if len(kept) < len(proteins):
+    logger.info("%s head: %d of %d proteins have a label for %s; the "
+                "other %d are left out", kind, len(kept), len(proteins),
+                list(shape.tasks), len(proteins) - len(kept))
   return (features_lib.load_features(kept, source,
                                      not shape.per_residue_input),
           [dict(p.labels) for p in kept])
@@ -74,7 +91,7 @@ def train_head(kind: str, proteins: Sequence[readers.LabeledProtein],
   if output_dir:
     checkpoints.save_head(output_dir, config, result.params,
                           result.best_epoch, info)
-  return TrainedHead(config, result.params, info)
+  return TrainedHead(config, result.params, info, directory=output_dir)
 
 
 def evaluate_head(head: TrainedHead,
@@ -82,6 +99,7 @@ def evaluate_head(head: TrainedHead,
                   ) -> dict[str, metrics.Score]:
   """{task: Score} of a trained head on labelled proteins."""
   features, labels = labelled_examples(proteins, head.config.kind, source)
+  head.check_features(features, source)
   probabilities = trainer.predict(head.config, head.params, features)
   tasks = [t for t in _labelled_tasks(head.config.tasks, labels)
            if t in head.info["tasks"]]
@@ -89,7 +107,8 @@ def evaluate_head(head: TrainedHead,
 
 
 def load_trained_head(directory: str) -> TrainedHead:
-  return TrainedHead(*checkpoints.load_head(directory))
+  return TrainedHead(*checkpoints.load_head(directory),
+                     directory=str(directory))
 
 
 def train_from_files(kind: str, labels_path: str, label_format: str,

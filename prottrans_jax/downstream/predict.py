@@ -71,9 +71,10 @@ def predict_fasta(fasta_path: str, embeddings_path: str | None,
     if not onehot and not embeddings_path:
       raise ValueError(f"head {head_dir} was trained on embeddings: give "
                        "the embeddings of this FASTA file")
+    source = features_lib.ONEHOT if onehot else embeddings_path
     features = features_lib.load_features(
-        proteins, features_lib.ONEHOT if onehot else embeddings_path,
-        per_protein=not head.config.per_residue_input)
+        proteins, source, per_protein=not head.config.per_residue_input)
+    head.check_features(features, source)
     for row, probs in zip(fields,
                           trainer.predict(head.config, head.params, features)):
       for task in head.info["tasks"]:

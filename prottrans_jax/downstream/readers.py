@@ -54,9 +54,10 @@ PROTEIN_TASKS = ("localization", "membrane")
 # DeepLoc marks proteins found in both compartments "Cytoplasm-Nucleus".
 DUAL_LOCATIONS = {"Cytoplasm-Nucleus": "Cytoplasm"}
 
-# Swiss-Prot's first subcellular location -> DeepLoc class. Unlisted
-# locations (e.g. a bare "Membrane", which does not say which one) are no
-# label rather than a guess.
+# Swiss-Prot's first subcellular location -> DeepLoc class. The locations
+# of SWISSPROT_UNMAPPED_LOCATIONS (a bare "Membrane" does not say which
+# one) are no label rather than a guess, counted in a log line; any other
+# location is an error naming the record, never a silent drop.
 SWISSPROT_LOCATIONS = {
     "Cytoplasm": "Cytoplasm", "Cytosol": "Cytoplasm",
     "Nucleus": "Nucleus", "Cell membrane": "Cell.membrane",
@@ -75,6 +76,7 @@ SWISSPROT_LOCATIONS = {
     "Peroxisome": "Peroxisome", "Plastid": "Plastid",
     "Chloroplast": "Plastid", "Secreted": "Extracellular",
 }
+SWISSPROT_UNMAPPED_LOCATIONS = ("Membrane",)
 
 
 class LabelError(ValueError):
@@ -219,7 +221,14 @@ def _sample_labels(row: Mapping[str, str], sequence: str, where: str
     q3 = encode_labels(structure, "q3", where)
   else:
     q3 = np.full(len(sequence), IGNORE, np.int32)
-  location = SWISSPROT_LOCATIONS.get(row["location"])
+  location = row["location"]
+  if location and location not in SWISSPROT_LOCATIONS and (
+      location not in SWISSPROT_UNMAPPED_LOCATIONS):
+    raise LabelError(
+        f"{where}: unknown location {location!r}; expected one of "
+        f"{sorted(SWISSPROT_LOCATIONS)}, or one of "
+        f"{list(SWISSPROT_UNMAPPED_LOCATIONS)} (no label), or nothing")
+  location = SWISSPROT_LOCATIONS.get(location)
   return {
       "q3": q3, "q8": np.full(len(sequence), IGNORE, np.int32),
       "localization": (encode_labels([location], "localization", where)[0]
@@ -234,7 +243,7 @@ def read_swissprot_sample(
 ) -> list[LabeledProtein]:
   """The bundled sample: its annotation TSV joined with its FASTA by id."""
   sequences = {r.id: r.sequence for r in fasta.read_fasta(fasta_path)}
-  proteins = []
+  proteins, unmapped = [], 0
   with fs.open_read(annotations_path) as raw, io.TextIOWrapper(
       raw, encoding="utf-8", newline="") as handle:
     for line_number, row in enumerate(csv.DictReader(handle, delimiter="\t"),
@@ -245,6 +254,11 @@ def read_swissprot_sample(
       sequence = sequences[row["id"]]
       proteins.append(LabeledProtein(row["id"], sequence,
                                      _sample_labels(row, sequence, where)))
+      unmapped += row["location"] in SWISSPROT_UNMAPPED_LOCATIONS
+  if unmapped:
+    logger.info("%s: %d proteins whose location is one of %s have no "
+                "localization label", annotations_path, unmapped,
+                list(SWISSPROT_UNMAPPED_LOCATIONS))
   return proteins[:limit]
 
 

@@ -189,6 +189,23 @@ class EmbeddedBatch:
   outputs: dict[str, list[np.ndarray]]
 
 
+class ProteinTooLongError(ValueError):
+  """Proteins longer than the model's learned positions (the BERT family's
+  `max_position_embeddings`), found when batches are planned."""
+
+
+class NonFiniteEmbeddingError(ValueError):
+  """A protein's embedding is NaN or infinite (damaged weights, or float16
+  overflow): refused rather than written."""
+
+
+def _names(records: Sequence[fasta.FastaRecord], shown: int = 20) -> str:
+  """Record ids for a message: the first `shown`, then how many more."""
+  names = ", ".join(repr(r.id) for r in records[:shown])
+  return names + (f" and {len(records) - shown} more" if len(records) > shown
+                  else "")
+
+
 class OutOfDeviceMemoryError(RuntimeError):
   """A batch that does not fit even as one row per device, attention block
   by block."""
@@ -380,9 +397,30 @@ class Embedder:
     """
     token_lengths = [len(r.sequence) + self.family.num_special_tokens
                      for r in records]
+    self._check_lengths(records, token_lengths)
     return list(batching.plan_batches(
         token_lengths, self.settings.max_tokens * self.data_parallel,
         self.data_parallel))
+
+  def _check_lengths(self, records: Sequence[fasta.FastaRecord],
+                     token_lengths: Sequence[int]) -> None:
+    """Every protein the model cannot take (a learned position table has an
+    end; T5's relative positions have none), named before any work."""
+    limit = getattr(self.config, "max_position_embeddings", None)
+    if limit is None:
+      return
+    too_long = [(r, n) for r, n in zip(records, token_lengths) if n > limit]
+    if not too_long:
+      return
+    special = self.family.num_special_tokens
+    shown = "; ".join(f"{r.id!r} ({len(r.sequence)} residues)"
+                      for r, _ in too_long[:20])
+    more = f"; and {len(too_long) - 20} more" if len(too_long) > 20 else ""
+    raise ProteinTooLongError(
+        f"{len(too_long)} protein(s) longer than this model's {limit} "
+        f"positions ({limit - special} residues plus {special} special "
+        f"tokens): {shown}{more}. Nothing was embedded: leave them out of "
+        "the input, or split them into pieces that fit")
 
   def embed_batches(self, records: Sequence[fasta.FastaRecord],
                     skip: Callable[[int], bool] = lambda index: False, *,
@@ -533,6 +571,15 @@ class Embedder:
           value[i, first:first + len(r.sequence)] if spec.kind == PER_RESIDUE
           else value[i] / np.float32(max(len(r.sequence), 1))
           for i, r in enumerate(batch_records)]
+      bad = [r for r, array in zip(batch_records, result[spec.key])
+             if not np.isfinite(array).all()]
+      if bad:
+        raise NonFiniteEmbeddingError(
+            f"{spec.key} of protein(s) {_names(bad)} is not finite (NaN "
+            f"or infinite) in compute dtype {self.settings.dtype}: the "
+            "weights hold non-finite values (a damaged checkpoint?) or "
+            "activations overflowed (float16: try bfloat16 or float32). "
+            "Their batch was not written")
     return result
 
   def embed(self, records: Sequence[fasta.FastaRecord],

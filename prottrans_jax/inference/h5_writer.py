@@ -35,6 +35,26 @@ class OutputError(ValueError):
   """The output file cannot be used as asked (exists, other settings...)."""
 
 
+def _flatten(record: Mapping, prefix: str = "") -> dict[str, object]:
+  flat = {}
+  for key, value in record.items():
+    if isinstance(value, Mapping):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
+def first_difference(expected: Mapping, found: Mapping) -> str:
+  """The first setting (dotted path) whose values differ, said plainly:
+  what an output holds ("there") against what a run asks for ("now")."""
+  expected, found = _flatten(expected), _flatten(found)
+  for key in sorted(set(expected) | set(found)):
+    if expected.get(key) != found.get(key):
+      return f"{key}: {found.get(key)!r} there, {expected.get(key)!r} now"
+  return ""
+
+
 def dataset_name(record_id: str) -> str:
   """A valid HDF5 name for a record id."""
   name = record_id.replace("/", "_")
@@ -88,10 +108,14 @@ class EmbeddingWriter:
       raise OutputError(f"{self.name} exists and was not written by this "
                         "embedder; pass --overwrite to replace it")
     if previous != self._settings and not self._renamed_match(previous):
+      try:
+        difference = first_difference(json.loads(self._settings),
+                                      json.loads(previous))
+      except (TypeError, ValueError):
+        difference = f"recorded as {previous!r}"
       raise OutputError(
-          f"{self.name} exists with other settings ({previous}); now asked "
-          f"for {self._settings}. Pass --overwrite to replace it, or another "
-          "--output")
+          f"{self.name} exists with other settings ({difference}). Pass "
+          "--overwrite to replace it, or another --output")
 
   def _renamed_match(self, previous: str) -> bool:
     """Whether `previous` are these settings, some under former names."""

@@ -24,6 +24,7 @@ from prottrans_jax.convert import formats
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.inference import engine
+from prottrans_jax.inference import fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,10 @@ class LoadedModel:
 
   `tensors_read` and `max_device_bytes` are set by the loaders given
   settings: how many tensors were read from the checkpoint, and the most
-  bytes of parameters any one device holds after placement.
+  bytes of parameters any one device holds after placement. `fingerprint`
+  (set by both loaders; None for parameters made in memory) identifies the
+  weight files (`fingerprint.py`): an output records it, so a resume with
+  other weights at the same path is refused.
   """
   name: str  # Model family, e.g. "t5".
   config: Any
@@ -44,6 +48,7 @@ class LoadedModel:
   source: str
   tensors_read: int | None = None
   max_device_bytes: int | None = None
+  fingerprint: str | None = None
 
 
 def device_bytes(params: Any) -> dict[jax.Device, int]:
@@ -58,7 +63,7 @@ def device_bytes(params: Any) -> dict[jax.Device, int]:
 
 
 def _placed(name: str, config: Any, params: Any, source: str,
-            tensors_read: int, out_of: str) -> LoadedModel:
+            tensors_read: int, out_of: str, weights: str) -> LoadedModel:
   """The LoadedModel of sharded `params`, its reads and placement logged."""
   max_bytes = max(device_bytes(params).values())
   logger.info("%s: read %d tensors of %s; the fullest device holds %.1f MB "
@@ -66,7 +71,7 @@ def _placed(name: str, config: Any, params: Any, source: str,
               max_bytes / 1e6,
               sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params)) / 1e6)
   return LoadedModel(name, config, params, source, tensors_read=tensors_read,
-                     max_device_bytes=max_bytes)
+                     max_device_bytes=max_bytes, fingerprint=weights)
 
 
 def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
@@ -91,16 +96,19 @@ def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
   the first local device (conversion, evaluation and tests use this).
   """
   step_dir = checkpoints.step_directory(path)
+  weights = fingerprint.of_checkpoint_step(
+      step_dir, (checkpoints.PARAMS, checkpoints.MODEL_CONFIG))
   if settings is None:
     model_name, config, params = checkpoints.restore_params(step_dir)
-    return LoadedModel(model_name, config, params, source=str(step_dir))
+    return LoadedModel(model_name, config, params, source=str(step_dir),
+                       fingerprint=weights)
   model_name, config = checkpoints.checkpoint_model_config(step_dir)
   config = config.with_layer_options(scan_layers=False)
   target = engine.encoder_params_target(config, settings, devices)
   params, tensors_held = checkpoints.restore_params_subset(step_dir, target)
   return _placed(model_name, config, params, str(step_dir),
                  len(jax.tree_util.tree_leaves(target)),
-                 f"the {tensors_held} the checkpoint holds")
+                 f"the {tensors_held} the checkpoint holds", weights)
 
 
 def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
@@ -128,12 +136,13 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
   location = hf_io.resolve_model(directory)
   with fs.local_copy(location.directory) as local:
     config, loaders, _ = formats.read_hf_checkpoint(local, encoder_only=True)
+    weights = fingerprint.of_hf_directory(local)
     if settings is None:
       dtype = np.dtype(config.param_dtype)
       params = mapping.unflatten(
           {name: np.asarray(load(), dtype=dtype) for name, load in loaders.items()})
       return LoadedModel(families.of(config).name, config, params,
-                         source=location.source)
+                         source=location.source, fingerprint=weights)
     targets = mapping.flatten(engine.encoder_params_target(config, settings, devices))
     missing = sorted(set(targets) - set(loaders))
     if missing:
@@ -144,4 +153,4 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
                              target.sharding)
         for name, target in targets.items()})
   return _placed(families.of(config).name, config, params, location.source,
-                 len(targets), "its encoder")
+                 len(targets), "its encoder", weights)

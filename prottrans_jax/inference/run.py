@@ -26,9 +26,11 @@ rerun computes each remaining protein in the batch an uninterrupted run would
 have: the same shapes, the same numbers bit for bit.
 
 A single-shard run whose merged output already exists with the same settings
-(an earlier run's, possibly over fewer proteins) adds what it lacks: proteins
-already in it count as done. Any other existing output is refused unless
-`overwrite`.
+and weights (`LoadedModel.fingerprint`; an earlier run's, possibly over
+fewer proteins) adds what it lacks: proteins already in it count as done.
+Any other existing output is refused unless `overwrite`. Nothing non-finite
+is written (`engine.NonFiniteEmbeddingError`), and a run that fails before
+its first chunk leaves no parts directory behind.
 """
 
 import dataclasses
@@ -99,20 +101,6 @@ def _names_in_existing_output(output_path: str, file_settings: dict,
 
 
 def embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
-                *args, shard_index: int = 0, num_shards: int = 1,
-                **kwargs) -> EmbedSummary:
-  """`_embed_fasta` (below) holding `<output>.lock` (a single-shard run) or
-  `<output>.shard-<i>-of-<n>.lock`, so two runs never write one output."""
-  lock_name = (f"{fs.path(output_path).name}.lock" if num_shards == 1 else
-               f"{fs.path(output_path).name}.{shards.shard_name(shard_index, num_shards)}.lock")
-  with run_lock.RunLock(fs.path(output_path).parent / lock_name,
-                        f"embedding into {output_path}"):
-    return _embed_fasta(input_path, output_path, model, *args,
-                        shard_index=shard_index, num_shards=num_shards,
-                        **kwargs)
-
-
-def _embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
                 settings: engine.EmbedSettings = engine.EmbedSettings(),
                 policy: fasta.FastaPolicy = fasta.FastaPolicy(),
                 output_dtype: str = "float32", overwrite: bool = False,
@@ -125,9 +113,34 @@ def _embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
 
   Raises:
     fasta.FastaError: bad input the policy does not repair.
-    h5_writer.OutputError: the output exists with other settings, or holds
-      another input's chunks (pass `overwrite` to replace it).
+    h5_writer.OutputError: the output cannot be written there, or exists
+      with other settings or weights (`model.fingerprint`), or holds another
+      input's chunks (pass `overwrite` to replace it).
+    engine.ProteinTooLongError: proteins longer than the model's positions,
+      all named, before anything is written.
+    engine.NonFiniteEmbeddingError: a protein's embedding is NaN or
+      infinite; its batch is not written (the batches before it are).
   """
+  shards.check_output_location(output_path)
+  # One writer per output: `<output>.lock`, or one per shard (shards are
+  # independent processes).
+  lock_name = (f"{fs.path(output_path).name}.lock" if num_shards == 1 else
+               f"{fs.path(output_path).name}."
+               f"{shards.shard_name(shard_index, num_shards)}.lock")
+  with run_lock.RunLock(fs.path(output_path).parent / lock_name,
+                        f"embedding into {output_path}"):
+    return _embed_holding_lock(input_path, output_path, model, settings,
+                               policy, output_dtype, overwrite, progress,
+                               shard_index, num_shards)
+
+
+def _embed_holding_lock(input_path: str, output_path: str,
+                        model: loading.LoadedModel,
+                        settings: engine.EmbedSettings,
+                        policy: fasta.FastaPolicy, output_dtype: str,
+                        overwrite: bool, progress: bool, shard_index: int,
+                        num_shards: int) -> EmbedSummary:
+  """`embed_fasta`'s work, once the output's lock is held."""
   stats = fasta.ShardReadStats()
   records = list(fasta.read_fasta_shard(fasta.expand_inputs(input_path),
                                         shard_index, num_shards, policy,
@@ -138,6 +151,10 @@ def _embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
                    "compute_dtype": settings.dtype,
                    "output_dtype": output_dtype,
                    "max_tokens": settings.max_tokens}
+  if model.fingerprint is not None:
+    # Which weights: the same path may hold others by now (a MODEL_DIR
+    # retrained to the same step, a model downloaded again).
+    file_settings["weights_fingerprint"] = model.fingerprint
   done_names = set()
   if num_shards == 1 and not overwrite:
     done_names = _names_in_existing_output(output_path, file_settings,
@@ -164,17 +181,21 @@ def _embed_fasta(input_path: str, output_path: str, model: loading.LoadedModel,
               stats.bytes_read, len(plan), already_done)
   embedded = residues = 0
   if not writer.completed:
-    for batch in engine.embed_batches_with_progress(
-        embedder, records, skip, disable=not progress, batches=plan):
-      shards.pause_point("batch_computed")  # Test hook: killed mid-run.
-      keep = [j for j, r in enumerate(batch.records) if not is_done(r)]
-      writer.write_chunk(
-          batch.index, [names[batch.records[j].id] for j in keep],
-          [batch.records[j].description for j in keep],
-          {key: [arrays[j] for j in keep]
-           for key, arrays in batch.outputs.items()})
-      embedded += len(keep)
-      residues += sum(len(batch.records[j].sequence) for j in keep)
+    try:
+      for batch in engine.embed_batches_with_progress(
+          embedder, records, skip, disable=not progress, batches=plan):
+        shards.pause_point("batch_computed")  # Test hook: killed mid-run.
+        keep = [j for j, r in enumerate(batch.records) if not is_done(r)]
+        writer.write_chunk(
+            batch.index, [names[batch.records[j].id] for j in keep],
+            [batch.records[j].description for j in keep],
+            {key: [arrays[j] for j in keep]
+             for key, arrays in batch.outputs.items()})
+        embedded += len(keep)
+        residues += sum(len(batch.records[j].sequence) for j in keep)
+    except BaseException:
+      writer.remove_if_empty()  # Nothing of this run to resume.
+      raise
     writer.complete({"proteins": len(records), "residues": stats.residues,
                      "input_bytes_read": stats.bytes_read,
                      "batches": len(plan)})

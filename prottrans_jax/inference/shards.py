@@ -87,6 +87,24 @@ def pause_point(name: str) -> None:
       time.sleep(3600)
 
 
+def check_output_location(output: fs.PathLike) -> None:
+  """Refuses a local `output` that cannot be created: under a file, or in
+  a directory this process may not write (checked before any work; a URL
+  is the bucket's business)."""
+  if fs.is_remote(output):
+    return
+  parent = os.path.dirname(os.path.abspath(os.fspath(output)))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise h5_writer.OutputError(
+        f"--output {output}: {parent} is a file, not a directory, so "
+        "nothing can be written under it")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise h5_writer.OutputError(
+        f"--output {output}: directory {parent} is not writable")
+
+
 def parts_directory(output: fs.PathLike) -> epath.Path:
   return fs.path(os.fspath(output) + PARTS_SUFFIX)
 
@@ -179,25 +197,6 @@ def _write_json(target: epath.Path, record: Mapping[str, object]) -> None:
   staged.commit()
 
 
-def _flatten(record: Mapping, prefix: str = "") -> dict[str, object]:
-  flat = {}
-  for key, value in record.items():
-    if isinstance(value, Mapping):
-      flat.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      flat[prefix + key] = value
-  return flat
-
-
-def _first_difference(expected: Mapping, found: Mapping) -> str:
-  """The first setting (dotted path) whose values differ, said plainly."""
-  expected, found = _flatten(expected), _flatten(found)
-  for key in sorted(set(expected) | set(found)):
-    if expected.get(key) != found.get(key):
-      return f"{key}: {found.get(key)!r} there, {expected.get(key)!r} now"
-  return ""
-
-
 class ShardWriter:
   """Writes one shard's chunks and its completion marker."""
 
@@ -228,15 +227,39 @@ class ShardWriter:
       self.directory.rmtree()
     if settings_file.exists():
       found = json.loads(settings_file.read_text())
-      if found != self._record:
+      if found != self._record and self._holds_nothing():
+        # A run that stopped before its first chunk left nothing to keep:
+        # a rerun with corrected settings starts afresh.
+        logger.info("%s holds no chunk yet; starting it with the new "
+                    "settings (%s)", self.directory,
+                    h5_writer.first_difference(self._record, found))
+        self.directory.rmtree()
+      elif found != self._record:
         raise h5_writer.OutputError(
             f"{self.directory} holds a shard made with other settings "
-            f"({_first_difference(self._record, found)}). Pass --overwrite "
-            "to replace it, or another --output")
+            f"({h5_writer.first_difference(self._record, found)}). Pass "
+            "--overwrite to replace it, or another --output")
     self.directory.mkdir(parents=True, exist_ok=True)
     self._remove_temporaries()
     if not settings_file.exists():
       _write_json(settings_file, self._record)
+
+  def _holds_nothing(self) -> bool:
+    return not self.committed() and not self.completed
+
+  def remove_if_empty(self) -> None:
+    """Deletes this shard's directory, and the parts directory if nothing
+    else is in it, when no chunk was committed (a run that failed before
+    its first chunk leaves no output behind). Best effort, called while
+    another error propagates: a failure here is logged, not raised."""
+    try:
+      if not self.directory.exists() or not self._holds_nothing():
+        return
+      self.directory.rmtree()
+      if self.parts.is_dir() and not any(self.parts.iterdir()):
+        self.parts.rmdir()
+    except OSError as e:
+      logger.warning("could not remove the empty %s: %s", self.directory, e)
 
   def _check_split(self, num_shards: int, overwrite: bool) -> None:
     if not self.parts.is_dir():
@@ -393,10 +416,11 @@ def _common_record(shard_dirs: Sequence[epath.Path]) -> dict:
   first = shared(records[0])
   for directory, record in zip(shard_dirs[1:], records[1:]):
     if shared(record) != first:
+      difference = h5_writer.first_difference(
+          first["settings"], shared(record)["settings"])
       raise h5_writer.OutputError(
           f"{directory} was made with other settings than "
-          f"{shard_dirs[0]} ({_first_difference(first['settings'], shared(record)['settings'])}"
-          "); rerun it with the same command")
+          f"{shard_dirs[0]} ({difference}); rerun it with the same command")
   return first
 
 
