@@ -57,7 +57,7 @@ def main(argv):
         max_shard_bytes=FLAGS.max_shard_mb * 2**20)
   except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
     # ConversionError is a ValueError: a clear message, no traceback.
-    sys.exit(f"convert_checkpoint: error: {e}")
+    sys.exit(f"prottrans-convert: error: {e}")
   print("\n".join(result))
 
 

@@ -39,6 +39,7 @@ import jax
 from jax.experimental import multihost_utils
 
 from prottrans_jax import cli
+from prottrans_jax import run_lock
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
@@ -145,8 +146,8 @@ def main(argv):
         progress=_PROGRESS.value, shard_index=shard_index,
         num_shards=num_shards)
   except (fasta.FastaError, h5_writer.OutputError, FileNotFoundError,
-          ValueError) as e:
-    sys.exit(f"embed.py: error: {e}")
+          ValueError, run_lock.LockHeldError) as e:
+    sys.exit(f"prottrans-embed: error: {e}")
   logging.info("%s", summary)
   if jax.process_count() > 1:
     # jax.distributed stops every process when process 0 exits, so the
