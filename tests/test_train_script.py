@@ -6,6 +6,7 @@ dropout masks must also be reproduced by a resumed run and by two processes.
 
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -85,6 +86,24 @@ def test_resumed_run_equals_uninterrupted_run(straight_run, tmp_path):
                          straight_params)
   # What the run was configured with is in MODEL_DIR.
   assert "TRAIN_STEPS = 6" in (tmp_path / "config.gin").read_text()
+
+
+def test_a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints(
+    straight_run, tmp_path):
+  """A learning rate of 1e30 makes the parameters non-finite: the command
+  exits non-zero naming the step, saves nothing, and every checkpoint that
+  was there restores as before."""
+  model_dir = tmp_path / "run"
+  shutil.copytree(straight_run, model_dir)
+  before = sorted(p.name for p in (model_dir / "checkpoints").iterdir())
+  result = _train(model_dir, 9, "--gin.LEARNING_RATE=1e30", check=False)
+  assert result.returncode != 0
+  assert "prottrans-train: error: step " in result.stderr
+  assert "not finite" in result.stderr
+  assert sorted(p.name for p in (model_dir / "checkpoints").iterdir()) == before
+  _, _, kept = checkpoints.restore_params(model_dir)
+  _, _, original = checkpoints.restore_params(straight_run)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, kept, original)
 
 
 def _free_port():
