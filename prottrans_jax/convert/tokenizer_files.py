@@ -71,7 +71,7 @@ def _sentencepiece_count() -> int:
 def _piece_score(token_id: int) -> float:
   # Each residue is a single piece, so scores never choose between
   # segmentations; decreasing ones keep the released file's convention.
-  return 0.0 if token_id < len(_T5_SPECIALS) else -float(token_id - len(_T5_SPECIALS))
+  return 0.0 if token_id < len(_T5_SPECIALS) else -float(token_id - len(_T5_SPECIALS) + 1)
 
 
 def prott5_spiece_model() -> bytes:
