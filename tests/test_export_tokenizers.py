@@ -30,10 +30,13 @@ def _released_ids(shared_data, family):
 
 
 def _proteins(shared_data):
-  """Real proteins: the ProtTrans examples and a few globins."""
+  """Real proteins: the ProtTrans examples and a few globins, and one of them
+  with rare residues (none of these files has any) that both sides map to X."""
   sequences = shared_data / "sequences"
-  return (list(fasta.read_fasta(sequences / "prottrans_example_seqs.fasta")) +
-          list(fasta.read_fasta(sequences / "globins45.fasta"))[:4])
+  records = (list(fasta.read_fasta(sequences / "prottrans_example_seqs.fasta")) +
+             list(fasta.read_fasta(sequences / "globins45.fasta"))[:4])
+  rare = records[0].sequence[:10] + "UZOB" + records[0].sequence[14:]
+  return records + [fasta.FastaRecord(id="rare", description="rare", sequence=rare, line=0)]
 
 
 def _as_embedder_input(sequence):
