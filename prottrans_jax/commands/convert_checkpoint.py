@@ -14,6 +14,10 @@ written there directly; a Hugging Face or T5X input is copied to local
 disk first, and a Hugging Face output is written locally and uploaded when
 complete (both need local disk for the checkpoint's size).
 
+A Hugging Face output carries tokenizer files with this project's ids
+(convert/tokenizer_files.py), or with --tokenizer_from DIR the released
+ones, checked to give the same ids.
+
 All logic lives in prottrans_jax.convert.formats.convert_checkpoint.
 """
 import sys
@@ -42,6 +46,11 @@ flags.DEFINE_bool("dry_run", False, "Check the input and list the mapping; write
 flags.DEFINE_bool("overwrite", False, "Replace a non-empty output directory.")
 flags.DEFINE_integer("max_shard_mb", hf_io.DEFAULT_MAX_SHARD_BYTES // 2**20,
                      "Hugging Face output is sharded above this size (MiB).")
+flags.DEFINE_string("tokenizer_from", None,
+                    "With --to hf: a local directory of released tokenizer files "
+                    "(spiece.model or vocab.txt, tokenizer.json, tokenizer_config.json, "
+                    "...) copied into the output instead of ours; refused, naming the "
+                    "first differing token, unless their ids are ours.")
 for _name in ("from", "to", "input", "output"):
   flags.mark_flag_as_required(_name)
 FLAGS = flags.FLAGS
@@ -54,7 +63,7 @@ def main(argv):
         FLAGS["from"].value, FLAGS.to, FLAGS.input, FLAGS.output,
         encoder_only=True if FLAGS.encoder_only else None, dtype=FLAGS.dtype,
         dry_run=FLAGS.dry_run, overwrite=FLAGS.overwrite,
-        max_shard_bytes=FLAGS.max_shard_mb * 2**20)
+        max_shard_bytes=FLAGS.max_shard_mb * 2**20, tokenizer_from=FLAGS.tokenizer_from)
   except (FileNotFoundError, FileExistsError, ImportError, ValueError) as e:
     # ConversionError is a ValueError: a clear message, no traceback.
     sys.exit(f"prottrans-convert: error: {e}")

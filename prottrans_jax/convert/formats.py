@@ -40,6 +40,7 @@ from prottrans_jax import fs
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.convert import t5x
+from prottrans_jax.convert import tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +95,13 @@ def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = No
 def write_hf_checkpoint(directory: os.PathLike, params: dict[str, mapping.Loader],
                         config: Any, *, encoder_only: bool = False, dtype: str = "float32",
                         max_shard_bytes: int = hf_io.DEFAULT_MAX_SHARD_BYTES,
-                        on_tensor: Optional[Callable[[str], None]] = None
+                        on_tensor: Optional[Callable[[str], None]] = None,
+                        tokenizer_from: Optional[os.PathLike] = None
                         ) -> list[os.PathLike]:
   """Writes config.json, safetensors (sharded above `max_shard_bytes`) and
-  the tokenizer files of `config`'s model type.
+  the tokenizer files of `config`'s model type (convert/tokenizer_files.py:
+  ours, or with `tokenizer_from` the files of that local directory, checked
+  to give every token our id).
 
   `params` maps our flat names to loaders (`mapping.loaders_of` wraps
   arrays); the architecture follows the parts they hold (none with
@@ -110,15 +114,20 @@ def write_hf_checkpoint(directory: os.PathLike, params: dict[str, mapping.Loader
   converter = _converter(config)
   np_dtype = hf_io.EXPORT_DTYPES[dtype]
   architecture, tensors = mapping.hf_tensors(params, converter, config, encoder_only, np_dtype)
+  # Checked before any tensor is written: a mismatch costs no export time.
+  tokenizer = (converter.tokenizer_files(config) if tokenizer_from is None else
+               tokenizer_files.released_files(tokenizer_from, converter.model_type))
   files = {hf_io.CONFIG_FILE: json.dumps(converter.hf_config(config, architecture, dtype),
-                                         indent=2) + "\n",
-           **converter.tokenizer_files(config)}
+                                         indent=2) + "\n", **tokenizer}
   with fs.staged_output(directory) as local:
     written = hf_io.write_safetensors(
         local, [(name, shape, load) for name, (shape, load) in tensors.items()], np_dtype,
         max_shard_bytes, on_tensor)
-    for name, text in files.items():
-      (local / name).write_text(text)
+    for name, content in files.items():
+      if isinstance(content, bytes):
+        (local / name).write_bytes(content)
+      else:
+        (local / name).write_text(content, encoding="utf-8")
     if fs.is_remote(directory):
       logger.info("uploading %s to %s", local, directory)
   # Every file is directly in the directory; named under `directory` as given.
@@ -228,7 +237,8 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
                        dtype: Optional[str] = None, dry_run: bool = False,
                        overwrite: bool = False,
                        max_shard_bytes: int = hf_io.DEFAULT_MAX_SHARD_BYTES,
-                       progress: bool = True) -> list[str]:
+                       progress: bool = True,
+                       tokenizer_from: Optional[os.PathLike] = None) -> list[str]:
   """Converts `input_dir` (format `source`) into `output_dir` (format `target`).
 
   Either directory may be a URL (`gs://...`; the module docstring says what
@@ -248,6 +258,10 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     overwrite: replace a non-empty `output_dir`.
     max_shard_bytes: hf output is sharded above this size.
     progress: show a progress bar.
+    tokenizer_from: hf only: a local directory of released tokenizer files
+      (spiece.model / vocab.txt, tokenizer.json, configs) to copy instead of
+      writing ours; refused, naming the first differing token, unless every
+      id they define is ours.
 
   Returns:
     The mapping lines (dry run) or the paths written.
@@ -256,6 +270,8 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     raise ValueError(f"Unknown target format {target!r}; expected one of {TARGETS}")
   if dtype is not None and dtype not in hf_io.EXPORT_DTYPES:
     raise ValueError(f"dtype must be one of {sorted(hf_io.EXPORT_DTYPES)}, got {dtype!r}")
+  if tokenizer_from is not None and target != "hf":
+    raise ValueError("--tokenizer_from applies to Hugging Face output (--to hf) only")
   if source == "hf":
     input_dir = hf_io.resolve_model(input_dir).directory
   if not dry_run and fs.is_remote(input_dir):
@@ -267,7 +283,7 @@ def convert_checkpoint(source: str, target: str, input_dir: os.PathLike,
     replace = _check_output(output_dir, input_dir, overwrite)
     return _written_whole(output_dir, replace, lambda out: _write(
         target, out, config, loaders, encoder_only, step, dtype,
-        max_shard_bytes, progress, f"{source} -> {target}"))
+        max_shard_bytes, progress, f"{source} -> {target}", tokenizer_from))
 
 
 _PARTIAL_MARK = ".partial"
@@ -314,14 +330,15 @@ def _written_whole(output_dir: os.PathLike, replace: bool,
 def _write(target: str, output_dir: os.PathLike, config: Any,
            loaders: dict[str, mapping.Loader], encoder_only: bool, step: Optional[int],
            dtype: Optional[str], max_shard_bytes: int, progress: bool,
-           description: str) -> list[str]:
+           description: str, tokenizer_from: Optional[os.PathLike] = None) -> list[str]:
   """convert_checkpoint's writing, while the input is readable."""
   bar = tqdm.tqdm(total=len(loaders), unit="tensor", disable=not progress,
                   desc=description)
   if target == "hf":
     written = write_hf_checkpoint(
         output_dir, loaders, config, encoder_only=encoder_only, dtype=dtype or "float32",
-        max_shard_bytes=max_shard_bytes, on_tensor=lambda _: bar.update(1))
+        max_shard_bytes=max_shard_bytes, on_tensor=lambda _: bar.update(1),
+        tokenizer_from=tokenizer_from)
     bar.close()
     return [str(p) for p in written]
 

@@ -17,13 +17,12 @@ tied to the word embedding (and BERT's/ALBERT's decoder bias to the head's
 bias): older checkpoints store those copies, which are checked equal and
 skipped; they are never written (`transformers` re-ties them on load).
 """
-import json
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.convert import mapping
+from prottrans_jax.convert import tokenizer_files
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
@@ -239,18 +238,14 @@ class BertConverter(mapping.HfConverter):
     """Buffers older checkpoints saved with the weights; not parameters."""
     return name.endswith(("embeddings.position_ids", "embeddings.token_type_ids"))
 
-  def tokenizer_files(self, config: bert.BertConfig) -> dict[str, str]:
+  def tokenizer_files(self, config: bert.BertConfig) -> dict[str, str | bytes]:
     """ProtBert's vocabulary (the ids of `ProtBertVocabulary`)."""
     del config
-    vocab = vocab_lib.ProtBertVocabulary()
-    pieces = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(
-        vocab.residue_ids, key=vocab.residue_ids.get)
     files = {_TOKENIZER_NOTE: _TOKENIZER_TEXT}
     # ALBERT's tokenizer class reads a sentencepiece model, not vocab.txt.
     if self.model_type != "albert":
-      files["vocab.txt"] = "\n".join(pieces) + "\n"
-      files["tokenizer_config.json"] = json.dumps(
-          {"tokenizer_class": "BertTokenizer", "do_lower_case": False}, indent=2) + "\n"
+      files.update(tokenizer_files.protbert_files(
+          "ElectraTokenizer" if self.model_type == "electra" else "BertTokenizer"))
     return files
 
 

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from prottrans_jax.convert import mapping
+from prottrans_jax.convert import tokenizer_files
 from prottrans_jax.models import t5
 
 ConversionError = mapping.ConversionError
@@ -41,14 +42,17 @@ IGNORED = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weig
 _ATTENTION = (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))
 _TOKENIZER_TEXT = """# Tokenizer
 
-This export carries no tokenizer files: use the released ProtT5 tokenizer,
-whose ids this model was trained with (`<pad>` 0, `</s>` 1, `<unk>` 2,
-residues `ALGVSREDTIPKFQNYMHWCXBOUZ` at 3..27, `<extra_id_k>` at 127 - k):
+The tokenizer files here (`spiece.model`, `tokenizer.json`,
+`tokenizer_config.json`, `special_tokens_map.json`) give the ids this model
+was trained with, the released ProtT5 tokenizer's: `<pad>` 0, `</s>` 1,
+`<unk>` 2, residues `ALGVSREDTIPKFQNYMHWCXBOUZ` at 3..27, `<extra_id_k>` at
+127 - k:
 
     from transformers import T5Tokenizer
-    tokenizer = T5Tokenizer.from_pretrained("Rostlab/prot_t5_xl_uniref50", do_lower_case=False)
+    tokenizer = T5Tokenizer.from_pretrained("path/to/this/export")
 
-Residues are given space-separated, with U, Z, O, B mapped to X first.
+Residues are given space-separated ("M K T ..."), with U, Z, O, B mapped
+to X first, as the ProtTrans embedder does.
 """
 
 
@@ -224,9 +228,9 @@ class T5Converter(mapping.HfConverter):
   def ignored(self, name: str) -> bool:
     return name in IGNORED
 
-  def tokenizer_files(self, config: t5.T5Config) -> dict[str, str]:
+  def tokenizer_files(self, config: t5.T5Config) -> dict[str, str | bytes]:
     del config
-    return {"TOKENIZER.md": _TOKENIZER_TEXT}
+    return {"TOKENIZER.md": _TOKENIZER_TEXT, **tokenizer_files.prott5_files()}
 
   def untied_copy_hint(self, copy: str) -> str:
     return ("but config.json ties the output layer to the embedding (an untied "

@@ -141,8 +141,8 @@ class HfConverter(abc.ABC):
     """Our flat parameter names and shapes for the encoder plus `parts`."""
 
   @abc.abstractmethod
-  def tokenizer_files(self, config: Any) -> dict[str, str]:
-    """Files (name -> text) written beside an export's weights."""
+  def tokenizer_files(self, config: Any) -> dict[str, str | bytes]:
+    """Files (name -> text or bytes) written beside an export's weights."""
 
   def tied_copies(self, config: Any, parts: Sequence[str]) -> dict[str, str]:
     """{tensor some writers store: the planned tensor it must equal}.
