@@ -27,10 +27,16 @@ On a GPU machine (a CUDA JAX + PyTorch image: no TensorFlow, seqio or gin
 needed; from the repository root, with the DeepLoc test set copied to
 .device_data/):
 
-  PYTHONPATH=. python3 bench/embed_throughput.py --configs=prott5_xl \
+  PYTHONPATH=. JAX_COMPILATION_CACHE_DIR=/tmp/jaxcache \
+  python3 bench/embed_throughput.py --configs=prott5_xl \
       --dtype=bfloat16,float16 --hf_dtype=float16 --max_tokens=16384 \
       --fasta=.device_data/deeploc_test_set.fasta --max_proteins=500 \
       --xl_proteins=0
+
+(The README's H100 row: `--dtype=bfloat16 --rounds=2`. The 500 proteins
+need 25 bucket lengths, and compiling the XL encoder for them took 367 s on
+an H100's host the first time, 38 s from the compilation cache: allow for
+that in a lease's time, per --dtype.)
 
 The CPU's model name and its vector flags (AVX2, AVX-512, AVX-512 BF16,
 AMX) are printed beside the table: on CPUs with AMX, torch's bfloat16
