@@ -404,11 +404,22 @@ def test_module_used_without_its_import_line_is_a_gin_config_error(tmp_path):
 def test_value_of_the_wrong_kind_is_found(tmp_path):
   path = tmp_path / "wrong_kind.gin"
   path.write_text(f"include '{T5_FAMILY}'\n{TINY_T5_SIZES}\n"
-                  "t5.T5Config.d_ff = '128'\n")
+                  "t5.T5Config.dropout_rate = '0.1'\n")
   gin_utils.parse([str(path)], ["DROPOUT_RATE = 0.1"])  # gin cannot tell
   built = _bound_arguments(trainer.train)["model_config"]
   assert _kind_errors(built, t5.T5Config, "model_config") == [
-      "model_config.d_ff = '128' is not <class 'int'>"]
+      "model_config.dropout_rate = '0.1' is not <class 'float'>"]
+
+
+def test_a_size_of_the_wrong_kind_is_refused_when_the_config_is_built(
+    tmp_path):
+  path = tmp_path / "wrong_kind.gin"
+  path.write_text(f"include '{T5_FAMILY}'\n{TINY_T5_SIZES}\n"
+                  "t5.T5Config.d_ff = '128'\n")
+  gin_utils.parse([str(path)], ["DROPOUT_RATE = 0.1"])
+  with pytest.raises(ValueError, match=r"T5Config.d_ff must be an integer "
+                     r">= 1, got '128'"):
+    _bound_arguments(trainer.train)
 
 
 # --- Where gin files are found. ---------------------------------------------
