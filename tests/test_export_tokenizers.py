@@ -4,11 +4,11 @@ that give exactly our ids; `tokenizer_from` copies released files only when
 their ids are ours."""
 import json
 import logging
-import pathlib
 import re
 import shutil
 import sys
 
+import h5py
 import numpy as np
 import pytest
 import sentencepiece
@@ -21,6 +21,7 @@ from prottrans_jax.convert import tokenizer_files
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import loading
+from prottrans_jax.inference import run
 
 from test_bert_models import random_hf_model
 
@@ -110,9 +111,11 @@ def test_prott5_export_tokenizers_give_the_released_ids(prott5_export, shared_da
             tokenize(record.sequence)), record.id
 
 
-def test_prott5_export_embeds_as_the_prottrans_embedder(prott5_export, shared_data):
+def test_prott5_export_embeds_as_the_prottrans_embedder(prott5_export, shared_data,
+                                                        tmp_path):
   """T5EncoderModel + T5Tokenizer from the export, used exactly as the
-  ProtTrans embedder uses them, equal our engine on the same export."""
+  ProtTrans embedder uses them, equal what prottrans-embed writes for the
+  same export (its library call, `run.embed_fasta`, in process)."""
   records = _proteins(shared_data)
   tokenizer = transformers.T5Tokenizer.from_pretrained(prott5_export)
   model = transformers.T5EncoderModel.from_pretrained(prott5_export).float().eval()
@@ -121,12 +124,17 @@ def test_prott5_export_embeds_as_the_prottrans_embedder(prott5_export, shared_da
   with torch.no_grad():
     hidden = model(input_ids=batch["input_ids"],
                    attention_mask=batch["attention_mask"]).last_hidden_state.numpy()
-  loaded = loading.from_hf(str(prott5_export))
-  embedder = engine.Embedder(loaded.config, loaded.params, engine.EmbedSettings())
-  ours = {r.id: e for results in embedder.embed(records) for r, e in results}
-  for row, record in enumerate(records):
-    np.testing.assert_allclose(ours[record.id], hidden[row, :len(record.sequence)],
-                               atol=1e-4, rtol=0, err_msg=record.id)
+  input_fasta = tmp_path / "in.fasta"
+  input_fasta.write_text("".join(f">{r.id}\n{r.sequence}\n" for r in records))
+  settings = engine.EmbedSettings()
+  run.embed_fasta(str(input_fasta), str(tmp_path / "out.h5"),
+                  loading.from_hf(str(prott5_export), settings), settings,
+                  progress=False)
+  with h5py.File(tmp_path / "out.h5") as ours:
+    for row, record in enumerate(records):
+      np.testing.assert_allclose(ours[record.id][()],
+                                 hidden[row, :len(record.sequence)],
+                                 atol=1e-4, rtol=0, err_msg=record.id)
 
 
 def test_prott5_export_resolves_by_model_id_from_an_offline_cache(
