@@ -388,13 +388,14 @@ def prepare_model_dir(model_dir: fs.PathLike,
   return model_dir
 
 
-def check_positive(**values: Any) -> None:
+def check_positive(minimum: int = 1, **values: Any) -> None:
   """Raises ValueError naming each setting (its gin name) that is not an
-  integer >= 1: settings that would otherwise do nothing, or fail deep in
-  TensorFlow or XLA."""
-  bad = [f"{name} must be an integer >= 1, got {value!r}"
+  integer >= `minimum`: settings that would otherwise do nothing, or fail
+  deep in TensorFlow or XLA."""
+  bad = [f"{name} must be an integer >= {minimum}, got {value!r}"
          for name, value in values.items()
-         if not isinstance(value, int) or isinstance(value, bool) or value < 1]
+         if not isinstance(value, int) or isinstance(value, bool)
+         or value < minimum]
   if bad:
     raise ValueError("; ".join(bad))
 
@@ -510,8 +511,10 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     NonFiniteError: a step's loss or gradient norm was not finite.
   """
   arguments = dict(locals())
-  check_positive(**{"TRAIN_STEPS (trainer.train.train_steps)": train_steps,
-                    "BATCH_SIZE (trainer.train.batch_size)": batch_size,
+  # TRAIN_STEPS=0 sets MODEL_DIR up, compiles the step and stops (logged:
+  # "nothing to train"), a check of a configuration before a long run.
+  check_positive(0, **{"TRAIN_STEPS (trainer.train.train_steps)": train_steps})
+  check_positive(**{"BATCH_SIZE (trainer.train.batch_size)": batch_size,
                     "trainer.train.num_microbatches": num_microbatches,
                     "trainer.train.checkpoint_period": checkpoint_period,
                     "trainer.train.log_period": log_period})
