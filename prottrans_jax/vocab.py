@@ -93,6 +93,16 @@ class CharacterVocabulary:
     return self.base_vocab_size + self._extra_ids
 
   @property
+  def special_tokens(self) -> tuple[str, ...]:
+    """The special tokens, ids 0.. in order (residues follow them)."""
+    return self._special_tokens
+
+  @property
+  def pieces(self) -> tuple[str, ...]:
+    """Every token of the base vocabulary by id: specials, then residues."""
+    return tuple(self._id_to_piece)
+
+  @property
   def byte_lookup(self) -> np.ndarray:
     """The 256-entry byte -> id table (`IGNORED` for whitespace)."""
     return self._lookup

@@ -27,15 +27,19 @@ TOKENS = np.array([[19, 4, 7, 9, 5, 9, 14, 3, 3, 6, 4, 3, 4, 21, 5, 14, 6, 1],
                    [19, 6, 4, 7, 13, 3, 10, 14, 11, 17, 1, 0, 0, 0, 0, 0, 0, 0]])
 
 
-@pytest.fixture(scope="module")
-def hf_dir(tmp_path_factory) -> pathlib.Path:
-  """A tiny random ProtT5-architecture model saved by transformers."""
-  config = transformers.T5Config(
+def tiny_prott5_hf_config() -> transformers.T5Config:
+  """A tiny ProtT5-architecture config (T5 1.0, ProtT5's vocabulary size)."""
+  return transformers.T5Config(
       vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
       num_decoder_layers=2, feed_forward_proj="relu", dropout_rate=0.0,
       decoder_start_token_id=0)
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory) -> pathlib.Path:
+  """A tiny random ProtT5-architecture model saved by transformers."""
   torch.manual_seed(0)
-  model = transformers.T5ForConditionalGeneration(config).eval()
+  model = transformers.T5ForConditionalGeneration(tiny_prott5_hf_config()).eval()
   with torch.no_grad():
     for name, p in model.named_parameters():
       if "layer_norm" in name:

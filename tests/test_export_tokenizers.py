@@ -24,6 +24,7 @@ from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 
 from test_bert_models import random_hf_model
+from test_convert import tiny_prott5_hf_config
 
 
 def _released_ids(shared_data, family):
@@ -49,12 +50,8 @@ def _as_embedder_input(sequence):
 @pytest.fixture(scope="module")
 def prott5_export(tmp_path_factory):
   """A tiny random ProtT5 exported encoder-only, as the released `-enc`."""
-  config = transformers.T5Config(
-      vocab_size=128, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=2,
-      num_decoder_layers=2, feed_forward_proj="relu", dropout_rate=0.0,
-      decoder_start_token_id=0)
   torch.manual_seed(0)
-  model = transformers.T5ForConditionalGeneration(config).eval()
+  model = transformers.T5ForConditionalGeneration(tiny_prott5_hf_config()).eval()
   root = tmp_path_factory.mktemp("prott5")
   model.save_pretrained(root / "hf")
   formats.convert_checkpoint("hf", "hf", root / "hf", root / "export", encoder_only=True,

@@ -13,16 +13,17 @@ import sys
 
 from absl import flags
 
-# Console command -> (module here, whether it needs the `[train]` extra).
+# Console command -> its module here (needing the `[train]` extra shows as a
+# missing training package when the module is imported).
 COMMANDS = {
-    "prottrans-embed": ("embed", False),
-    "prottrans-merge-embeddings": ("merge_embeddings", False),
-    "prottrans-convert": ("convert_checkpoint", False),
-    "prottrans-train-downstream": ("train_downstream", False),
-    "prottrans-predict": ("predict", False),
-    "prottrans-visualize": ("visualize", False),
-    "prottrans-train": ("train", True),
-    "prottrans-eval": ("eval", True),
+    "prottrans-embed": "embed",
+    "prottrans-merge-embeddings": "merge_embeddings",
+    "prottrans-convert": "convert_checkpoint",
+    "prottrans-train-downstream": "train_downstream",
+    "prottrans-predict": "predict",
+    "prottrans-visualize": "visualize",
+    "prottrans-train": "train",
+    "prottrans-eval": "eval",
 }
 # Top-level packages only the `[train]` extra installs.
 TRAIN_PACKAGES = frozenset({"tensorflow", "tensorflow_text", "seqio", "gin",
@@ -31,7 +32,7 @@ TRAIN_PACKAGES = frozenset({"tensorflow", "tensorflow_text", "seqio", "gin",
 
 def launch(module_name: str) -> None:
   """Runs the command of `prottrans_jax.commands.<module_name>`."""
-  command = next(c for c, (m, _) in COMMANDS.items() if m == module_name)
+  command = next(c for c, m in COMMANDS.items() if m == module_name)
   try:
     module = importlib.import_module(f"{__name__}.{module_name}")
   except ModuleNotFoundError as e:

@@ -39,8 +39,6 @@ TOKENIZER_FILE_NAMES = (SPIECE_MODEL, VOCAB_TXT, TOKENIZER_JSON, TOKENIZER_CONFI
 
 # sentencepiece marks a word start (a space, and the dummy prefix) with it.
 WORD_START = "\u2581"
-_T5_SPECIALS = ("<pad>", "</s>", "<unk>")
-_BERT_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
 Files = dict[str, "str | bytes"]
 
@@ -52,26 +50,28 @@ def _json(value) -> str:
 def prott5_pieces() -> list[str]:
   """Every ProtT5 token by id: sentencepiece's 28, then `<extra_id_99>` ..
   `<extra_id_0>` (ids 28..127), as T5's tokenizers append them."""
-  vocab = vocab_lib.ProtT5Vocabulary()
-  residues = sorted(vocab.residue_ids, key=vocab.residue_ids.get)
-  return (list(_T5_SPECIALS) + [WORD_START + r for r in residues] +
-          [f"<extra_id_{k}>" for k in reversed(range(vocab.NUM_SENTINELS))])
+  residues = _PROTT5.pieces[len(_PROTT5.special_tokens):]
+  return (list(_PROTT5.special_tokens) + [WORD_START + r for r in residues] +
+          [f"<extra_id_{k}>" for k in reversed(range(_PROTT5.NUM_SENTINELS))])
 
 
 def protbert_pieces() -> list[str]:
   """ProtBert's `vocab.txt` lines by id."""
-  vocab = vocab_lib.ProtBertVocabulary()
-  return list(_BERT_SPECIALS) + sorted(vocab.residue_ids, key=vocab.residue_ids.get)
+  return list(vocab_lib.ProtBertVocabulary().pieces)
+
+
+_PROTT5 = vocab_lib.ProtT5Vocabulary()
 
 
 def _sentencepiece_count() -> int:
-  return vocab_lib.ProtT5Vocabulary().base_vocab_size
+  return _PROTT5.base_vocab_size
 
 
 def _piece_score(token_id: int) -> float:
   # Each residue is a single piece, so scores never choose between
   # segmentations; decreasing ones keep the released file's convention.
-  return 0.0 if token_id < len(_T5_SPECIALS) else -float(token_id - len(_T5_SPECIALS) + 1)
+  specials = len(_PROTT5.special_tokens)
+  return 0.0 if token_id < specials else -float(token_id - specials + 1)
 
 
 def prott5_spiece_model() -> bytes:
@@ -89,8 +89,10 @@ def prott5_spiece_model() -> bytes:
   trainer = model.trainer_spec
   trainer.model_type = spm_pb2.TrainerSpec.UNIGRAM
   trainer.vocab_size = _sentencepiece_count()
-  trainer.pad_id, trainer.eos_id, trainer.unk_id, trainer.bos_id = 0, 1, 2, -1
-  trainer.pad_piece, trainer.eos_piece, trainer.unk_piece = _T5_SPECIALS
+  trainer.pad_id, trainer.eos_id, trainer.unk_id, trainer.bos_id = (
+      _PROTT5.pad_id, _PROTT5.eos_id, _PROTT5.unk_id, -1)
+  trainer.pad_piece, trainer.eos_piece, trainer.unk_piece = (
+      _PROTT5.pieces[i] for i in (_PROTT5.pad_id, _PROTT5.eos_id, _PROTT5.unk_id))
   # No character normalisation (the released pipelines upper-case and map
   # rare residues themselves); spaces separate residues.
   normalizer = model.normalizer_spec
@@ -111,7 +113,7 @@ def _prott5_tokenizer_json() -> Optional[str]:
   pieces = prott5_pieces()
   unigram = models.Unigram(
       [(piece, _piece_score(i) if i < _sentencepiece_count() else 0.0)
-       for i, piece in enumerate(pieces)], unk_id=_T5_SPECIALS.index("<unk>"),
+       for i, piece in enumerate(pieces)], unk_id=_PROTT5.unk_id,
       byte_fallback=False)
   tokenizer = tokenizers.Tokenizer(unigram)
   # As sentencepiece's remove_extra_whitespaces + add_dummy_prefix + escape.
@@ -120,7 +122,7 @@ def _prott5_tokenizer_json() -> Optional[str]:
   tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(
       replacement=WORD_START, prepend_scheme="always")
   tokenizer.decoder = decoders.Metaspace(replacement=WORD_START, prepend_scheme="always")
-  eos = ("</s>", _T5_SPECIALS.index("</s>"))
+  eos = (_PROTT5.pieces[_PROTT5.eos_id], _PROTT5.eos_id)
   tokenizer.post_processor = processors.TemplateProcessing(
       single="$A </s>", pair="$A </s> $B </s>", special_tokens=[eos])
   specials = [p for p in pieces if p.startswith("<")]
