@@ -32,12 +32,27 @@ BASE_ARGS = (
     "--gin.trainer.train.eval_period=None",
 )
 TIMEOUT = 600
+STRAIGHT_STEPS = 8
+# Every run of this module compiles the same few programs: JAX's persistent
+# cache (what trainer.train's compilation_cache_dir turns on) shares them
+# between the subprocesses, as it would between a job's restarts.
+_COMPILATION_CACHE = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _shared_compilation_cache(tmp_path_factory):
+  _COMPILATION_CACHE["dir"] = str(tmp_path_factory.mktemp("compilation_cache"))
+  yield
+  _COMPILATION_CACHE.clear()
 
 
 def _env(device_count):
   env = dict(os.environ)
   env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={device_count}"
   env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_COMPILATION_CACHE_DIR"] = _COMPILATION_CACHE["dir"]
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   return env
 
 
@@ -66,26 +81,27 @@ def _losses(model_dir, name="train"):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
+  """One uninterrupted run that the resumed and preempted runs must equal."""
   model_dir = tmp_path_factory.mktemp("straight")
-  _train(model_dir, 6)
+  _train(model_dir, STRAIGHT_STEPS)
   return model_dir
 
 
 def test_resumed_run_equals_uninterrupted_run(straight_run, tmp_path):
   first = _train(tmp_path, 3)
   assert "restored step" not in first.stderr
-  second = _train(tmp_path, 6)
+  second = _train(tmp_path, STRAIGHT_STEPS)
   assert "restored step 3 and its data position" in second.stderr
   straight, resumed = _losses(straight_run), _losses(tmp_path)
-  assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4, 5, 6]
-  for step in (4, 5, 6):
+  assert sorted(straight) == sorted(resumed) == list(range(1, STRAIGHT_STEPS + 1))
+  for step in range(4, STRAIGHT_STEPS + 1):
     assert resumed[step] == straight[step], step
   _, _, straight_params = checkpoints.restore_params(straight_run)
   _, _, resumed_params = checkpoints.restore_params(tmp_path)
   jax.tree_util.tree_map(np.testing.assert_array_equal, resumed_params,
                          straight_params)
   # What the run was configured with is in MODEL_DIR.
-  assert "TRAIN_STEPS = 6" in (tmp_path / "config.gin").read_text()
+  assert f"TRAIN_STEPS = {STRAIGHT_STEPS}" in (tmp_path / "config.gin").read_text()
 
 
 def test_a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints(
@@ -96,7 +112,8 @@ def test_a_diverging_run_stops_naming_the_step_and_keeps_its_checkpoints(
   model_dir = tmp_path / "run"
   shutil.copytree(straight_run, model_dir)
   before = sorted(p.name for p in (model_dir / "checkpoints").iterdir())
-  result = _train(model_dir, 9, "--gin.LEARNING_RATE=1e30", check=False)
+  result = _train(model_dir, STRAIGHT_STEPS + 3, "--gin.LEARNING_RATE=1e30",
+                  check=False)
   assert result.returncode != 0
   assert "prottrans-train: error: step " in result.stderr
   assert "not finite" in result.stderr
@@ -131,35 +148,9 @@ def _train_two_processes(model_dir, train_steps, *extra):
   return errors
 
 
-def test_two_process_run_resumes_exactly(tmp_path):
-  straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
-  # Evaluation at the end, sharded like training, at most 2 batches.
-  evaluate = ("--gin.trainer.train.eval_period=4",
-              "--gin.trainer.train.eval_batches=2")
-  errors = _train_two_processes(straight_dir, 4, *evaluate)
-  assert "'data': 4, 'model': 2" in errors[0]
-  for i, err in enumerate(errors):
-    assert "input shard %d of 2: 4 of the 8 rows" % i in err
-    assert "eval step 4 loss" in err
-  _train_two_processes(resumed_dir, 2)
-  errors = _train_two_processes(resumed_dir, 4, *evaluate)
-  for err in errors:
-    assert "restored step 2 and its data position" in err
-  straight, resumed = _losses(straight_dir), _losses(resumed_dir)
-  assert sorted(straight) == sorted(resumed) == [1, 2, 3, 4]
-  for step in (3, 4):
-    assert resumed[step] == straight[step], step
-  assert (_losses(straight_dir, "eval") == _losses(resumed_dir, "eval")
-          and list(_losses(straight_dir, "eval")) == [4])
-  _, _, straight_params = checkpoints.restore_params(straight_dir)
-  _, _, resumed_params = checkpoints.restore_params(resumed_dir)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed_params,
-                         straight_params)
-
-
-def test_sigterm_saves_the_step_and_exits_cleanly(tmp_path):
+def test_sigterm_saves_the_step_and_exits_cleanly(straight_run, tmp_path):
   """A preempted run saves where it is, exits 0, and continues exactly."""
-  preempted_dir, straight_dir = tmp_path / "preempted", tmp_path / "straight"
+  preempted_dir = tmp_path / "preempted"
   proc = subprocess.Popen(
       [sys.executable, str(SCRIPT), *BASE_ARGS,
        f"--gin.MODEL_DIR='{preempted_dir}'", "--gin.TRAIN_STEPS=100000"],
@@ -178,11 +169,16 @@ def test_sigterm_saves_the_step_and_exits_cleanly(tmp_path):
   assert 2 <= saved < 100, saved
   assert checkpoints.step_directory(preempted_dir).name == str(saved)
 
-  resumed = _train(preempted_dir, saved + 2)
+  # The uninterrupted run is the module's; a signal that came late (a
+  # loaded machine) gets one of its own, as long.
+  end = max(STRAIGHT_STEPS, saved + 2)
+  straight_dir = straight_run if end == STRAIGHT_STEPS else tmp_path / "straight"
+  if straight_dir != straight_run:
+    _train(straight_dir, end)
+  resumed = _train(preempted_dir, end)
   assert f"restored step {saved} and its data position" in resumed.stderr
-  _train(straight_dir, saved + 2)
   straight, continued = _losses(straight_dir), _losses(preempted_dir)
-  for step in (saved + 1, saved + 2):
+  for step in range(saved + 1, end + 1):
     assert continued[step] == straight[step], step
   _, _, straight_params = checkpoints.restore_params(straight_dir)
   _, _, continued_params = checkpoints.restore_params(preempted_dir)
@@ -190,13 +186,18 @@ def test_sigterm_saves_the_step_and_exits_cleanly(tmp_path):
                          straight_params)
 
 
-def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
-  """JAX's preemption service tells every process; all save the same step."""
+def test_sigterm_to_one_of_two_processes_stops_both_and_they_resume_exactly(
+    tmp_path):
+  """JAX's preemption service tells every process; all save the same step
+  with each process's input position, and two processes resumed from it
+  take exactly the steps (losses, evaluation, parameters) of an
+  uninterrupted two-process run."""
+  preempted_dir, straight_dir = tmp_path / "preempted", tmp_path / "straight"
   port = _free_port()
   procs = [
       subprocess.Popen(
           [sys.executable, str(SCRIPT), *BASE_ARGS,
-           f"--gin.MODEL_DIR='{tmp_path}'", "--gin.TRAIN_STEPS=100000",
+           f"--gin.MODEL_DIR='{preempted_dir}'", "--gin.TRAIN_STEPS=100000",
            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
            f"--process_id={i}"],
           cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL,
@@ -216,10 +217,33 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step(tmp_path):
            for err in logs}
   assert len(saved) == 1, saved
   step, = saved
-  step_dir = checkpoints.step_directory(tmp_path)
+  step_dir = checkpoints.step_directory(preempted_dir)
   assert step_dir.name == str(step)
   assert {"process_0-of-2", "process_1-of-2"} <= {
       p.name for p in (step_dir / "dataset").iterdir()}
+
+  # Evaluation at the end, sharded like training, at most 2 batches.
+  end = step + 2
+  evaluate = (f"--gin.trainer.train.eval_period={end}",
+              "--gin.trainer.train.eval_batches=2")
+  errors = _train_two_processes(straight_dir, end, *evaluate)
+  assert "'data': 4, 'model': 2" in errors[0]
+  for i, err in enumerate(errors):
+    assert "input shard %d of 2: 4 of the 8 rows" % i in err
+    assert f"eval step {end} loss" in err
+  errors = _train_two_processes(preempted_dir, end, *evaluate)
+  for err in errors:
+    assert f"restored step {step} and its data position" in err
+  straight, resumed = _losses(straight_dir), _losses(preempted_dir)
+  assert sorted(straight) == list(range(1, end + 1))
+  for i in (step + 1, end):
+    assert resumed[i] == straight[i], i
+  assert (_losses(straight_dir, "eval") == _losses(preempted_dir, "eval")
+          and list(_losses(straight_dir, "eval")) == [end])
+  _, _, straight_params = checkpoints.restore_params(straight_dir)
+  _, _, resumed_params = checkpoints.restore_params(preempted_dir)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed_params,
+                         straight_params)
 
 
 def test_profile_window_writes_a_trace_under_model_dir(tmp_path):
