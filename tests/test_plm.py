@@ -153,7 +153,7 @@ class _TargetRowModel(nn.Module):
 
 
 def test_objective_is_the_cross_entropy_at_the_target_rows(sample_batches):
-  batch = {k: jnp.asarray(v) for k, v in sample_batches[1][0].items()}
+  batch = sample_batches[1][0]
   model = _TargetRowModel()
   plm = objectives.PERMUTATION_LM
   params = jax.jit(lambda b: model.init(
@@ -165,8 +165,9 @@ def test_objective_is_the_cross_entropy_at_the_target_rows(sample_batches):
   sums = loss_sums(params, batch, None)
   logits, targets, eval_weights = jax.jit(lambda p, b: plm.eval_outputs(model, p, b))(
       params, batch)
-  weights = np.asarray(batch["target_weights"], np.float32)
-  log_probs = np.asarray(jax.nn.log_softmax(logits))
+  weights = batch["target_weights"].astype(np.float32)
+  logits = np.asarray(logits, np.float64)
+  log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
   expected = -(np.take_along_axis(log_probs, np.asarray(batch["target_ids"])[..., None],
                                   -1)[..., 0] * weights).sum()
   np.testing.assert_allclose(float(sums["loss"]), expected, rtol=1e-5)
@@ -174,11 +175,6 @@ def test_objective_is_the_cross_entropy_at_the_target_rows(sample_batches):
   assert np.array_equal(plm.loss_weights(batch), batch["target_weights"])
   assert np.array_equal(targets, batch["target_ids"])
   assert np.array_equal(eval_weights, batch["target_weights"])
-  # The logits are the model's own at the target rows, under its call signature.
-  direct = model.apply({"params": params}, batch["input_ids"], batch["attention_mask"],
-                       batch["perm_mask"].astype(jnp.float32),
-                       batch["target_mapping"].astype(jnp.float32))
-  np.testing.assert_allclose(logits, direct, rtol=1e-5, atol=1e-6)
   # Dropout only with an rng; eval scores every predicted token as masked.
   assert float(loss_sums(params, batch, jax.random.key(1))["loss"]) != float(sums["loss"])
   assert np.array_equal(plm.masked(batch, XLNET.mask_id), np.ones_like(targets))
