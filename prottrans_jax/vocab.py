@@ -27,10 +27,12 @@ RARE_RESIDUES = "UZOBJ"
 _PROTT5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 # ProtBert / ProtBert-BFD `vocab.txt` order, ids 5..29.
 _PROTBERT_RESIDUES = "LAGVESIKRDTPNQFYMHCWXUBZO"
+# Letters ProtXLNet's released pipeline turns into `<unk>` (not into X).
+_PROTXLNET_UNKNOWN = "X" + RARE_RESIDUES
 
 # Lookup value of whitespace: dropped, not tokenized.
 IGNORED = -1
-PAD_ID = 0  # Every vocabulary here pads with 0, as seqio requires.
+PAD_ID = 0  # seqio pads with 0; all but ProtXLNet (its features are padded by hand) use it.
 
 
 def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
@@ -58,13 +60,17 @@ class CharacterVocabulary:
 
   def __init__(self, residue_offset: int, residues: str,
                special_tokens: Sequence[str], unk_id: int, eos_id: int | None,
-               extra_ids: int = 0):
+               extra_ids: int = 0, unknown_letters: str = ""):
+    """`unknown_letters` are encoded as `unk_id` although the table holds
+    them (a pipeline that sends them to the unknown token)."""
     self._special_tokens = tuple(special_tokens)
     self._residue_ids = {r: residue_offset + i for i, r in enumerate(residues)}
     self._unk_id = unk_id
     self._eos_id = eos_id
     self._extra_ids = extra_ids
     self._lookup = _build_lookup(self._residue_ids, unk_id)
+    for letter in unknown_letters:
+      self._lookup[ord(letter)] = self._lookup[ord(letter.lower())] = unk_id
     self._id_to_piece = list(self._special_tokens) + list(residues)
 
   @property
@@ -196,5 +202,51 @@ class ProtBertVocabulary(CharacterVocabulary):
 
   def piece(self, token_id: int) -> str:
     if token_id in (self.CLS_ID, self.SEP_ID):
+      return ""
+    return super().piece(token_id)
+
+
+class ProtXLNetVocabulary(CharacterVocabulary):
+  """ProtXLNet, in XLNet's special-token order: `<unk>` 0, `<s>` 1, `</s>` 2,
+  `<cls>` 3, `<sep>` 4, `<pad>` 5, `<mask>` 6, `<eod>` 7, `<eop>` 8, residues
+  `LAGVESIKRDTPNQFYMHCWXUBZO` at 9..33.
+
+  The released `spiece.model`'s ids are unconfirmed offline
+  (../shared/data/hf_configs/README.md); this is the table our own
+  checkpoints use. As the released pipeline, X, U, Z, O and B (and J)
+  encode to `<unk>`. Inputs end with `<sep><cls>` (added by the permutation-LM
+  preprocessor and the embedding's framing), and padding is `<pad>` (5),
+  not 0: seqio never pads these features (the preprocessor does).
+  """
+
+  UNK_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = 0, 3, 4, 5, 6
+
+  def __init__(self):
+    super().__init__(
+        residue_offset=9, residues=_PROTBERT_RESIDUES,
+        special_tokens=("<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>",
+                        "<eod>", "<eop>"),
+        unk_id=self.UNK_ID, eos_id=None, unknown_letters=_PROTXLNET_UNKNOWN)
+
+  @property
+  def pad_id(self) -> int:
+    return self.PAD_ID
+
+  @property
+  def mask_id(self) -> int:
+    return self.MASK_ID
+
+  @property
+  def cls_id(self) -> int:
+    return self.CLS_ID
+
+  @property
+  def sep_id(self) -> int:
+    return self.SEP_ID
+
+  def piece(self, token_id: int) -> str:
+    if token_id == self.UNK_ID:
+      return "X"  # What the released pipeline sent to <unk>.
+    if token_id < len(self.special_tokens):
       return ""
     return super().piece(token_id)

@@ -76,3 +76,8 @@ def prott5() -> SeqioVocabulary:
 def protbert() -> SeqioVocabulary:
   """ProtBert's `vocab.txt` ids for seqio features."""
   return SeqioVocabulary(vocab_lib.ProtBertVocabulary())
+
+
+def protxlnet() -> SeqioVocabulary:
+  """ProtXLNet's ids (XLNet's special-token order) for seqio features."""
+  return SeqioVocabulary(vocab_lib.ProtXLNetVocabulary())

@@ -1,8 +1,9 @@
 """Pre-training tasks: one per corpus and objective.
 
 Names are `{corpus}_{objective}`:
-- objectives: `prott5_denoise` (ProtT5) and `protbert_mlm` (ProtBert,
-  ProtAlbert, ProtElectra's generator);
+- objectives: `prott5_denoise` (ProtT5), `protbert_mlm` (ProtBert,
+  ProtAlbert, ProtElectra's generator) and `protxlnet_plm` (ProtXLNet's
+  permutation LM, K = 6; `protxlnet_plm_task` registers another K);
 - corpora: `uniref50`, `uniref100`, `bfd`, `custom` and
   `swissprot_sample_tfds`, read from the TFDS datasets that
   `scripts/prepare_corpus.py` builds (`protein_fasta/<corpus>`; point seqio
@@ -56,6 +57,24 @@ PROTBERT_PREPROCESSORS = (
 )
 
 
+# The permutation LM: "inputs" is the framed protein, "targets" the predicted
+# tokens (`preprocessors.permutation_lm` builds both, padded with `<pad>`).
+PROTXLNET_OUTPUT_FEATURES = {
+    "inputs": seqio.Feature(vocabularies.protxlnet(), add_eos=False),
+    "targets": seqio.Feature(vocabularies.protxlnet(), add_eos=False),
+}
+
+
+def protxlnet_preprocessors(partial_prediction: float = preprocessors.PARTIAL_PREDICTION):
+  return (
+      functools.partial(preprocessors.sequence_to_targets, feature="inputs"),
+      functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+      functools.partial(preprocessors.crop_targets, feature="inputs",
+                        reserved_tokens=preprocessors.XLNET_SPECIAL_TOKENS),
+      functools.partial(preprocessors.permutation_lm, partial_prediction=partial_prediction),
+  )
+
+
 def fasta_source(path: str, validation_fraction: float,
                  policy: fasta.FastaPolicy = fasta.FastaPolicy()
                  ) -> seqio.FunctionDataSource:
@@ -77,8 +96,13 @@ def fasta_source(path: str, validation_fraction: float,
       dataset_fn, splits=(splits.TRAIN, splits.VALIDATION))
 
 
+_SOURCES: dict[str, seqio.DataSource] = {}
+
+
 def register_objectives(corpus: str, source: seqio.DataSource) -> None:
-  """Registers `{corpus}_prott5_denoise` and `{corpus}_protbert_mlm`."""
+  """Registers `{corpus}_prott5_denoise`, `{corpus}_protbert_mlm` and
+  `{corpus}_protxlnet_plm`."""
+  _SOURCES[corpus] = source
   seqio.TaskRegistry.add(
       f"{corpus}_prott5_denoise", source=source,
       preprocessors=PROTT5_PREPROCESSORS,
@@ -87,7 +111,29 @@ def register_objectives(corpus: str, source: seqio.DataSource) -> None:
       f"{corpus}_protbert_mlm", source=source,
       preprocessors=PROTBERT_PREPROCESSORS,
       output_features=PROTBERT_OUTPUT_FEATURES)
+  protxlnet_plm_task(corpus)
 
+
+def protxlnet_plm_task(corpus: str,
+                       partial_prediction: float = preprocessors.PARTIAL_PREDICTION) -> str:
+  """The name of `corpus`'s permutation-LM task predicting 1/K of each order
+  (K = `partial_prediction`): `{corpus}_protxlnet_plm` for XLNet's K = 6,
+  else `{corpus}_protxlnet_plm_k{K}`, registered on first use. A gin file
+  sets K with `MIXTURE_OR_TASK_NAME = @protein.protxlnet_plm_task()` and
+  `protein.protxlnet_plm_task.partial_prediction = ...`.
+  """
+  if corpus not in _SOURCES:
+    raise ValueError(f"protxlnet_plm_task: no corpus {corpus!r} is registered "
+                     f"(known: {', '.join(sorted(_SOURCES))})")
+  name = f"{corpus}_protxlnet_plm"
+  if partial_prediction != preprocessors.PARTIAL_PREDICTION:
+    name += f"_k{partial_prediction:g}"
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(
+        name, source=_SOURCES[corpus],
+        preprocessors=protxlnet_preprocessors(partial_prediction),
+        output_features=PROTXLNET_OUTPUT_FEATURES)
+  return name
 
 
 def tfds_source(config: str) -> seqio.TfdsDataSource:

@@ -12,7 +12,10 @@ feature converter and loss on the model, this puts them beside it.
   targets, over every position BERT masking selected
   (`MaskedLmFeatureConverter`);
 - ELECTRA (electra_pretraining): the generator's masked-LM loss plus
-  `discriminator_weight` x replaced-token detection (models/electra.py).
+  `discriminator_weight` x replaced-token detection (models/electra.py);
+- PERMUTATION_LM (XLNet): cross-entropy of the query stream's logits at the
+  target-mapping rows (`preprocessors.permutation_lm`,
+  `PermutationLmFeatureConverter`).
 """
 import dataclasses
 from typing import Any, Callable, Mapping
@@ -41,22 +44,38 @@ class Objective:
       the token predictions evaluation scores.
     feature_converter: seqio converter class (called with pack=...).
     features: batch feature -> the task feature length it has ("inputs"
-      or "targets").
+      or "targets"), or a tuple of them, one per axis after the batch
+      (XLNet's perm_mask is ("inputs", "inputs")).
     extra_metrics: sums -> further training metrics (e.g. ELECTRA's
       discriminator accuracy).
+    masked: (batch, mask_id) -> where a target's own token was hidden from
+      the model, shaped like the targets (masked-residue accuracy counts
+      these); default: where the encoder input is the mask token.
   """
   loss_sums: Callable[..., dict[str, jnp.ndarray]]
   loss_weights: Callable[[Batch], jnp.ndarray]
   eval_outputs: Callable[..., tuple]
   feature_converter: type
-  features: Mapping[str, str]
+  features: Mapping[str, str | tuple[str, ...]]
   extra_metrics: Callable[[Mapping[str, jnp.ndarray]], dict[str, jnp.ndarray]] = (
       lambda sums: {})
+  masked: Callable[[Batch, int], jnp.ndarray] = (
+      lambda batch, mask_id: batch["encoder_input_tokens"] == mask_id)
+
+  def _axes(self, name: str) -> tuple[str, ...]:
+    axes = self.features[name]
+    return (axes,) if isinstance(axes, str) else tuple(axes)
 
   @property
   def length_keys(self) -> frozenset[str]:
     """The task feature lengths a batch uses ("inputs", "targets")."""
-    return frozenset(self.features.values())
+    return frozenset(key for name in self.features for key in self._axes(name))
+
+  def batch_shapes(self, task_feature_lengths: Mapping[str, int]
+                   ) -> dict[str, tuple[int, ...]]:
+    """Each batch feature's shape after the batch axis."""
+    return {name: tuple(task_feature_lengths[key] for key in self._axes(name))
+            for name in self.features}
 
 
 # Masked-LM batch features (all of the task's aligned length).
@@ -179,3 +198,43 @@ ELECTRA = Objective(
     feature_converter=feature_converters.MaskedLmFeatureConverter,
     features={name: "inputs" for name in _MLM_FEATURES},
     extra_metrics=electra_metrics)
+
+
+# XLNet: the sequence's features have the "inputs" length L, the predicted
+# tokens' the "targets" length P (PermutationLmFeatureConverter).
+_PLM_FEATURES = {"input_ids": "inputs", "attention_mask": "inputs",
+                 "perm_mask": ("inputs", "inputs"), "target_mapping": ("targets", "inputs"),
+                 "target_ids": "targets", "target_weights": "targets"}
+
+
+def _plm_logits(model, params, batch, dropout_rng):
+  """The query stream's logits [B, P, vocab] at the target-mapping rows."""
+  rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
+  return model.apply({"params": params}, batch["input_ids"],
+                     attention_mask=batch["attention_mask"],
+                     perm_mask=batch["perm_mask"].astype(jnp.float32),
+                     target_mapping=batch["target_mapping"].astype(jnp.float32),
+                     deterministic=dropout_rng is None, rngs=rngs)
+
+
+def permutation_lm_sums(model, params, batch, dropout_rng, z_loss):
+  """Cross-entropy (+ z-loss) of every predicted token (weight 1 rows)."""
+  sums = losses.cross_entropy_sums(_plm_logits(model, params, batch, dropout_rng),
+                                   batch["target_ids"], batch["target_weights"], z_loss)
+  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
+
+
+def permutation_lm_eval(model, params, batch):
+  return (_plm_logits(model, params, batch, None), batch["target_ids"],
+          batch["target_weights"])
+
+
+PERMUTATION_LM = Objective(
+    loss_sums=permutation_lm_sums,
+    loss_weights=lambda batch: batch["target_weights"],
+    eval_outputs=permutation_lm_eval,
+    feature_converter=feature_converters.PermutationLmFeatureConverter,
+    features=_PLM_FEATURES,
+    # A predicted token never sees itself (its perm_mask row hides it): each
+    # is a masked residue, scored against the most-common-residue baseline.
+    masked=lambda batch, mask_id: jnp.ones_like(batch["target_ids"]))

@@ -124,14 +124,16 @@ def eval_sums(params: Any, batch: Batch, *, model: nn.Module,
               ) -> dict[str, jnp.ndarray]:
   """Sums over one eval batch; `eval_metrics` turns totals into metrics.
 
-  Masked-residue accuracy is measured where the encoder saw the mask token:
-  denoising targets are aligned 1:1 with the inputs, so those target
-  positions hold exactly the residues the model had to reconstruct.
+  Masked-residue accuracy is measured where the target's own token was
+  hidden (`Objective.masked`): for denoising and masked LM, where the
+  encoder saw the mask token (targets are aligned 1:1 with the inputs, so
+  those positions hold exactly the residues the model had to reconstruct);
+  for the permutation LM, every predicted token.
   """
   logits, targets, weights = objective.eval_outputs(model, params, batch)
   weights = weights.astype(jnp.float32)
   sums = losses.cross_entropy_sums(logits, targets, weights, z_loss=0.0)
-  masked = weights * (batch["encoder_input_tokens"] == mask_id)
+  masked = weights * objective.masked(batch, mask_id)
   correct = jnp.argmax(logits, -1) == targets
   vocab_size = logits.shape[-1]
   return {

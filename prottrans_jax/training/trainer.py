@@ -141,10 +141,8 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
       loss_config=loss, dropout_seed=seed, num_microbatches=num_microbatches,
       layout=layout, batch_sharding=batch_sharding)
   abstract_batch = {
-      name: jax.ShapeDtypeStruct(
-          (batch_size, task_feature_lengths[length]), jnp.int32,
-          sharding=batch_sharding)
-      for name, length in objective.features.items()}
+      name: jax.ShapeDtypeStruct((batch_size, *shape), jnp.int32, sharding=batch_sharding)
+      for name, shape in objective.batch_shapes(task_feature_lengths).items()}
   return TrainStep(
       family=family, objective=objective, model=model, init=init, mesh=mesh,
       rules=rules, layout=layout, batch_sharding=batch_sharding,
