@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import pathlib
-from typing import Optional
+from typing import Optional, Sequence
 
 from prottrans_jax import vocab as vocab_lib
 
@@ -74,25 +74,42 @@ def _piece_score(token_id: int) -> float:
   return 0.0 if token_id < specials else -float(token_id - specials + 1)
 
 
-def prott5_spiece_model() -> bytes:
-  """ProtT5's sentencepiece model: unigram, one `▁X` piece per residue."""
+def spiece_model(pieces: Sequence[str], unk: str,
+                 user_defined: Sequence[str] = ()) -> bytes:
+  """A unigram sentencepiece model holding exactly `pieces`, in id order, in
+  the released ProtTrans style: one `▁X` piece per residue (decreasing
+  scores), every other piece special: `unk` the unknown piece, those in
+  `user_defined` user-defined (XLNet's `<sep>`, `<cls>`, ...), the rest
+  control pieces (`<pad>`, `</s>`, `[CLS]`, ...).
+
+  Built piece by piece: a model trained on a few residues holds bare letters
+  and a separate `▁`, so each residue would be two pieces.
+  """
   # Through orbax-checkpoint protobuf is always installed; sentencepiece's
   # generated module needs it.
   from sentencepiece import sentencepiece_model_pb2 as spm_pb2
+  kind = spm_pb2.ModelProto.SentencePiece
   model = spm_pb2.ModelProto()
-  kinds = {"<pad>": spm_pb2.ModelProto.SentencePiece.CONTROL,
-           "</s>": spm_pb2.ModelProto.SentencePiece.CONTROL,
-           "<unk>": spm_pb2.ModelProto.SentencePiece.UNKNOWN}
-  for token_id, piece in enumerate(prott5_pieces()[:_sentencepiece_count()]):
-    model.pieces.add(piece=piece, score=_piece_score(token_id),
-                     type=kinds.get(piece, spm_pb2.ModelProto.SentencePiece.NORMAL))
+  residues = 0
+  for piece in pieces:
+    if piece.startswith(WORD_START):
+      # Each residue is a single piece, so scores never choose between
+      # segmentations; decreasing ones keep the released files' convention.
+      residues += 1
+      model.pieces.add(piece=piece, score=-float(residues), type=kind.NORMAL)
+    else:
+      model.pieces.add(piece=piece, score=0.0, type=(
+          kind.UNKNOWN if piece == unk else
+          kind.USER_DEFINED if piece in user_defined else kind.CONTROL))
   trainer = model.trainer_spec
   trainer.model_type = spm_pb2.TrainerSpec.UNIGRAM
-  trainer.vocab_size = _sentencepiece_count()
-  trainer.pad_id, trainer.eos_id, trainer.unk_id, trainer.bos_id = (
-      _PROTT5.pad_id, _PROTT5.eos_id, _PROTT5.unk_id, -1)
-  trainer.pad_piece, trainer.eos_piece, trainer.unk_piece = (
-      _PROTT5.pieces[i] for i in (_PROTT5.pad_id, _PROTT5.eos_id, _PROTT5.unk_id))
+  trainer.vocab_size = len(pieces)
+  index = lambda piece: list(pieces).index(piece) if piece in pieces else -1
+  trainer.unk_id, trainer.unk_piece = index(unk), unk
+  for role, piece in (("pad", "<pad>"), ("eos", "</s>"), ("bos", "<s>")):
+    setattr(trainer, f"{role}_id", index(piece))
+    if piece in pieces:
+      setattr(trainer, f"{role}_piece", piece)
   # No character normalisation (the released pipelines upper-case and map
   # rare residues themselves); spaces separate residues.
   normalizer = model.normalizer_spec
@@ -101,6 +118,12 @@ def prott5_spiece_model() -> bytes:
   normalizer.remove_extra_whitespaces = True
   normalizer.escape_whitespaces = True
   return model.SerializeToString()
+
+
+def prott5_spiece_model() -> bytes:
+  """ProtT5's sentencepiece model: unigram, one `▁X` piece per residue."""
+  return spiece_model(prott5_pieces()[:_sentencepiece_count()],
+                      unk=_PROTT5.pieces[_PROTT5.unk_id])
 
 
 def _prott5_tokenizer_json() -> Optional[str]:

@@ -28,7 +28,8 @@ tests use a hook (`TEST_OOM_ENV`).
 
 Any family of `prottrans_jax.families` embeds (ProtT5, ProtBert,
 ProtAlbert, ProtElectra): its record says how to tokenize a protein and
-which output rows are residues. Per-residue output has exactly one row per
+which output rows are residues; a tokenizer file read from the model's
+directory (`file_tokenizer`) tokenizes instead where there is one. Per-residue output has exactly one row per
 residue: the special tokens the model needs (`</s>` for T5, `[CLS]` and
 `[SEP]` for the BERT family) are dropped, and per-protein means are over
 residues only.
@@ -52,6 +53,7 @@ from prottrans_jax import families
 from prottrans_jax import partitioning
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
+from prottrans_jax.inference import file_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -286,6 +288,25 @@ def encoder_params_target(config: Any, settings: EmbedSettings,
       nn.unbox(abstract), shardings)
 
 
+def _checked_tokenizer(tokenizer: file_tokenizer.FileTokenizer,
+                       family: families.ModelFamily, config: Any
+                       ) -> file_tokenizer.FileTokenizer:
+  """`tokenizer`, after checking it frames proteins as the family's output
+  rows expect and gives no id past the model's vocabulary."""
+  if (tokenizer.first_residue_row, tokenizer.num_special_tokens) != (
+      family.first_residue_row, family.num_special_tokens):
+    raise ValueError(
+        f"{tokenizer.path}: its {tokenizer.family} framing puts the first residue "
+        f"at row {tokenizer.first_residue_row} of {tokenizer.num_special_tokens} "
+        f"special tokens; model family {family.name} expects row "
+        f"{family.first_residue_row} of {family.num_special_tokens}")
+  vocab_size = getattr(config, "vocab_size", None)
+  if vocab_size is not None and tokenizer.max_id >= vocab_size:
+    raise ValueError(f"{tokenizer.path} gives ids up to {tokenizer.max_id}; the "
+                     f"model's vocabulary has {vocab_size} (vocab_size)")
+  return tokenizer
+
+
 class Embedder:
   """A loaded encoder, placed on this process's devices, ready to embed.
 
@@ -296,9 +317,12 @@ class Embedder:
 
   def __init__(self, config: Any, params: Any,
                settings: EmbedSettings = EmbedSettings(),
-               devices: Sequence[jax.Device] | None = None):
+               devices: Sequence[jax.Device] | None = None,
+               tokenizer: file_tokenizer.FileTokenizer | None = None):
     self.settings = settings
     self.family = families.of(config)
+    self._tokenize = (self.family.tokenize if tokenizer is None else
+                      _checked_tokenizer(tokenizer, self.family, config))
     self._hidden_states = dict(zip(settings.layers, resolve_layers(
         settings.layers, self.family.num_hidden_states(config))))
     # `params` are in `config`'s layout. Embedding runs the canonical one
@@ -548,7 +572,7 @@ class Embedder:
     residue_mask = np.zeros((rows, length), bool)
     first = self.family.first_residue_row
     for row, record in enumerate(batch_records):
-      ids = self.family.tokenize(record.sequence)
+      ids = self._tokenize(record.sequence)
       tokens[row, :len(ids)] = ids
       residue_mask[row, first:first + len(record.sequence)] = True
     # This process's devices hold the whole batch.

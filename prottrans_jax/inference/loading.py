@@ -24,6 +24,7 @@ from prottrans_jax.convert import formats
 from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.inference import engine
+from prottrans_jax.inference import file_tokenizer
 from prottrans_jax.inference import fingerprint
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ class LoadedModel:
   tensors_read: int | None = None
   max_device_bytes: int | None = None
   fingerprint: str | None = None
+  # The tokenizer file of a Hugging Face directory (`file_tokenizer`); None:
+  # the family's own vocabulary.
+  tokenizer: file_tokenizer.FileTokenizer | None = None
 
 
 def device_bytes(params: Any) -> dict[jax.Device, int]:
@@ -63,7 +67,8 @@ def device_bytes(params: Any) -> dict[jax.Device, int]:
 
 
 def _placed(name: str, config: Any, params: Any, source: str,
-            tensors_read: int, out_of: str, weights: str) -> LoadedModel:
+            tensors_read: int, out_of: str, weights: str,
+            tokenizer: file_tokenizer.FileTokenizer | None = None) -> LoadedModel:
   """The LoadedModel of sharded `params`, its reads and placement logged."""
   max_bytes = max(device_bytes(params).values())
   logger.info("%s: read %d tensors of %s; the fullest device holds %.1f MB "
@@ -71,7 +76,8 @@ def _placed(name: str, config: Any, params: Any, source: str,
               max_bytes / 1e6,
               sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params)) / 1e6)
   return LoadedModel(name, config, params, source, tensors_read=tensors_read,
-                     max_device_bytes=max_bytes, fingerprint=weights)
+                     max_device_bytes=max_bytes, fingerprint=weights,
+                     tokenizer=tokenizer)
 
 
 def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
@@ -132,17 +138,24 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
   devices)` once read, so no device receives a whole tensor the mesh
   splits; the host still reads each tensor whole (safetensors), one at a
   time. Without, the parameters are host (numpy) arrays.
+
+  A tokenizer file in the directory (`spiece.model`, `vocab.txt`,
+  `tokenizer.json`) is read into `tokenizer` (`file_tokenizer.from_directory`:
+  a file that cannot give one id per residue is a ValueError naming it,
+  before any weight is read).
   """
   location = hf_io.resolve_model(directory)
   with fs.local_copy(location.directory) as local:
     config, loaders, _ = formats.read_hf_checkpoint(local, encoder_only=True)
+    tokenizer = file_tokenizer.from_directory(local, families.of(config).name)
     weights = fingerprint.of_hf_directory(local)
     if settings is None:
       dtype = np.dtype(config.param_dtype)
       params = mapping.unflatten(
           {name: np.asarray(load(), dtype=dtype) for name, load in loaders.items()})
       return LoadedModel(families.of(config).name, config, params,
-                         source=location.source, fingerprint=weights)
+                         source=location.source, fingerprint=weights,
+                         tokenizer=tokenizer)
     targets = mapping.flatten(engine.encoder_params_target(config, settings, devices))
     missing = sorted(set(targets) - set(loaders))
     if missing:
@@ -153,4 +166,4 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
                              target.sharding)
         for name, target in targets.items()})
   return _placed(families.of(config).name, config, params, location.source,
-                 len(targets), "its encoder", weights)
+                 len(targets), "its encoder", weights, tokenizer)

@@ -155,11 +155,15 @@ def _embed_holding_lock(input_path: str, output_path: str,
     # Which weights: the same path may hold others by now (a MODEL_DIR
     # retrained to the same step, a model downloaded again).
     file_settings["weights_fingerprint"] = model.fingerprint
+  if model.tokenizer is not None:
+    # Another tokenizer file gives other ids: not the same embeddings.
+    file_settings["tokenizer"] = model.tokenizer.fingerprint
   done_names = set()
   if num_shards == 1 and not overwrite:
     done_names = _names_in_existing_output(output_path, file_settings,
                                            output_keys)
-  embedder = engine.Embedder(model.config, model.params, settings)
+  embedder = engine.Embedder(model.config, model.params, settings,
+                             tokenizer=model.tokenizer)
   plan = embedder.plan(records)
   writer = shards.ShardWriter(
       output_path, shard_index, num_shards,
