@@ -74,8 +74,6 @@ REPLICATED_RULES: LogicalRules = (
     ("abspos_buckets", None),
     ("token_types", None),
     ("classes", None),
-    # Size-1 axes kept for a Hugging Face layout (XLNet's mask_emb [1, 1, d]).
-    ("unit", None),
 )
 
 

@@ -30,11 +30,15 @@ _PROTBERT_RESIDUES = "LAGVESIKRDTPNQFYMHCWXUBZO"
 
 # Lookup value of whitespace: dropped, not tokenized.
 IGNORED = -1
-PAD_ID = 0  # Every vocabulary here pads with 0, as seqio requires.
+# Every vocabulary here pads with 0, as seqio requires, except ProtXLNet's
+# (XLNet's special-token order puts `<unk>` at 0 and `<pad>` at 5).
+PAD_ID = 0
 
 
-def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
-  """A byte -> token id table (whitespace -> IGNORED, non-residues -> unk)."""
+def _build_lookup(residue_ids: dict[str, int], unk_id: int,
+                  unknown_residues: str = "") -> np.ndarray:
+  """A byte -> token id table (whitespace -> IGNORED, non-residues and
+  `unknown_residues` -> unk)."""
   table = np.full(256, unk_id, dtype=np.int32)
   for letter, token_id in residue_ids.items():
     table[ord(letter)] = token_id
@@ -42,6 +46,9 @@ def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
   for letter in RARE_RESIDUES:
     table[ord(letter)] = residue_ids["X"]
     table[ord(letter.lower())] = residue_ids["X"]
+  for letter in unknown_residues:
+    table[ord(letter)] = unk_id
+    table[ord(letter.lower())] = unk_id
   for space in " \t\r\n":
     table[ord(space)] = IGNORED
   return table
@@ -58,13 +65,13 @@ class CharacterVocabulary:
 
   def __init__(self, residue_offset: int, residues: str,
                special_tokens: Sequence[str], unk_id: int, eos_id: int | None,
-               extra_ids: int = 0):
+               extra_ids: int = 0, unknown_residues: str = ""):
     self._special_tokens = tuple(special_tokens)
     self._residue_ids = {r: residue_offset + i for i, r in enumerate(residues)}
     self._unk_id = unk_id
     self._eos_id = eos_id
     self._extra_ids = extra_ids
-    self._lookup = _build_lookup(self._residue_ids, unk_id)
+    self._lookup = _build_lookup(self._residue_ids, unk_id, unknown_residues)
     self._id_to_piece = list(self._special_tokens) + list(residues)
 
   @property
@@ -193,6 +200,51 @@ class ProtBertVocabulary(CharacterVocabulary):
   @property
   def cls_id(self) -> int:
     return self.CLS_ID
+
+  def piece(self, token_id: int) -> str:
+    if token_id in (self.CLS_ID, self.SEP_ID):
+      return ""
+    return super().piece(token_id)
+
+
+class ProtXLNetVocabulary(CharacterVocabulary):
+  """ProtXLNet's ids as this project writes them: XLNet's special tokens
+  `<unk>` 0, `<s>` 1, `</s>` 2, `<cls>` 3, `<sep>` 4, `<pad>` 5, `<mask>` 6,
+  `<eod>` 7, `<eop>` 8, then residues `LAGVESIKRDTPNQFYMHCWXUBZO` at 9..33.
+
+  The released `Rostlab/prot_xlnet` sentencepiece ids were not available
+  offline (../shared/data/hf_configs/README.md), so this table is the order
+  for checkpoints made here; a model directory's `spiece.model` tokenizes
+  for released weights. As the released pipeline, X and the rare residues
+  (U, Z, O, B, J) become `<unk>`, and an input ends with `<sep><cls>`
+  (XLNetTokenizer's framing: the family's `tokenize` adds it, `encode` does
+  not).
+  """
+
+  UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = 0, 1, 2, 3, 4, 5, 6
+
+  def __init__(self):
+    super().__init__(
+        residue_offset=9, residues=_PROTBERT_RESIDUES,
+        special_tokens=("<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>",
+                        "<eod>", "<eop>"),
+        unk_id=self.UNK_ID, eos_id=self.EOS_ID, unknown_residues="X" + RARE_RESIDUES)
+
+  @property
+  def pad_id(self) -> int:
+    return self.PAD_ID
+
+  @property
+  def mask_id(self) -> int:
+    return self.MASK_ID
+
+  @property
+  def cls_id(self) -> int:
+    return self.CLS_ID
+
+  @property
+  def sep_id(self) -> int:
+    return self.SEP_ID
 
   def piece(self, token_id: int) -> str:
     if token_id in (self.CLS_ID, self.SEP_ID):

@@ -296,9 +296,9 @@ class XLNet(nn.Module):
     self.word_embedding = layers.Embed(cfg.vocab_size, cfg.d_model, embedding_init=_init(cfg),
                                        axes=("vocab", "embed"), name="word_embedding",
                                        **_dtypes(cfg))
-    # Hugging Face's [1, 1, d_model]; the unit axes stay whole.
+    # Hugging Face's [1, 1, d_model]; the unit axes are never sharded (None).
     self.mask_emb = self.param(
-        "mask_emb", nn.with_logical_partitioning(_init(cfg), ("unit", "unit", "embed")),
+        "mask_emb", nn.with_logical_partitioning(_init(cfg), (None, None, "embed")),
         (1, 1, cfg.d_model), jnp.dtype(cfg.param_dtype))
     self.encoder = Encoder(cfg)
     self.lm_loss = LmLoss(cfg)
