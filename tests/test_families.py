@@ -128,7 +128,9 @@ def _hf_outputs(path, architecture, tokens, valid):
     model, info = getattr(transformers, architecture).from_pretrained(
         path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    inputs = {"input_ids": torch.tensor(tokens), "attention_mask": torch.tensor(valid.astype(np.int64))}
+    # Integer: XLNet refuses a boolean mask.
+    inputs = {"input_ids": torch.tensor(tokens),
+              "attention_mask": torch.tensor(valid.astype(np.int64))}
     if architecture.startswith("T5") and architecture != "T5EncoderModel":
       return model.eval().encoder(**inputs).last_hidden_state.numpy()
     return model.eval()(**inputs, output_hidden_states=True).hidden_states[-1].numpy()
