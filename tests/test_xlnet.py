@@ -71,8 +71,8 @@ def test_tokenize_frames_like_the_released_pipeline():
 
 def test_matches_xlnet_lm_head_model(hf_lm):
   """Logits and every content-stream hidden state, with and without an
-  attention mask (left-padded batch), with segment ids, and the query
-  stream's logits with a permutation mask and target mapping."""
+  attention mask (left-padded batch), and the query stream's logits with a
+  permutation mask, target mapping and segment ids."""
   path, hf = hf_lm
   config, loaders, encoder_only = formats.read_hf_checkpoint(path, dtype="float32")
   assert not encoder_only and config.clamp_len == 6
@@ -90,10 +90,10 @@ def test_matches_xlnet_lm_head_model(hf_lm):
   cases = [
       dict(input_ids=unpadded),
       dict(input_ids=tokens, attention_mask=attention_mask),
-      dict(input_ids=tokens, attention_mask=attention_mask,
-           token_type_ids=rng.integers(0, 2, tokens.shape)),
+      # Segments too: their scores reach the query stream through every
+      # content-stream layer and through its own.
       dict(input_ids=tokens, attention_mask=attention_mask, perm_mask=perm_mask,
-           target_mapping=target_mapping),
+           target_mapping=target_mapping, token_type_ids=rng.integers(0, 2, tokens.shape)),
   ]
   # Compiled: running a new network op by op compiles every op on its own
   # (ten times slower here); results compared in numpy for the same reason.
