@@ -69,6 +69,20 @@ def test_tokenize_frames_like_the_released_pipeline():
   assert family.pad_id == VOCAB.pad_id == 5 and family.first_residue_row == 0
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("n_head", 0, "n_head must be an integer >= 1"),
+    ("d_head", 8, "d_head 8 x n_head 4 != d_model 64"),
+    ("attn_type", "uni", "attn_type 'uni' is not supported"),
+    ("bi_data", True, "bi_data=True"),
+    ("ff_activation", "swish", "ff_activation 'swish' is not one of"),
+])
+def test_config_json_the_model_does_not_compute_is_refused(field, value, message):
+  hf_config = {"architectures": ["XLNetModel"], "model_type": "xlnet", "d_model": 64,
+               "n_layer": 2, "n_head": 4, "d_inner": 128, field: value}
+  with pytest.raises(mapping.ConversionError, match=f"config.json: XLNetConfig.*{message}"):
+    families.get("xlnet").hf_converter.config_from_hf(hf_config)
+
+
 def test_matches_xlnet_lm_head_model(hf_lm):
   """Logits and every content-stream hidden state, with and without an
   attention mask (left-padded batch), and the query stream's logits with a

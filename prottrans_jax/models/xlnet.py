@@ -75,10 +75,10 @@ class XLNetConfig(configs.DictConfig):
   scan_unroll: int = 1
 
   def __post_init__(self):
+    self.check_dimensions("vocab_size", "d_model", "n_layer", "n_head", "d_inner")
     if self.d_head is None:
       object.__setattr__(self, "d_head", self.d_model // self.n_head)
-    self.check_dimensions("vocab_size", "d_model", "n_layer", "n_head", "d_head",
-                          "d_inner")
+    self.check_dimensions("d_head")
     if self.d_head * self.n_head != self.d_model:
       raise ValueError(f"XLNetConfig: d_head {self.d_head} x n_head {self.n_head} != "
                        f"d_model {self.d_model} (Hugging Face requires d_head = "
@@ -89,7 +89,9 @@ class XLNetConfig(configs.DictConfig):
     if self.bi_data:
       raise ValueError("XLNetConfig.bi_data=True (forward and backward position "
                        "halves of a batch) is not supported")
-    layers.activation(self.ff_activation)
+    if self.ff_activation not in layers.ACTIVATIONS:
+      raise ValueError(f"XLNetConfig.ff_activation {self.ff_activation!r} is not one of "
+                       f"{sorted(layers.ACTIVATIONS)}")
     layers.check_layer_options(self.scan_layers, self.remat_policy, self.scan_unroll)
 
   def attention_block(self, length: int) -> int:
