@@ -211,12 +211,12 @@ def transformers_pass(model, family, records, plan: list[batching.Batch],
   batches = []
   for batch in plan:
     longest = max(token_lengths[i] for i in batch.indices)
-    ids = np.zeros((len(batch.indices), longest), np.int64)
+    ids = np.full((len(batch.indices), longest), family.pad_id, np.int64)
     for row, index in enumerate(batch.indices):
       tokens = family.tokenize(records[index].sequence)
       ids[row, :len(tokens)] = tokens
     ids = torch.from_numpy(ids).to(device)
-    batches.append((ids, (ids > 0).long()))
+    batches.append((ids, (ids != family.pad_id).long()))
 
   def embed():
     with torch.inference_mode():

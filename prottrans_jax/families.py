@@ -22,12 +22,14 @@ import numpy as np
 from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.convert import hf_bert
 from prottrans_jax.convert import hf_t5
+from prottrans_jax.convert import hf_xlnet
 from prottrans_jax.convert import mapping
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import layers
 from prottrans_jax.models import t5
+from prottrans_jax.models import xlnet
 
 # Dummy inputs for initialisation: no parameter shape depends on them. NumPy,
 # so that importing this module does not start a JAX backend (multi-process
@@ -67,6 +69,8 @@ class ModelFamily:
     num_hidden_states: config -> how many arrays `encode(...,
       output_hidden_states=True)` returns: the embedding output and one per
       layer call (Hugging Face's `output_hidden_states`).
+    pad_id: the id batches are padded with (`encode` masks it): 0 except
+      ProtXLNet's `<pad>` (its 0 is `<unk>`, a real token).
   """
   name: str
   config_class: type
@@ -83,6 +87,7 @@ class ModelFamily:
   hf_converter: Optional[mapping.HfConverter]
   scanned_stacks: Callable[[Any], dict[tuple[str, ...], int]]
   num_hidden_states: Callable[[Any], int]
+  pad_id: int = 0
 
   def objective(self) -> Any:
     """The training objective (imports the training stack on first use)."""
@@ -114,6 +119,11 @@ def _protbert_tokens(sequence: str, vocab=vocab_lib.ProtBertVocabulary()) -> lis
   return [vocab.cls_id] + vocab.encode(sequence) + [vocab.eos_id]
 
 
+def _protxlnet_tokens(sequence: str, vocab=vocab_lib.ProtXLNetVocabulary()) -> list[int]:
+  """ProtXLNet's input: residues then `<sep>` `<cls>` (XLNetTokenizer's framing)."""
+  return vocab.encode(sequence) + [vocab.sep_id, vocab.cls_id]
+
+
 def _init_with_tokens(module: nn.Module, rng: jax.Array) -> Any:
   """`module(tokens, tokens)`: T5's inputs and decoder inputs, or a BERT's
   inputs and segment ids."""
@@ -131,6 +141,14 @@ def _t5_stacks(config: t5.T5Config) -> dict[tuple[str, ...], int]:
   if not config.scan_layers:
     return {}
   return {("encoder",): config.num_encoder_layers, ("decoder",): config.num_decoder_layers}
+
+
+def _init_xlnet(module: nn.Module, rng: jax.Array) -> Any:
+  return module.init(rng, _TOKENS)["params"]
+
+
+def _xlnet_stacks(config: xlnet.XLNetConfig) -> dict[tuple[str, ...], int]:
+  return {("encoder",): config.n_layer} if config.scan_layers else {}
 
 
 def _bert_stacks(config: bert.BertConfig) -> dict[tuple[str, ...], int]:
@@ -190,6 +208,21 @@ FAMILIES: dict[str, ModelFamily] = {
         objective_name=f"{_OBJECTIVES}:ELECTRA", hf_converter=None,
         scanned_stacks=_electra_pretraining_stacks,
         num_hidden_states=lambda config: config.discriminator.num_hidden_layers + 1),
+    # ProtXLNet: residues first, `<sep><cls>` last. The released pipeline
+    # pads on the left; relative attention with masked padding gives the
+    # residues the same states padded on the right (tests/test_xlnet.py).
+    "xlnet": ModelFamily(
+        name="xlnet", config_class=xlnet.XLNetConfig, module=xlnet.XLNet, init=_init_xlnet,
+        encode=xlnet.XLNet.encode, tokenize=_protxlnet_tokens, first_residue_row=0,
+        num_special_tokens=2, non_encoder_parts=hf_xlnet.HEADS,
+        # Partial prediction: the permutation-LM task's "targets" length is
+        # the number of query-stream rows (preprocessors.permutation_lm).
+        training_flops=lambda config, lengths: xlnet.training_flops(
+            config, lengths["inputs"], lengths["targets"]),
+        encoder_flops=xlnet.encoder_forward_flops,
+        objective_name=f"{_OBJECTIVES}:PERMUTATION_LM", hf_converter=hf_xlnet.CONVERTER,
+        scanned_stacks=_xlnet_stacks, num_hidden_states=lambda config: config.n_layer + 1,
+        pad_id=vocab_lib.ProtXLNetVocabulary.PAD_ID),
 }
 
 

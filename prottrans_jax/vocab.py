@@ -27,16 +27,18 @@ RARE_RESIDUES = "UZOBJ"
 _PROTT5_RESIDUES = "ALGVSREDTIPKFQNYMHWCXBOUZ"
 # ProtBert / ProtBert-BFD `vocab.txt` order, ids 5..29.
 _PROTBERT_RESIDUES = "LAGVESIKRDTPNQFYMHCWXUBZO"
-# Letters ProtXLNet's released pipeline turns into `<unk>` (not into X).
-_PROTXLNET_UNKNOWN = "X" + RARE_RESIDUES
 
 # Lookup value of whitespace: dropped, not tokenized.
 IGNORED = -1
-PAD_ID = 0  # seqio pads with 0; all but ProtXLNet (its features are padded by hand) use it.
+# Every vocabulary here pads with 0, as seqio requires, except ProtXLNet's
+# (XLNet's special-token order puts `<unk>` at 0 and `<pad>` at 5).
+PAD_ID = 0
 
 
-def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
-  """A byte -> token id table (whitespace -> IGNORED, non-residues -> unk)."""
+def _build_lookup(residue_ids: dict[str, int], unk_id: int,
+                  unknown_residues: str = "") -> np.ndarray:
+  """A byte -> token id table (whitespace -> IGNORED, non-residues and
+  `unknown_residues` -> unk)."""
   table = np.full(256, unk_id, dtype=np.int32)
   for letter, token_id in residue_ids.items():
     table[ord(letter)] = token_id
@@ -44,6 +46,9 @@ def _build_lookup(residue_ids: dict[str, int], unk_id: int) -> np.ndarray:
   for letter in RARE_RESIDUES:
     table[ord(letter)] = residue_ids["X"]
     table[ord(letter.lower())] = residue_ids["X"]
+  for letter in unknown_residues:
+    table[ord(letter)] = unk_id
+    table[ord(letter.lower())] = unk_id
   for space in " \t\r\n":
     table[ord(space)] = IGNORED
   return table
@@ -60,17 +65,13 @@ class CharacterVocabulary:
 
   def __init__(self, residue_offset: int, residues: str,
                special_tokens: Sequence[str], unk_id: int, eos_id: int | None,
-               extra_ids: int = 0, unknown_letters: str = ""):
-    """`unknown_letters` are encoded as `unk_id` although the table holds
-    them (a pipeline that sends them to the unknown token)."""
+               extra_ids: int = 0, unknown_residues: str = ""):
     self._special_tokens = tuple(special_tokens)
     self._residue_ids = {r: residue_offset + i for i, r in enumerate(residues)}
     self._unk_id = unk_id
     self._eos_id = eos_id
     self._extra_ids = extra_ids
-    self._lookup = _build_lookup(self._residue_ids, unk_id)
-    for letter in unknown_letters:
-      self._lookup[ord(letter)] = self._lookup[ord(letter.lower())] = unk_id
+    self._lookup = _build_lookup(self._residue_ids, unk_id, unknown_residues)
     self._id_to_piece = list(self._special_tokens) + list(residues)
 
   @property
@@ -207,26 +208,27 @@ class ProtBertVocabulary(CharacterVocabulary):
 
 
 class ProtXLNetVocabulary(CharacterVocabulary):
-  """ProtXLNet, in XLNet's special-token order: `<unk>` 0, `<s>` 1, `</s>` 2,
-  `<cls>` 3, `<sep>` 4, `<pad>` 5, `<mask>` 6, `<eod>` 7, `<eop>` 8, residues
-  `LAGVESIKRDTPNQFYMHCWXUBZO` at 9..33.
+  """ProtXLNet's ids as this project writes them: XLNet's special tokens
+  `<unk>` 0, `<s>` 1, `</s>` 2, `<cls>` 3, `<sep>` 4, `<pad>` 5, `<mask>` 6,
+  `<eod>` 7, `<eop>` 8, then residues `LAGVESIKRDTPNQFYMHCWXUBZO` at 9..33.
 
-  The released `spiece.model`'s ids are unconfirmed offline
-  (../shared/data/hf_configs/README.md); this is the table our own
-  checkpoints use. As the released pipeline, X, U, Z, O and B (and J)
-  encode to `<unk>`. Inputs end with `<sep><cls>` (added by the permutation-LM
-  preprocessor and the embedding's framing), and padding is `<pad>` (5),
-  not 0: seqio never pads these features (the preprocessor does).
+  The released `Rostlab/prot_xlnet` sentencepiece ids were not available
+  offline (../shared/data/hf_configs/README.md), so this table is the order
+  for checkpoints made here; a model directory's `spiece.model` tokenizes
+  for released weights. As the released pipeline, X and the rare residues
+  (U, Z, O, B, J) become `<unk>`, and an input ends with `<sep><cls>`
+  (XLNetTokenizer's framing: the family's `tokenize` adds it, `encode` does
+  not).
   """
 
-  UNK_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = 0, 3, 4, 5, 6
+  UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = 0, 1, 2, 3, 4, 5, 6
 
   def __init__(self):
     super().__init__(
         residue_offset=9, residues=_PROTBERT_RESIDUES,
         special_tokens=("<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>",
                         "<eod>", "<eop>"),
-        unk_id=self.UNK_ID, eos_id=None, unknown_letters=_PROTXLNET_UNKNOWN)
+        unk_id=self.UNK_ID, eos_id=self.EOS_ID, unknown_residues="X" + RARE_RESIDUES)
 
   @property
   def pad_id(self) -> int:
@@ -245,8 +247,6 @@ class ProtXLNetVocabulary(CharacterVocabulary):
     return self.SEP_ID
 
   def piece(self, token_id: int) -> str:
-    if token_id == self.UNK_ID:
-      return "X"  # What the released pipeline sent to <unk>.
-    if token_id < len(self.special_tokens):
+    if token_id in (self.CLS_ID, self.SEP_ID):
       return ""
     return super().piece(token_id)

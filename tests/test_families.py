@@ -26,6 +26,7 @@ from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import t5
+from prottrans_jax.models import xlnet
 
 _float32 = lambda config: config.with_dtype("float32")
 # A tiny configuration of every registered family (a new family adds one).
@@ -37,6 +38,7 @@ TINY = {
     "electra_pretraining": _float32(electra.ElectraPretrainingConfig(
         generator=electra.ELECTRA_CONFIGS["tiny_generator"],
         discriminator=electra.ELECTRA_CONFIGS["tiny_discriminator"])),
+    "xlnet": _float32(xlnet.XLNET_CONFIGS["tiny"]),
 }
 PROTEINS = ("MVLSPADKTNVKAAWGKVGAHAGEYGAEALERMFLSFPTTKTYFPHF", "MKTAYIAKQRQISFVKSHFSRQ")
 
@@ -60,7 +62,7 @@ def _random_params(family, config):
 
 def _tokens(family):
   ids = [family.tokenize(p) for p in PROTEINS]
-  tokens = np.zeros((len(ids), max(map(len, ids))), np.int32)
+  tokens = np.full((len(ids), max(map(len, ids))), family.pad_id, np.int32)
   for row, row_ids in enumerate(ids):
     tokens[row, :len(row_ids)] = row_ids
   return tokens
@@ -121,12 +123,14 @@ def test_layout_conversion_to_the_scanned_module_and_back(name):
                              _encode(family, config, params, tokens), atol=1e-5, rtol=1e-5)
 
 
-def _hf_outputs(path, architecture, tokens):
+def _hf_outputs(path, architecture, tokens, valid):
   with torch.no_grad():
     model, info = getattr(transformers, architecture).from_pretrained(
         path, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"], info
-    inputs = {"input_ids": torch.tensor(tokens), "attention_mask": torch.tensor(tokens > 0)}
+    # Integer: XLNet refuses a boolean mask.
+    inputs = {"input_ids": torch.tensor(tokens),
+              "attention_mask": torch.tensor(valid.astype(np.int64))}
     if architecture.startswith("T5") and architecture != "T5EncoderModel":
       return model.eval().encoder(**inputs).last_hidden_state.numpy()
     return model.eval()(**inputs, output_hidden_states=True).hidden_states[-1].numpy()
@@ -145,8 +149,8 @@ def test_hugging_face_converter_round_trip(name, tmp_path):
   assert all(f.exists() for f in files)
 
   tokens = _tokens(family)
-  valid = tokens > 0
-  theirs = _hf_outputs(tmp_path, hf_config["architectures"][0], tokens)
+  valid = tokens != family.pad_id
+  theirs = _hf_outputs(tmp_path, hf_config["architectures"][0], tokens, valid)
   ours = _encode(family, config, params, tokens)
   np.testing.assert_array_less(np.abs(ours - theirs)[valid], 1e-5)
 
@@ -182,8 +186,8 @@ def test_inference_and_conversion_import_nothing_from_training(tmp_path):
 
 
 def test_unknown_family_and_config_are_clear_errors():
-  with pytest.raises(ValueError, match="Unknown model family 'xlnet'"):
-    families.get("xlnet")
+  with pytest.raises(ValueError, match="Unknown model family 'gpt2'"):
+    families.get("gpt2")
   with pytest.raises(ValueError, match="No model family for config"):
     families.of(dataclasses.make_dataclass("NotAConfig", [])())
   with pytest.raises(ValueError, match="model_type 'gpt2'.*supported: albert, bert"):

@@ -22,6 +22,7 @@ from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import t5
+from prottrans_jax.models import xlnet
 from prottrans_jax.training import aot
 from prottrans_jax.training import trainer
 
@@ -41,6 +42,9 @@ MODEL_FILES = {
     "models/protalbert_tiny.gin": (albert.AlbertConfig, BERT_RUNS),
     "models/protelectra.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
     "models/protelectra_tiny.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
+    # Until the permutation-LM run file exists, BERT's run file parses them.
+    "models/protxlnet.gin": (xlnet.XLNetConfig, BERT_RUNS),
+    "models/protxlnet_tiny.gin": (xlnet.XLNetConfig, BERT_RUNS),
 }
 # Family files: what the model files of a family share (each model file
 # includes its family's, directly or through another model file, and
@@ -50,6 +54,7 @@ FAMILY_FILES = {
     "models/bert_family.gin": bert.BertConfig,
     "models/albert_family.gin": albert.AlbertConfig,
     "models/electra_family.gin": electra.ElectraPretrainingConfig,
+    "models/xlnet_family.gin": xlnet.XLNetConfig,
 }
 T5_FAMILY = "models/t5_family.gin"
 # Pod files: a model file + run file and the TPU topology they are meant for
@@ -176,6 +181,8 @@ def _dropout_rates(config) -> set[float]:
     return _dropout_rates(config.generator) | _dropout_rates(config.discriminator)
   if isinstance(config, t5.T5Config):
     return {config.dropout_rate}
+  if isinstance(config, xlnet.XLNetConfig):
+    return {config.dropout}
   return {config.hidden_dropout_prob, config.attention_probs_dropout_prob}
 
 

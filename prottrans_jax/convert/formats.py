@@ -77,8 +77,9 @@ def read_hf_checkpoint(directory: os.PathLike, encoder_only: Optional[bool] = No
   block).
 
   Any model type a family record has a converter for (ProtT5, ProtBert,
-  ProtAlbert, ProtElectra). `encoder_only=None` keeps what the checkpoint
-  holds (a T5EncoderModel or a BertModel without pooler is encoder-only);
+  ProtAlbert, ProtElectra, ProtXLNet). `encoder_only=None` keeps what the
+  checkpoint holds (a T5EncoderModel, a BertModel without pooler or an
+  XLNetModel is encoder-only);
   True skips the decoder / heads. Names and shapes are checked before
   anything large is read.
   """

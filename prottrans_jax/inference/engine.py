@@ -568,7 +568,7 @@ class Embedder:
             f"RESOURCE_EXHAUSTED: Out of memory: {rows} rows x "
             f"{config.attention_block(length)} queries attending at once > "
             f"{TEST_OOM_ENV}={self._test_oom_above_tokens} (test hook)")
-    tokens = np.zeros((rows, length), np.int32)
+    tokens = np.full((rows, length), self.family.pad_id, np.int32)
     residue_mask = np.zeros((rows, length), bool)
     first = self.family.first_residue_row
     for row, record in enumerate(batch_records):

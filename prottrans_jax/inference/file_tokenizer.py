@@ -89,6 +89,7 @@ def _named(vocabulary: vocab_lib.CharacterVocabulary, **ids: int) -> dict[str, s
 
 _PROTT5 = vocab_lib.ProtT5Vocabulary()
 _PROTBERT = vocab_lib.ProtBertVocabulary()
+_PROTXLNET = vocab_lib.ProtXLNetVocabulary()
 _WITH_X = vocab_lib.STANDARD_RESIDUES + "X"
 _BERT_STYLE = dict(before=(_CLS,), after=(_SEP,), to_x=vocab_lib.RARE_RESIDUES,
                    to_unk="", required=_WITH_X)
@@ -110,7 +111,9 @@ FRAMINGS: dict[str, Framing] = {
     # XLNetTokenizer's defaults and the ProtXLNet notebook's re.sub("[UZOB]",
     # "<unk>"); bio_embeddings also gives X as <unk>.
     "xlnet": Framing(before=(), after=(_SEP, _CLS),
-                     defaults={_SEP: "<sep>", _CLS: "<cls>", _UNK: "<unk>"},
+                     defaults=_named(_PROTXLNET, sep_token=_PROTXLNET.SEP_ID,
+                                     cls_token=_PROTXLNET.CLS_ID,
+                                     unk_token=_PROTXLNET.UNK_ID),
                      to_x="", to_unk="UZOBX", required=vocab_lib.STANDARD_RESIDUES),
 }
 

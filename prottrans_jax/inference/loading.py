@@ -119,7 +119,7 @@ def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
 
 def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
             devices: Sequence[jax.Device] | None = None) -> LoadedModel:
-  """A Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra directory
+  """A Hugging Face ProtT5, ProtBert, ProtAlbert, ProtElectra or ProtXLNet directory
   (config.json + safetensors or pytorch_model.bin), local or a URL, or a
   Hub model id (`Rostlab/prot_t5_xl_half_uniref50-enc[@revision]`: its
   directory in the Hub cache, downloaded when online; see
