@@ -163,8 +163,9 @@ def test_objective_is_the_cross_entropy_at_the_target_rows(sample_batches):
   # Jitted: eager dispatch compiles every op on its own.
   loss_sums = jax.jit(lambda p, b, rng: plm.loss_sums(model, p, b, rng, 0.0))
   sums = loss_sums(params, batch, None)
-  logits, targets, eval_weights = jax.jit(lambda p, b: plm.eval_outputs(model, p, b))(
+  logits, targets, eval_weights, extra_sums = jax.jit(lambda p, b: plm.eval_outputs(model, p, b))(
       params, batch)
+  assert extra_sums == {}  # No further eval sums for the permutation LM.
   weights = batch["target_weights"].astype(np.float32)
   logits = np.asarray(logits, np.float64)
   log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))

@@ -11,17 +11,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import seqio
 import tensorflow as tf
 
 from prottrans_jax import checkpoints
 from prottrans_jax import families
 from prottrans_jax import gin_utils
+from prottrans_jax.data import sample_corpus
+from prottrans_jax.downstream import metrics
 from prottrans_jax.models import electra
+from prottrans_jax.tasks import protein
 from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import trainer
 
 STEPS = 60
+ELECTRA_STEPS = 40
 
 
 def _logged(model_dir: pathlib.Path) -> dict[str, list[float]]:
@@ -35,46 +40,83 @@ def _logged(model_dir: pathlib.Path) -> dict[str, list[float]]:
   return {k: [v for _, v in sorted(steps)] for k, steps in scalars.items()}
 
 
-@pytest.mark.parametrize("model,learning_rate", [
-    ("protbert_tiny", 0.02), ("protalbert_tiny", 0.02), ("protelectra_tiny", 0.01)])
-def test_loss_falls_on_the_bundled_corpus(model, learning_rate, tmp_path):
+def _train(model_dir: pathlib.Path, model: str, overrides: list[str]) -> dict[str, float]:
+  """Trains with the model's gin file and runs/pretrain_bert.gin on 8 host
+  devices, 2-way model parallel; returns the last logged metrics."""
   gin.clear_config()
   gin_utils.parse(
       [f"models/{model}.gin", "runs/pretrain_bert.gin"],
-      [f"MODEL_DIR = '{tmp_path}'", f"TRAIN_STEPS = {STEPS}", "BATCH_SIZE = 8",
-       "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 64}", "NUM_PARTITIONS = 2",
-       f"LEARNING_RATE = {learning_rate}", "WARMUP_STEPS = 5", "trainer.train.log_period = 1",
-       "trainer.train.eval_period = None", "trainer.train.checkpoint_period = 1000"])
+      [f"MODEL_DIR = '{model_dir}'", "NUM_PARTITIONS = 2", "WARMUP_STEPS = 5",
+       "trainer.train.log_period = 1", "trainer.train.checkpoint_period = 1000",
+       *overrides])
   try:
-    last = gin.get_configurable(trainer.train)()
+    return gin.get_configurable(trainer.train)()
   finally:
     gin.clear_config()
-  logged = _logged(tmp_path)
-  loss = logged["loss"]
+
+
+@pytest.mark.parametrize("model", ["protbert_tiny", "protalbert_tiny"])
+def test_loss_falls_on_the_bundled_corpus(model, tmp_path):
+  _train(tmp_path, model, [
+      f"TRAIN_STEPS = {STEPS}", "BATCH_SIZE = 8", "LEARNING_RATE = 0.02",
+      "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 64}",
+      "trainer.train.eval_period = None"])
+  loss = _logged(tmp_path)["loss"]
   assert len(loss) == STEPS
   # Means over 10 steps: single packed batches are noisy. 60 steps take
   # the masked-LM loss from uniform towards the residue frequencies.
   assert np.mean(loss[-10:]) < np.mean(loss[:10]) - 0.1, loss
   model_name, _ = checkpoints.checkpoint_model_config(tmp_path)
-  assert model_name == {"protbert_tiny": "bert", "protalbert_tiny": "albert",
-                        "protelectra_tiny": "electra_pretraining"}[model]
-  if model == "protelectra_tiny":
-    # Both networks learn: the generator's MLM loss and the discriminator's
-    # replaced-token loss fall. Accuracy above the all-original baseline is
-    # not asserted: with 15% masking about 13.5% of real tokens are
-    # replaced, so "replaced" wins only where a residue is ~6.5x less likely
-    # in its context than under the generator. Once the generator has the
-    # residue frequencies (about 40 steps here) only residues real proteins never
-    # contain (U, Z, O, B; X is rare) pass that bar, and only while the
-    # generator still samples them. Measured here (batch 8 x 64, mean
-    # accuracy minus baseline over the last 50 steps): LAMB at 0.01-0.1,
-    # 300 steps: 0; AdamW at 1e-3, 300 steps: +0.0009 (seeds 0, 2) or 0
-    # (seed 1); 2500 steps: +0.0001. Flagging by a leave-one-out model of
-    # each residue given its two neighbours (this corpus, unigram generator)
-    # scores 0.017 below the baseline: local context alone does not help.
-    for name in ("cross_entropy", "discriminator_loss"):
-      assert np.mean(logged[name][-10:]) < 0.95 * np.mean(logged[name][:10]), name
-    assert 0 < last["discriminator_all_original_accuracy"] < 1
+  assert model_name == {"protbert_tiny": "bert", "protalbert_tiny": "albert"}[model]
+
+
+@pytest.fixture
+def half_split_task():
+  """The bundled proteins split in halves: the bundled task's validation
+  tenth holds 2,843 residues, fewer than the 5,000 an AUC interval is to
+  rest on; half of them give 6,587 at 128 tokens a protein."""
+  name = "swissprot_sample_halves"
+  protein.register_objectives(name, protein.fasta_source(sample_corpus.FASTA_PATH, 0.5))
+  yield f"{name}_protbert_mlm"
+  for objective in ("prott5_denoise", "protbert_mlm"):
+    seqio.TaskRegistry.remove(f"{name}_{objective}")
+
+
+def test_protelectra_eval_reports_replaced_token_auc(half_split_task, tmp_path):
+  last = _train(tmp_path, "protelectra_tiny", [
+      f"MIXTURE_OR_TASK_NAME = '{half_split_task}'", f"TRAIN_STEPS = {ELECTRA_STEPS}",
+      "BATCH_SIZE = 8", "LEARNING_RATE = 0.01",
+      "TASK_FEATURE_LENGTHS = {'inputs': 128, 'targets': 128}",
+      f"trainer.train.eval_period = {ELECTRA_STEPS}"])
+  assert checkpoints.checkpoint_model_config(tmp_path)[0] == "electra_pretraining"
+  logged = _logged(tmp_path)
+  # Both networks learn: the generator's MLM loss and the discriminator's
+  # replaced-token loss fall.
+  for name in ("cross_entropy", "discriminator_loss"):
+    assert np.mean(logged[name][-10:]) < 0.95 * np.mean(logged[name][:10]), name
+  # Evaluation on the validation half reports the discriminator's ROC AUC
+  # for replaced residues with DeLong's 95% interval over >= 5,000
+  # residues, and the generator's masked-residue accuracy beside the
+  # most-common-residue baseline.
+  residues = last["eval/detection_replaced"] + last["eval/detection_original"]
+  assert residues >= 5000 and 0.1 < last["eval/detection_replaced"] / residues < 0.2
+  assert (0 <= last["eval/discriminator_auc_ci_low"] < last["eval/discriminator_auc"]
+          < last["eval/discriminator_auc_ci_high"] <= 1), last
+  assert last["eval/discriminator_auc_ci_high"] - last["eval/discriminator_auc_ci_low"] < 0.1
+  assert 0 < last["eval/most_common_residue_baseline"] < 0.2
+  assert 0 <= last["eval/masked_residue_accuracy"] <= 1
+  # Not asserted: the issue's criterion, an interval above 0.5, and a
+  # generator above the baseline, because neither holds reliably at a CI
+  # budget. Measured (8 x 128 tokens a step, LAMB 0.01, 2-core AMD EPYC):
+  # after 60 steps the AUC is 0.525 [0.508, 0.542] (seed 0), 0.502
+  # [0.499, 0.504] (seed 1), 0.504 [0.499, 0.509] (seed 2); seed 0 gives
+  # 0.52-0.53 at every 10 steps from 10 to 40. An untrained
+  # discriminator already scores 0.540, 0.554 and 0.504 (seeds 0-2): its
+  # random token features rank the generator's near-uniform samples apart
+  # from the residues' own frequencies, so an interval above 0.5 does not
+  # by itself show learning. The generator's masked-residue accuracy is
+  # 0.070-0.098, never above the baseline (0.098: always L, the most frequent
+  # residue of the training half and of these positions).
 
 
 def test_lamb_adapts_kernels_but_not_biases_or_layer_norms():
@@ -150,3 +192,45 @@ def test_electra_loss_and_metrics_count_each_real_token_once():
   np.testing.assert_allclose(
       sums["loss"] / sums["weight"],
       sums["cross_entropy"] / sums["weight"] + 50 * bce[real].mean(), rtol=1e-5)
+  # Evaluation bins the discriminator's logits of residues only ([CLS],
+  # [SEP] and padding left out), split by whether the residue was replaced.
+  *_, histograms = jax.jit(lambda p, b: objectives.electra_eval(model, p, b))(params, batch)
+  residues = batch["encoder_target_tokens"] >= config.num_special_tokens
+  assert histograms["detection_replaced_counts"].sum() == (replaced & residues).sum()
+  assert histograms["detection_original_counts"].sum() == (~replaced & residues).sum()
+  assert residues.sum() == 17
+
+
+def test_discriminator_auc_and_its_interval_from_binned_logits():
+  sklearn_metrics = pytest.importorskip("sklearn.metrics")
+  rng = np.random.default_rng(0)
+  # 6,000 residues, 15% replaced, replaced logits shifted up by 0.3 sd.
+  replaced = rng.random(6000) < 0.15
+  logits = rng.normal(-2.0, 1.0, 6000) + 0.3 * replaced
+  counts = objectives.detection_histograms(jnp.asarray(logits, jnp.float32),
+                                           jnp.asarray(replaced), jnp.ones(6000, bool))
+  auc = objectives.electra_eval_metrics(jax.device_get(counts))
+  assert auc["detection_replaced"] == replaced.sum()
+  assert auc["detection_original"] == (~replaced).sum()
+  # Bins 1/128 wide: within a small fraction of sklearn's exact AUC.
+  assert abs(auc["discriminator_auc"] - sklearn_metrics.roc_auc_score(replaced, logits)) < 1e-3
+  # DeLong's standard error agrees with a bootstrap of the exact AUC.
+  draws = rng.integers(0, 6000, size=(400, 6000))
+  boot = [sklearn_metrics.roc_auc_score(replaced[d], logits[d]) for d in draws]
+  np.testing.assert_allclose(auc["discriminator_auc_stderr"], np.std(boot), rtol=0.15)
+  np.testing.assert_allclose(
+      [auc["discriminator_auc_ci_low"], auc["discriminator_auc_ci_high"]],
+      auc["discriminator_auc"] + np.array([-1.96, 1.96]) * auc["discriminator_auc_stderr"],
+      rtol=1e-4)
+  # Scores that are whole bins apart are ranked exactly, ties counting
+  # one half, as sklearn does.
+  step = 2 * objectives.DETECTION_LOGIT_RANGE / objectives.DETECTION_BINS
+  coarse = (rng.integers(-3, 4, 6000) + 0.5 + replaced) * step
+  counts = objectives.detection_histograms(jnp.asarray(coarse, jnp.float32),
+                                           jnp.asarray(replaced), jnp.ones(6000, bool))
+  exact = metrics.binned_roc_auc(counts["detection_replaced_counts"],
+                                 counts["detection_original_counts"])
+  np.testing.assert_allclose(exact.value, sklearn_metrics.roc_auc_score(replaced, coarse),
+                             rtol=1e-9)
+  with pytest.raises(ValueError, match="two positives"):
+    metrics.binned_roc_auc(np.array([1.0, 0.0]), np.array([3.0, 4.0]))

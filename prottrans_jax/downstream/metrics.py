@@ -94,3 +94,51 @@ def majority_score(train_labels: Sequence[Mapping[str, np.ndarray]],
 def format_score(score: Score) -> str:
   """'81.2 ±0.9': accuracy in percent ± its standard error."""
   return f"{100 * score.value:.1f} ±{100 * score.stderr:.1f}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Auc:
+  value: float  # Area under the ROC curve: P(positive scores above negative).
+  stderr: float  # DeLong's.
+  ci_low: float
+  ci_high: float
+  positives: int
+  negatives: int
+
+
+def binned_roc_auc(positive_counts: np.ndarray, negative_counts: np.ndarray,
+                   z: float = 1.959964) -> Auc:
+  """ROC AUC with DeLong's standard error, from counts of scores per bin.
+
+  Bin i holds the items whose score falls in the i-th of ascending score
+  intervals, so counts add over batches and devices (the eval steps sum
+  them) while the AUC is Mann-Whitney's over the binned scores: a positive
+  and a negative in the same bin count one half. DeLong's variance treats
+  every item as independent: each positive's placement (the share of
+  negatives it outranks) and each negative's (the share of positives
+  above it) average to the AUC and are constant within a bin, so both
+  variances come from the counts exactly. The interval is the normal one, value +- z stderr (z for
+  95% by default), cut to [0, 1].
+  """
+  positive = np.asarray(positive_counts, np.float64)
+  negative = np.asarray(negative_counts, np.float64)
+  if positive.shape != negative.shape or positive.ndim != 1:
+    raise ValueError(f"positive and negative counts must be two equal 1-D "
+                     f"histograms, not shapes {positive.shape} and "
+                     f"{negative.shape}")
+  m, n = positive.sum(), negative.sum()
+  if m < 2 or n < 2:
+    raise ValueError(f"an AUC needs at least two positives and two "
+                     f"negatives, not {m:g} and {n:g}")
+  negatives_below = np.cumsum(negative) - negative
+  positives_above = m - np.cumsum(positive)
+  positive_placement = (negatives_below + 0.5 * negative) / n
+  negative_placement = (positives_above + 0.5 * positive) / m
+  value = float(np.sum(positive * positive_placement) / m)
+  variance = (np.sum(positive * (positive_placement - value) ** 2) / (m - 1) / m
+              + np.sum(negative * (negative_placement - value) ** 2)
+              / (n - 1) / n)
+  stderr = float(np.sqrt(variance))
+  return Auc(value=value, stderr=stderr, ci_low=max(0.0, value - z * stderr),
+             ci_high=min(1.0, value + z * stderr), positives=int(m),
+             negatives=int(n))

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import seqio
 
 from prottrans_jax.data import feature_converters
+from prottrans_jax.downstream import metrics
 from prottrans_jax.models import electra
 from prottrans_jax.training import losses
 
@@ -40,8 +41,9 @@ class Objective:
       over the batch with "loss" (the summed loss), "cross_entropy",
       "z_loss", "correct" and "weight"; sums add over microbatches.
     loss_weights: batch -> the weights the loss normalizing factor counts.
-    eval_outputs: (model, params, batch) -> (logits, targets, weights) of
-      the token predictions evaluation scores.
+    eval_outputs: (model, params, batch) -> (logits, targets, weights,
+      extra_sums): the token predictions evaluation scores, and further
+      sums over the batch (which add over batches) for `eval_metrics`.
     feature_converter: seqio converter class (called with pack=...).
     features: batch feature -> the task feature length it has ("inputs"
       or "targets"), or a tuple of them, one per axis after the batch
@@ -51,6 +53,8 @@ class Objective:
     masked: (batch, mask_id) -> where a target's own token was hidden from
       the model, shaped like the targets (masked-residue accuracy counts
       these); default: where the encoder input is the mask token.
+    eval_metrics: the summed extra_sums of an evaluation -> further
+      evaluation metrics (e.g. ELECTRA's discriminator ROC AUC).
   """
   loss_sums: Callable[..., dict[str, jnp.ndarray]]
   loss_weights: Callable[[Batch], jnp.ndarray]
@@ -61,6 +65,7 @@ class Objective:
       lambda sums: {})
   masked: Callable[[Batch, int], jnp.ndarray] = (
       lambda batch, mask_id: batch["encoder_input_tokens"] == mask_id)
+  eval_metrics: Callable[[Mapping[str, Any]], dict[str, float]] = lambda totals: {}
 
   def _axes(self, name: str) -> tuple[str, ...]:
     axes = self.features[name]
@@ -110,7 +115,7 @@ def _token_cross_entropy(model_features: tuple[str, ...], targets: str, weights:
 
   def eval_outputs(model, params, batch):
     return (_apply(model, params, batch, None, model_features), batch[targets],
-            batch[weights])
+            batch[weights], {})
 
   return loss_sums, eval_outputs
 
@@ -170,10 +175,47 @@ def electra_metrics(sums):
           "discriminator_all_original_accuracy": 1.0 - sums["discriminator_replaced"] / tokens}
 
 
+# Discriminator logits are counted in DETECTION_BINS equal bins over
+# [-DETECTION_LOGIT_RANGE, DETECTION_LOGIT_RANGE] (the ends take what lies
+# beyond), so the ROC AUC is a sum over batches and devices like every
+# eval metric. Bins 1/128 wide tie only near-equal scores: the AUC moves by
+# at most half the share of replaced/original pairs that share a bin.
+DETECTION_BINS = 4096
+DETECTION_LOGIT_RANGE = 16.0
+
+
+def detection_histograms(logits: jnp.ndarray, replaced: jnp.ndarray,
+                         valid: jnp.ndarray) -> dict[str, jnp.ndarray]:
+  """Counts of valid tokens' discriminator logits per bin, replaced and not."""
+  scaled = (logits + DETECTION_LOGIT_RANGE) * (DETECTION_BINS / (2 * DETECTION_LOGIT_RANGE))
+  bins = jnp.clip(jnp.floor(scaled).astype(jnp.int32), 0, DETECTION_BINS - 1).reshape(-1)
+  valid = valid.reshape(-1).astype(jnp.float32)
+  replaced = replaced.reshape(-1).astype(jnp.float32)
+  count = lambda weights: jnp.zeros(DETECTION_BINS, jnp.float32).at[bins].add(weights)
+  return {"detection_replaced_counts": count(valid * replaced),
+          "detection_original_counts": count(valid * (1.0 - replaced))}
+
+
 def electra_eval(model, params, batch):
-  """The generator's predictions (what the masked-residue metrics score)."""
+  """The generator's predictions (what the masked-residue metrics score),
+  and the discriminator's logits binned by whether each real residue was
+  replaced (the generator's sample differs from the original; special
+  tokens and padding are left out) for its ROC AUC."""
   out = _electra_outputs(model, params, batch, None, jax.random.key(0))
-  return out["generator_logits"], batch["encoder_target_tokens"], _selected(batch)
+  residues = batch["encoder_target_tokens"] >= model.config.num_special_tokens
+  return (out["generator_logits"], batch["encoder_target_tokens"], _selected(batch),
+          detection_histograms(out["discriminator_logits"], out["replaced"], residues))
+
+
+def electra_eval_metrics(totals):
+  """Replaced-token detection's ROC AUC with DeLong's 95% interval (over
+  every evaluated residue as an independent item)."""
+  auc = metrics.binned_roc_auc(totals["detection_replaced_counts"],
+                               totals["detection_original_counts"])
+  return {"discriminator_auc": auc.value, "discriminator_auc_stderr": auc.stderr,
+          "discriminator_auc_ci_low": auc.ci_low, "discriminator_auc_ci_high": auc.ci_high,
+          "detection_replaced": float(auc.positives),
+          "detection_original": float(auc.negatives)}
 
 
 ENCODER_DECODER = Objective(
@@ -197,7 +239,8 @@ ELECTRA = Objective(
     eval_outputs=electra_eval,
     feature_converter=feature_converters.MaskedLmFeatureConverter,
     features={name: "inputs" for name in _MLM_FEATURES},
-    extra_metrics=electra_metrics)
+    extra_metrics=electra_metrics,
+    eval_metrics=electra_eval_metrics)
 
 
 # XLNet: the sequence's features have the "inputs" length L, the predicted
@@ -226,7 +269,7 @@ def permutation_lm_sums(model, params, batch, dropout_rng, z_loss):
 
 def permutation_lm_eval(model, params, batch):
   return (_plm_logits(model, params, batch, None), batch["target_ids"],
-          batch["target_weights"])
+          batch["target_weights"], {})
 
 
 PERMUTATION_LM = Objective(

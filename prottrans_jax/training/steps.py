@@ -130,7 +130,7 @@ def eval_sums(params: Any, batch: Batch, *, model: nn.Module,
   those positions hold exactly the residues the model had to reconstruct);
   for the permutation LM, every predicted token.
   """
-  logits, targets, weights = objective.eval_outputs(model, params, batch)
+  logits, targets, weights, extra = objective.eval_outputs(model, params, batch)
   weights = weights.astype(jnp.float32)
   sums = losses.cross_entropy_sums(logits, targets, weights, z_loss=0.0)
   masked = weights * objective.masked(batch, mask_id)
@@ -145,11 +145,14 @@ def eval_sums(params: Any, batch: Batch, *, model: nn.Module,
       # Residue counts at masked positions: the most-common-residue baseline.
       "masked_target_counts": jnp.zeros(vocab_size, jnp.float32).at[
           targets.reshape(-1)].add(masked.reshape(-1)),
+      **extra,
   }
 
 
-def eval_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
-  """Loss, perplexity and accuracies from summed `eval_sums`."""
+def eval_metrics(totals: Mapping[str, Any], objective: objectives_lib.Objective
+                 ) -> dict[str, float]:
+  """Loss, perplexity and accuracies from summed `eval_sums`, and the
+  objective's own metrics."""
   weight = max(float(totals["weight"]), 1.0)
   masked = max(float(totals["masked"]), 1.0)
   loss = float(totals["cross_entropy"]) / weight
@@ -161,6 +164,7 @@ def eval_metrics(totals: Mapping[str, Any]) -> dict[str, float]:
       "most_common_residue_baseline":
           float(jnp.max(totals["masked_target_counts"])) / masked,
       "masked_residues": float(totals["masked"]),
+      **objective.eval_metrics(totals),
   }
 
 

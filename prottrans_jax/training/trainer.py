@@ -41,6 +41,7 @@ from prottrans_jax import partitioning
 from prottrans_jax import run_lock
 from prottrans_jax.training import inputs
 from prottrans_jax.training import mfu
+from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import summaries
@@ -154,8 +155,10 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
 def run_eval(eval_step: Callable, params: Any,
              batches: Iterable[inputs.Batch],
              batch_sharding: jax.sharding.Sharding,
-             global_batch_size: int) -> dict[str, float]:
-  """Loss, perplexity and masked-residue accuracy over `batches` (this
+             global_batch_size: int,
+             objective: objectives.Objective) -> dict[str, float]:
+  """Loss, perplexity, masked-residue accuracy and the objective's own eval
+  metrics (ELECTRA: the discriminator's ROC AUC) over `batches` (this
   process's rows of each global batch)."""
   totals = None
   for rows in batches:
@@ -165,7 +168,7 @@ def run_eval(eval_step: Callable, params: Any,
         jnp.add, totals, sums)
   if totals is None:
     raise ValueError("the evaluation split yielded no batches")
-  return steps.eval_metrics(jax.device_get(totals))
+  return steps.eval_metrics(jax.device_get(totals), objective)
 
 
 def _format(metrics: Mapping[str, float]) -> str:
@@ -657,7 +660,7 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
                   task_name, task_feature_lengths, shard,
                   max_batches=eval_batches,
                   feature_converter=objective.feature_converter),
-              batch_sharding, batch_size)
+              batch_sharding, batch_size, objective)
           logging.info("eval step %d %s", done, _format(evaluated))
           eval_summaries.write(done, evaluated)
           last.update({f"eval/{k}": v for k, v in evaluated.items()})
@@ -704,7 +707,7 @@ def evaluate(*, model_dir: str, task_name: str,
         inputs.eval_batches(task_name, task_feature_lengths, shard,
                             split=split, max_batches=eval_batches,
                             feature_converter=objective.feature_converter),
-        batch_sharding, batch_size)
+        batch_sharding, batch_size, objective)
   logging.info("eval %s of %s: %s", split, step_dir, _format(metrics))
   writer = summaries.SummaryWriter(model_dir / f"eval_{split}")
   writer.write(int(step_dir.name), metrics)
