@@ -70,12 +70,15 @@ from prottrans_jax.inference import batching  # pylint: disable=g-import-not-at-
 from prottrans_jax.inference import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prottrans_jax.models import bert  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prottrans_jax.models import t5  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prottrans_jax.models import xlnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                               "data", "sequences", "globins45.fasta")
-# ProtBert sizes are bert.BERT_CONFIGS' with a "protbert" prefix.
-_BERT_ROWS = {"protbert": bert.BERT_CONFIGS["protbert"],
-              "protbert_tiny": bert.BERT_CONFIGS["tiny"]}
+# Rows besides t5.T5_CONFIGS' sizes (by their names there).
+_OTHER_ROWS = {"protbert": bert.BERT_CONFIGS["protbert"],
+               "protbert_tiny": bert.BERT_CONFIGS["tiny"],
+               "protxlnet": xlnet.XLNET_CONFIGS["protxlnet"],
+               "protxlnet_tiny": xlnet.XLNET_CONFIGS["tiny"]}
 # Vendors' dense (no sparsity) bfloat16 tensor-core peaks, TFLOP/s, by the
 # name the driver reports; float16 is the same on these parts.
 NOMINAL_BF16_PEAK_TFLOPS = {
@@ -87,7 +90,7 @@ _CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 
 _CONFIGS = flags.DEFINE_list(
     "configs", ["tiny", "prott5_xl", "protbert"],
-    f"Model sizes among {sorted(t5.T5_CONFIGS) + sorted(_BERT_ROWS)}.")
+    f"Model sizes among {sorted(t5.T5_CONFIGS) + sorted(_OTHER_ROWS)}.")
 _FASTA = flags.DEFINE_string(
     "fasta", _DEFAULT_FASTA, "Real proteins to embed (default: the globin "
     "family from ../shared/data, lengths 140-160; use "
@@ -286,7 +289,7 @@ def main(argv):
         f"{'ours TFLOP/s':>12} {'of matmul':>9} {'of nominal':>10}   "
         "ratio by round; first pass s (ours, hf)")
   for name in _CONFIGS.value:
-    config = _BERT_ROWS[name] if name in _BERT_ROWS else t5.T5_CONFIGS[name]
+    config = _OTHER_ROWS[name] if name in _OTHER_ROWS else t5.T5_CONFIGS[name]
     family = families.of(config)
     hf_model, params = random_hf_encoder(config, hf_dtype, torch_device)
     n_params = sum(p.numel() for p in hf_model.parameters())

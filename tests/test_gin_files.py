@@ -28,6 +28,7 @@ from prottrans_jax.training import trainer
 
 T5_RUNS = ("runs/pretrain.gin", "runs/finetune.gin")
 BERT_RUNS = ("runs/pretrain_bert.gin",)
+XLNET_RUNS = ("runs/pretrain_xlnet.gin",)
 
 # Model file -> (the config class it binds to trainer.train.model_config,
 # the run files it is used with).
@@ -43,8 +44,8 @@ MODEL_FILES = {
     "models/protelectra.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
     "models/protelectra_tiny.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
     # Until the permutation-LM run file exists, BERT's run file parses them.
-    "models/protxlnet.gin": (xlnet.XLNetConfig, BERT_RUNS),
-    "models/protxlnet_tiny.gin": (xlnet.XLNetConfig, BERT_RUNS),
+    "models/protxlnet.gin": (xlnet.XLNetConfig, XLNET_RUNS),
+    "models/protxlnet_tiny.gin": (xlnet.XLNetConfig, XLNET_RUNS),
 }
 # Family files: what the model files of a family share (each model file
 # includes its family's, directly or through another model file, and
@@ -74,6 +75,7 @@ REQUIRED_BINDINGS = {
     "runs/pretrain.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/finetune.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/pretrain_bert.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
+    "runs/pretrain_xlnet.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/quickstart.gin": (),
     "runs/eval.gin": ("MODEL_DIR = '/tmp/unused'",),
     **{pod: ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10")
@@ -285,6 +287,8 @@ PRESETS_IN_GIN = {
     ("electra", "tiny_generator"): ("models/protelectra_tiny.gin", "generator", TINY),
     ("electra", "tiny_discriminator"): ("models/protelectra_tiny.gin", "discriminator",
                                         TINY),
+    ("xlnet", "tiny"): ("models/protxlnet_tiny.gin", None, TINY),
+    ("xlnet", "protxlnet"): ("models/protxlnet.gin", None, {}),
 }
 PRESETS_WITHOUT_GIN = {
     ("t5", "base100m"): "bench/train_throughput.py's ~100M-parameter model",
@@ -294,6 +298,7 @@ PRESETS = {
     **{("bert", k): v for k, v in bert.BERT_CONFIGS.items()},
     **{("albert", k): v for k, v in albert.ALBERT_CONFIGS.items()},
     **{("electra", k): v for k, v in electra.ELECTRA_CONFIGS.items()},
+    **{("xlnet", k): v for k, v in xlnet.XLNET_CONFIGS.items()},
 }
 
 
