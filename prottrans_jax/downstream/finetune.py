@@ -188,3 +188,38 @@ def encode_batch(family: families.ModelFamily,
       else:
         batch[task][i] = labels
   return batch
+
+
+def load_checkpoint(path: str) -> tuple[FinetuneConfig, Any]:
+  """(config, params as host arrays) of a fine-tuning checkpoint: a
+  MODEL_DIR (its latest step) or a step directory."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from prottrans_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  step_dir = checkpoints.step_directory(path)
+  record = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(
+      step_dir / checkpoints.MODEL_CONFIG)
+  if record.get("model_name") != MODEL_NAME:
+    raise ValueError(f"{step_dir} holds a {record.get('model_name')!r} model, "
+                     f"not a fine-tuning ({MODEL_NAME}) checkpoint")
+  params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+      step_dir / checkpoints.PARAMS)
+  return FinetuneConfig.from_dict(record["config"]), params
+
+
+def merge_checkpoint(finetune_checkpoint: str, output_dir: str,
+                     step: int = 0) -> Any:
+  """Writes the fine-tuned encoder (adapters folded into their kernels) as a
+  params-only checkpoint of its own family in `output_dir` (a MODEL_DIR),
+  what prottrans-embed --checkpoint_dir, prottrans-predict and
+  prottrans-convert read like any converted checkpoint. Encoder only: the
+  pre-training heads (T5's decoder, the MLM head) are not part of a
+  fine-tuned network. Returns the step directory."""
+  from prottrans_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  config, params = load_checkpoint(finetune_checkpoint)
+  encoder = jax.tree_util.tree_map(
+      np.asarray, merged_encoder(config, jax.tree_util.tree_map(
+          jnp.asarray, params)))
+  family = families.get(config.encoder_family)
+  return checkpoints.write_params_checkpoint(
+      output_dir, family.to_canonical(config.encoder, encoder), config.encoder,
+      step=step)
