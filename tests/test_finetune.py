@@ -111,7 +111,7 @@ def cb513(shared_data):
 
 def _train(model_dir, initial_checkpoint, proteins, **overrides):
   arguments = dict(
-      model_dir=str(model_dir), config=_config(), train_file="",
+      model_dir=str(model_dir), config=_config(),
       train_proteins=proteins[:16], validation_proteins=proteins[16:],
       max_length=48, batch_size=8, train_steps=STEPS,
       learning_rate=optimizers.constant_schedule(3e-3),
@@ -183,9 +183,9 @@ def test_merged_checkpoint_embeds_as_the_adapter_model(lora_run, tmp_path,
   embedded = dict((r.id, e) for batch in embedder.embed(records)
                   for r, e in batch)
   model = finetune.FinetuneModel(config)
+  hidden = jax.jit(model.hidden)
   for record in records:
     tokens = jnp.asarray([model.family.tokenize(record.sequence)])
-    expected = model.hidden(jax.tree_util.tree_map(jnp.asarray, params),
-                            tokens)[0, :len(record.sequence)]
+    expected = hidden(params, tokens)[0, :len(record.sequence)]
     np.testing.assert_allclose(embedded[record.id], expected, atol=1e-5,
                                rtol=1e-5)

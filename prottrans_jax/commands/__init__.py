@@ -25,6 +25,7 @@ COMMANDS = {
     "prottrans-train": "train",
     "prottrans-eval": "eval",
     "prottrans-merge-lora": "merge_lora",
+    "prottrans-finetune": "finetune",
 }
 # Top-level packages only the `[train]` extra installs.
 TRAIN_PACKAGES = frozenset({"tensorflow", "tensorflow_text", "seqio", "gin",
@@ -85,3 +86,7 @@ def evaluate_command() -> None:
 
 def merge_lora_command() -> None:
   launch("merge_lora")
+
+
+def finetune_command() -> None:
+  launch("finetune")

@@ -41,12 +41,17 @@ import optax
 import orbax.checkpoint as ocp
 
 from prottrans_jax import checkpoints
+from prottrans_jax import families
 from prottrans_jax import fs
 from prottrans_jax import partitioning
 from prottrans_jax import run_lock
+from prottrans_jax.data import sample_corpus
+from prottrans_jax.data import splits
 from prottrans_jax.downstream import finetune as finetune_lib
 from prottrans_jax.downstream import metrics as metrics_lib
+from prottrans_jax.downstream import models as heads
 from prottrans_jax.downstream import readers
+from prottrans_jax.models import electra
 from prottrans_jax.models import lora as lora_lib
 from prottrans_jax.training import mfu
 from prottrans_jax.training import optimizers
@@ -317,11 +322,26 @@ def read_proteins(path: str, label_format: str, limit: int | None,
   return proteins
 
 
+def make_config(encoder_config: Any, head: str = "ss_cnn",
+                lora: lora_lib.LoraConfig | None = lora_lib.LoraConfig(),
+                head_dropout: float = 0.25) -> finetune_lib.FinetuneConfig:
+  """The fine-tuning network of a model gin file's config (its family's
+  encoder; ProtElectra's joint network: its discriminator), a head kind of
+  downstream/models.py, and adapters (None: full fine-tuning)."""
+  if isinstance(encoder_config, electra.ElectraPretrainingConfig):
+    encoder_config = encoder_config.discriminator
+  family = families.of(encoder_config)
+  return finetune_lib.FinetuneConfig(
+      family.name, encoder_config,
+      heads.HeadConfig(head, finetune_lib.encoder_width(encoder_config),
+                       dropout=head_dropout), lora)
+
+
 def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
-          train_file: str, validation_file: str | None = None,
-          label_format: str = "netsurfp", train_limit: int | None = None,
-          validation_limit: int | None = None, max_length: int = 512,
-          batch_size: int = 8, train_steps: int = 1000,
+          train_file: str | None = None, validation_file: str | None = None,
+          label_format: str = "sample", validation_fraction: float = 0.1,
+          train_limit: int | None = None, validation_limit: int | None = None,
+          max_length: int = 512, batch_size: int = 8, train_steps: int = 1000,
           learning_rate: optimizers.Schedule = optimizers.constant_schedule(
               1e-3),
           optimizer: optax.GradientTransformation | None = None,
@@ -338,10 +358,13 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
 
   Args:
     model_dir: MODEL_DIR (local or a URL); resumed from its latest step.
-    config: encoder, head and adapters (FinetuneConfig).
-    train_file, validation_file, label_format, *_limit: the labelled sets
-      (`readers.read_labels` formats: netsurfp, deeploc, sample); or pass
-      `train_proteins` / `validation_proteins` directly.
+    config: encoder, head and adapters (`make_config`).
+    train_file, label_format, train_limit: the labelled training set
+      (`readers.read_labels` formats: netsurfp, deeploc, sample; the
+      bundled sample when None); or pass `train_proteins`.
+    validation_file, validation_limit: the validation set; without one,
+      the `validation_fraction` of the training file's proteins that
+      `data.splits` assigns by id (kept out of training).
     max_length: tokens per protein (longer ones are cut, labels with them).
     batch_size: global batch size (proteins).
     initial_checkpoint: the pre-trained encoder (a MODEL_DIR or step of its
@@ -363,15 +386,21 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
   if train_steps < 0:
     raise ValueError(f"finetune.train.train_steps must be >= 0, got "
                      f"{train_steps}")
-  optimizer = optimizer or optimizers.adamw()
-  model = finetune_lib.FinetuneModel(config)
   tasks = config.head.tasks
   if train_proteins is None:
-    train_proteins = read_proteins(train_file, label_format, train_limit,
-                                   tasks)
+    train_proteins = read_proteins(
+        train_file or sample_corpus.ANNOTATIONS_PATH, label_format,
+        train_limit, tasks)
+    if validation_file is None and validation_proteins is None:
+      validation_proteins = [p for p in train_proteins if splits.split_of(
+          p.id, validation_fraction) == splits.VALIDATION]
+      train_proteins = [p for p in train_proteins if splits.split_of(
+          p.id, validation_fraction) == splits.TRAIN]
   if validation_proteins is None and validation_file and eval_period:
     validation_proteins = read_proteins(validation_file, label_format,
                                         validation_limit, tasks)
+  optimizer = optimizer or optimizers.adamw()
+  model = finetune_lib.FinetuneModel(config)
   model_dir = fs.path(model_dir)
   if jax.process_index() == 0:
     model_dir.mkdir(parents=True, exist_ok=True)
