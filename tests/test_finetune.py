@@ -8,6 +8,7 @@ fine-tuning and the frozen-embedding CNN needs a pre-trained ProtT5 and
 hundreds of steps per model: bench/finetune.py prints it.
 """
 
+import dataclasses
 import shutil
 
 import flax
@@ -82,6 +83,11 @@ def test_trainable_count_equals_the_formula(encoder_family, encoder, kind):
   full_layout = finetune_training.plan(full, tx, mesh,
                                        partitioning.logical_axis_rules())
   assert full_layout.num_trainable == full_layout.num_params
+  # The frozen-embedding baseline trains the head alone.
+  frozen = finetune.FinetuneModel(dataclasses.replace(
+      full.config, freeze_encoder=True))
+  assert finetune_training.plan(
+      frozen, tx, mesh, partitioning.logical_axis_rules()).num_trainable == head
 
 
 def test_adapters_carry_their_kernels_axes():

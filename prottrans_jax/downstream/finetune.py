@@ -42,12 +42,15 @@ ENCODER, HEAD, LORA = "encoder", "head", "lora"
 class FinetuneConfig(configs.DictConfig):
   """Encoder family and config, head, and adapters (None: full fine-tuning).
 
-  `head.input_dim` must be the encoder's width.
+  `head.input_dim` must be the encoder's width. `freeze_encoder` trains the
+  head alone on the frozen encoder's output (the frozen-embedding baseline,
+  end to end on the same step; no adapters then).
   """
   encoder_family: str
   encoder: Any
   head: heads.HeadConfig
   lora: lora_lib.LoraConfig | None = None
+  freeze_encoder: bool = False
 
   def __post_init__(self):
     family = families.get(self.encoder_family)
@@ -57,6 +60,8 @@ class FinetuneConfig(configs.DictConfig):
     if type(self.encoder) is not family.config_class:  # pylint: disable=unidiomatic-typecheck
       raise ValueError(f"encoder config {type(self.encoder).__name__} is not "
                        f"a {family.name} config ({family.config_class.__name__})")
+    if self.freeze_encoder and self.lora is not None:
+      raise ValueError("freeze_encoder trains the head alone: set lora to None")
     width = encoder_width(self.encoder)
     if self.head.input_dim != width:
       raise ValueError(f"head input_dim {self.head.input_dim} differs from "
@@ -65,7 +70,8 @@ class FinetuneConfig(configs.DictConfig):
   def to_dict(self) -> dict[str, Any]:
     return {"encoder_family": self.encoder_family,
             "encoder": self.encoder.to_dict(), "head": self.head.to_dict(),
-            "lora": None if self.lora is None else self.lora.to_dict()}
+            "lora": None if self.lora is None else self.lora.to_dict(),
+            "freeze_encoder": self.freeze_encoder}
 
   @classmethod
   def from_dict(cls, d: Mapping[str, Any]) -> "FinetuneConfig":
@@ -74,7 +80,8 @@ class FinetuneConfig(configs.DictConfig):
                encoder=family.config_class.from_dict(d["encoder"]),
                head=heads.HeadConfig.from_dict(d["head"]),
                lora=None if d.get("lora") is None
-               else lora_lib.LoraConfig.from_dict(d["lora"]))
+               else lora_lib.LoraConfig.from_dict(d["lora"]),
+               freeze_encoder=bool(d.get("freeze_encoder", False)))
 
 
 # Families whose `encode` is a protein encoder (electra_pretraining's joint
@@ -113,8 +120,12 @@ class FinetuneModel:
 
   def trainable_mask(self, params: Any) -> dict:
     """True for what fine-tuning trains: everything without adapters; with
-    them, the adapters, the head and `lora.trainable` (layer norms)."""
-    mask = {ENCODER: lora_lib.trainable_mask(params[ENCODER], self.config.lora),
+    them, the adapters, the head and `lora.trainable` (layer norms); with
+    `freeze_encoder`, the head alone."""
+    encoder = lora_lib.trainable_mask(params[ENCODER], self.config.lora)
+    if self.config.freeze_encoder:
+      encoder = jax.tree_util.tree_map(lambda _: False, encoder)
+    mask = {ENCODER: encoder,
             HEAD: jax.tree_util.tree_map(lambda _: True, params[HEAD])}
     if LORA in params:
       mask[LORA] = jax.tree_util.tree_map(lambda _: True, params[LORA])

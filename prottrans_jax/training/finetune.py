@@ -116,12 +116,14 @@ def trainable_count_formula(model: finetune_lib.FinetuneModel,
                             abstract_params: Any) -> dict[str, int]:
   """The trainable parameter count, term by term: adapters (sum over
   targeted kernels of rank * (in + out)), head, and the base parameters
-  LoRA trains alongside (`LoraConfig.trainable`); or, with no adapters,
-  every parameter."""
+  LoRA trains alongside (`LoraConfig.trainable`); with no adapters, every
+  parameter; with a frozen encoder, the head's."""
   head = sum(x.size for x in jax.tree_util.tree_leaves(
       abstract_params[finetune_lib.HEAD]))
   encoder = abstract_params[finetune_lib.ENCODER]
   config = model.config.lora
+  if model.config.freeze_encoder:
+    return {"head": head}
   if config is None:
     return {"encoder": sum(x.size for x in jax.tree_util.tree_leaves(encoder)),
             "head": head}
@@ -324,17 +326,19 @@ def read_proteins(path: str, label_format: str, limit: int | None,
 
 def make_config(encoder_config: Any, head: str = "ss_cnn",
                 lora: lora_lib.LoraConfig | None = lora_lib.LoraConfig(),
-                head_dropout: float = 0.25) -> finetune_lib.FinetuneConfig:
+                head_dropout: float = 0.25, freeze_encoder: bool = False
+                ) -> finetune_lib.FinetuneConfig:
   """The fine-tuning network of a model gin file's config (its family's
   encoder; ProtElectra's joint network: its discriminator), a head kind of
-  downstream/models.py, and adapters (None: full fine-tuning)."""
+  downstream/models.py, and adapters (None: full fine-tuning;
+  `freeze_encoder` with None: the head alone)."""
   if isinstance(encoder_config, electra.ElectraPretrainingConfig):
     encoder_config = encoder_config.discriminator
   family = families.of(encoder_config)
   return finetune_lib.FinetuneConfig(
       family.name, encoder_config,
       heads.HeadConfig(head, finetune_lib.encoder_width(encoder_config),
-                       dropout=head_dropout), lora)
+                       dropout=head_dropout), lora, freeze_encoder)
 
 
 def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
