@@ -15,6 +15,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from prottrans_jax import checkpoints
@@ -168,7 +169,7 @@ def test_resumed_run_equals_the_uninterrupted_one(lora_run, tmp_path,
   _train(resumed, tiny_prott5_model_dir, cb513, eval_period=None)
   for item in (checkpoints.PARAMS, checkpoints.OPT_STATE):
     read = lambda d: jax.tree_util.tree_leaves(
-        checkpoints.ocp.PyTreeCheckpointer().restore(
+        ocp.PyTreeCheckpointer().restore(
             d / "checkpoints" / str(STEPS) / item))
     for a, b in zip(read(lora_run), read(resumed), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

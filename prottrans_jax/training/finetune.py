@@ -34,6 +34,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 from absl import logging
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,7 +63,6 @@ TrainState = train_state_lib.TrainState
 
 
 def _unbox(tree: Any) -> Any:
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return jax.tree_util.tree_map(
       lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
       is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
@@ -480,14 +480,18 @@ def _train(*, model, model_dir, config, train_proteins, validation_proteins,
     done = step + 1
     state, metrics = step_fn(state, _put(data.batch(step), mesh, rules))
     timed += 1
-    if done % log_period == 0 or done == train_steps:
+    saving = done % checkpoint_period == 0 or done == train_steps
+    if saving or done % log_period == 0:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(metrics["loss"]):
+      # Checked before any save, so a checkpoint never holds a bad step.
+      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
         manager.wait_until_finished()
         raise FloatingPointError(
-            f"fine-tuning step {done}: the loss is {metrics['loss']}; stopped "
+            f"fine-tuning step {done}: the loss ({metrics['loss']}) or "
+            f"gradient norm ({metrics['grad_norm']}) is not finite; stopped "
             f"without saving it (last checkpoint: step "
             f"{manager.latest_step()} in {model_dir})")
+    if done % log_period == 0 or done == train_steps:
       seconds = time.perf_counter() - timer
       tflops = flops_per_step * timed / seconds / 1e12 / jax.device_count()
       metrics.update(tokens_per_second=batch_size * max_length * timed / seconds,
@@ -497,7 +501,7 @@ def _train(*, model, model_dir, config, train_proteins, validation_proteins,
       train_writer.write(done, metrics)
       last.update(metrics)
       timer, timed = time.perf_counter(), 0
-    if done % checkpoint_period == 0 or done == train_steps:
+    if saving:
       _save(manager, done, state, config)
     if validation_proteins and eval_period and (
         done % eval_period == 0 or done == train_steps):
