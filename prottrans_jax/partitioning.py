@@ -74,6 +74,9 @@ REPLICATED_RULES: LogicalRules = (
     ("abspos_buckets", None),
     ("token_types", None),
     ("classes", None),
+    # LoRA adapters' inner dimension (models/lora.py): a handful of columns,
+    # so A and B shard only along their kernel's own axes.
+    ("lora_rank", None),
 )
 
 

@@ -24,26 +24,29 @@ from prottrans_jax.models import electra
 from prottrans_jax.models import t5
 from prottrans_jax.models import xlnet
 from prottrans_jax.training import aot
+from prottrans_jax.training import finetune
 from prottrans_jax.training import trainer
 
 T5_RUNS = ("runs/pretrain.gin", "runs/finetune.gin")
 BERT_RUNS = ("runs/pretrain_bert.gin",)
 XLNET_RUNS = ("runs/pretrain_xlnet.gin",)
+# Fine-tuning the model file's encoder with a task head (prottrans-finetune).
+FINETUNE_RUNS = ("runs/finetune_per_residue.gin", "runs/finetune_per_protein.gin")
 
 # Model file -> (the config class it binds to trainer.train.model_config,
 # the run files it is used with).
 MODEL_FILES = {
-    "models/prott5_tiny.gin": (t5.T5Config, T5_RUNS + ("runs/quickstart.gin",)),
-    "models/prott5_xl.gin": (t5.T5Config, T5_RUNS),
+    "models/prott5_tiny.gin": (t5.T5Config, T5_RUNS + ("runs/quickstart.gin",) + FINETUNE_RUNS),
+    "models/prott5_xl.gin": (t5.T5Config, T5_RUNS + FINETUNE_RUNS),
     "models/prott5_xxl.gin": (t5.T5Config, T5_RUNS),
     "models/protbert.gin": (bert.BertConfig, BERT_RUNS),
     "models/protbert_bfd.gin": (bert.BertConfig, BERT_RUNS),
-    "models/protbert_tiny.gin": (bert.BertConfig, BERT_RUNS),
+    "models/protbert_tiny.gin": (bert.BertConfig, BERT_RUNS + FINETUNE_RUNS),
     "models/protalbert.gin": (albert.AlbertConfig, BERT_RUNS),
-    "models/protalbert_tiny.gin": (albert.AlbertConfig, BERT_RUNS),
+    "models/protalbert_tiny.gin": (albert.AlbertConfig, BERT_RUNS + FINETUNE_RUNS),
     "models/protelectra.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
-    "models/protelectra_tiny.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
-    # Until the permutation-LM run file exists, BERT's run file parses them.
+    "models/protelectra_tiny.gin": (electra.ElectraPretrainingConfig,
+                                    BERT_RUNS + FINETUNE_RUNS),
     "models/protxlnet.gin": (xlnet.XLNetConfig, XLNET_RUNS),
     "models/protxlnet_tiny.gin": (xlnet.XLNetConfig, XLNET_RUNS),
 }
@@ -78,6 +81,8 @@ REQUIRED_BINDINGS = {
     "runs/pretrain_xlnet.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/quickstart.gin": (),
     "runs/eval.gin": ("MODEL_DIR = '/tmp/unused'",),
+    **{run: ("MODEL_DIR = '/tmp/unused'", "INITIAL_CHECKPOINT_PATH = None")
+       for run in FINETUNE_RUNS},
     **{pod: ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10")
        for pod in POD_FILES},
 }
@@ -216,7 +221,19 @@ def test_combination_parses_and_builds_its_configuration(files):
     # The topology it names is one the ahead-of-time tool knows.
     aot.parse_topology(gin_utils.configured_arguments(
         aot.compile_train_step)["topology"])
-  if files[0] in MODEL_FILES or files[0] in POD_FILES:
+  if files[-1] in FINETUNE_RUNS:
+    # The model file's config is the encoder; the run file adds the head
+    # and adapters, and binds everything a fine-tuning run needs.
+    encoder = gin_utils.configured_arguments(trainer.train)["model_config"]
+    assert type(encoder) is MODEL_FILES[files[0]][0]  # pylint: disable=unidiomatic-typecheck
+    config = gin.get_configurable(finetune.make_config)(encoder_config=encoder)
+    assert config.lora is not None and config.head.per_residue_output == (
+        files[-1] == "runs/finetune_per_residue.gin")
+    bound = gin_utils.configured_arguments(finetune.train)
+    assert _arguments_of(finetune.train, bound) == []
+    assert {"model_dir", "initial_checkpoint", "batch_size", "train_steps",
+            "learning_rate", "optimizer", "partition"} <= set(bound)
+  elif files[0] in MODEL_FILES or files[0] in POD_FILES:
     bound = _bound_arguments(trainer.train)
     config_class = (POD_FILES[files[0]] if files[0] in POD_FILES
                     else MODEL_FILES[files[0]][0])

@@ -24,6 +24,8 @@ COMMANDS = {
     "prottrans-visualize": "visualize",
     "prottrans-train": "train",
     "prottrans-eval": "eval",
+    "prottrans-merge-lora": "merge_lora",
+    "prottrans-finetune": "finetune",
 }
 # Top-level packages only the `[train]` extra installs.
 TRAIN_PACKAGES = frozenset({"tensorflow", "tensorflow_text", "seqio", "gin",
@@ -80,3 +82,11 @@ def train_command() -> None:
 
 def evaluate_command() -> None:
   launch("eval")
+
+
+def merge_lora_command() -> None:
+  launch("merge_lora")
+
+
+def finetune_command() -> None:
+  launch("finetune")

@@ -1,0 +1,40 @@
+"""Folds a fine-tuning run's LoRA adapters into its encoder's weights.
+
+  prottrans-merge-lora --checkpoint_dir runs/ss_lora --output_dir runs/ss_merged
+  prottrans-embed --checkpoint_dir runs/ss_merged --input x.fasta --output x.h5
+
+--checkpoint_dir is a fine-tuning MODEL_DIR (its latest step) or a step
+directory (prottrans_jax/training/finetune.py writes them). The output is a
+params-only checkpoint of the encoder's own family (ProtT5 encoder, ProtBert,
+...) with W + (alpha / rank) A B in every adapted kernel: embed, predict and
+the Hugging Face converter read it as any other checkpoint. A run without
+adapters (full fine-tuning) is written the same way.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+
+from prottrans_jax.downstream import finetune
+
+_CHECKPOINT_DIR = flags.DEFINE_string(
+    "checkpoint_dir", None, "Fine-tuning MODEL_DIR or step directory.")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "MODEL_DIR to write the merged encoder into (local "
+    "or gs://); must hold no checkpoint yet.")
+flags.mark_flags_as_required(["checkpoint_dir", "output_dir"])
+
+
+def main(argv):
+  del argv
+  try:
+    step_dir = finetune.merge_checkpoint(_CHECKPOINT_DIR.value,
+                                         _OUTPUT_DIR.value)
+  except (ValueError, FileNotFoundError) as e:
+    sys.exit(f"prottrans-merge-lora: error: {e}")
+  print(f"wrote {step_dir}")
+
+
+def start() -> None:
+  app.run(main)

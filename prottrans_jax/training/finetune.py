@@ -1,0 +1,517 @@
+"""Fine-tuning a pre-trained encoder with a task head (LoRA or full).
+
+The network is `downstream.finetune.FinetuneModel`; this is its training
+run, on the pre-training machinery: the device mesh and logical-axis rules
+(`partitioning`: adapters shard with their kernels), `train_state`'s
+TrainState, `optimizers` (schedules, learning-rate injection), the run lock
+and Orbax MODEL_DIR of `checkpoints` (params, opt_state, train_info,
+model_config items), TensorBoard summaries, and the trainer's logged
+metrics (tokens/s, MFU).
+
+What is trained: with LoRA, the adapters, the head and the layer norms;
+everything else is frozen. The step differentiates the loss with respect to
+the trainable tree alone (the frozen one is a constant of the loss, so no
+gradient of a frozen weight is ever formed), and the optimizer's state
+mirrors only the trainable tree; frozen arrays pass through the step
+untouched (bit-identical). Full fine-tuning is the same run with
+`lora=None`: everything trainable.
+
+Input: labelled proteins (downstream/readers.py) are small next to a corpus,
+so they are read once into host memory and framed with the family's
+tokenizer; the rows of step s are a pure function of (seed, s) (a fresh
+permutation per epoch), so a resumed run sees exactly the batches of an
+uninterrupted one with no data state to save. Each process builds the
+global batch and contributes the rows its devices hold.
+
+Evaluation on the validation set every `eval_period` steps: Q3/Q8 per
+residue or Q10/Q2 per protein (downstream/metrics.py, the same scores as
+the frozen-embedding heads).
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+from absl import logging
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from prottrans_jax import checkpoints
+from prottrans_jax import families
+from prottrans_jax import fs
+from prottrans_jax import partitioning
+from prottrans_jax import run_lock
+from prottrans_jax.data import sample_corpus
+from prottrans_jax.data import splits
+from prottrans_jax.downstream import finetune as finetune_lib
+from prottrans_jax.downstream import metrics as metrics_lib
+from prottrans_jax.downstream import models as heads
+from prottrans_jax.downstream import readers
+from prottrans_jax.models import electra
+from prottrans_jax.models import lora as lora_lib
+from prottrans_jax.training import mfu
+from prottrans_jax.training import optimizers
+from prottrans_jax.training import summaries
+from prottrans_jax.training import train_state as train_state_lib
+
+TrainState = train_state_lib.TrainState
+
+
+def _unbox(tree: Any) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: x.value if isinstance(x, nn.meta.AxisMetadata) else x, tree,
+      is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """The fine-tuning state planned from shapes alone.
+
+  Attributes:
+    abstract_params, mask: the whole tree's shapes; True where trained.
+    state: abstract TrainState (opt_state over the trainable tree only).
+    shardings: its shardings (a TrainState of them).
+  """
+  abstract_params: Any
+  mask: Any
+  state: TrainState
+  shardings: TrainState
+
+  @property
+  def num_params(self) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(self.abstract_params))
+
+  @property
+  def num_trainable(self) -> int:
+    trainable, _ = lora_lib.split(self.abstract_params, self.mask)
+    return sum(x.size for x in jax.tree_util.tree_leaves(trainable))
+
+
+def plan(model: finetune_lib.FinetuneModel, tx: optax.GradientTransformation,
+         mesh: jax.sharding.Mesh, rules: partitioning.LogicalRules) -> Layout:
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0)))
+  abstract = _unbox(boxed)
+  mask = model.trainable_mask(abstract)
+  param_shardings = partitioning.params_shardings(boxed, mesh, rules)
+  trainable, _ = lora_lib.split(abstract, mask)
+  trainable_shardings, _ = lora_lib.split(param_shardings, mask)
+  opt_state = jax.eval_shape(tx.init, trainable)
+  opt_shardings = partitioning.optimizer_state_shardings(
+      opt_state, trainable, trainable_shardings, mesh)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return Layout(
+      abstract_params=abstract, mask=mask,
+      state=TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
+                       params=abstract, opt_state=opt_state),
+      shardings=TrainState(step=replicated, params=param_shardings,
+                           opt_state=opt_shardings))
+
+
+def trainable_count_formula(model: finetune_lib.FinetuneModel,
+                            abstract_params: Any) -> dict[str, int]:
+  """The trainable parameter count, term by term: adapters (sum over
+  targeted kernels of rank * (in + out)), head, and the base parameters
+  LoRA trains alongside (`LoraConfig.trainable`); with no adapters, every
+  parameter; with a frozen encoder, the head's."""
+  head = sum(x.size for x in jax.tree_util.tree_leaves(
+      abstract_params[finetune_lib.HEAD]))
+  encoder = abstract_params[finetune_lib.ENCODER]
+  config = model.config.lora
+  if model.config.freeze_encoder:
+    return {"head": head}
+  if config is None:
+    return {"encoder": sum(x.size for x in jax.tree_util.tree_leaves(encoder)),
+            "head": head}
+  base, _ = lora_lib.split(encoder, lora_lib.trainable_mask(encoder, config))
+  return {"adapters": lora_lib.num_adapter_params(encoder, config),
+          "head": head,
+          "base_trainable": sum(x.size for x in jax.tree_util.tree_leaves(base))}
+
+
+def task_losses(logits: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Sum over tasks of each task's mean cross-entropy over its labelled
+  items (IGNORE excluded), and per-task correct/labelled counts."""
+  total, sums = 0.0, {}
+  for task, task_logits in logits.items():
+    labels = batch[task]
+    weight = (labels != readers.IGNORE).astype(jnp.float32)
+    safe = jnp.maximum(labels, 0)
+    log_probs = jax.nn.log_softmax(task_logits.astype(jnp.float32))
+    nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
+    count = jnp.sum(weight)
+    total = total + jnp.sum(nll * weight) / jnp.maximum(count, 1.0)
+    sums[f"{task}_correct"] = jnp.sum(
+        (jnp.argmax(task_logits, -1) == labels) * weight)
+    sums[f"{task}_labelled"] = count
+  return total, sums
+
+
+def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
+               model: finetune_lib.FinetuneModel, mask: Any,
+               tx: optax.GradientTransformation,
+               schedule: optimizers.Schedule, dropout_seed: int
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One update of the trainable tree; the frozen one is passed through."""
+  trainable, frozen = lora_lib.split(state.params, mask)
+  rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+
+  def loss_fn(trainable):
+    params = lora_lib.combine(trainable, frozen)
+    return task_losses(model(params, batch["tokens"], batch["mask"], rng),
+                       batch)
+
+  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  learning_rate = schedule(state.step)
+  opt_state = optimizers.with_learning_rate(state.opt_state, learning_rate)
+  updates, opt_state = tx.update(grads, opt_state, trainable)
+  trainable = optax.apply_updates(trainable, updates)
+  metrics = {"loss": loss, "learning_rate": learning_rate,
+             "grad_norm": optax.global_norm(grads)}
+  for task in model.config.head.tasks:
+    metrics[f"{task}_accuracy"] = sums[f"{task}_correct"] / jnp.maximum(
+        sums[f"{task}_labelled"], 1.0)
+  return TrainState(step=state.step + 1,
+                    params=lora_lib.combine(trainable, frozen),
+                    opt_state=opt_state), metrics
+
+
+class LabelledInput:
+  """Every process's copy of the framed proteins; `batch(step)` is the
+  global batch of that step (a pure function of seed and step)."""
+
+  def __init__(self, model: finetune_lib.FinetuneModel,
+               proteins: Sequence[readers.LabeledProtein], max_length: int,
+               batch_size: int, seed: int):
+    if not proteins:
+      raise ValueError("no labelled proteins to fine-tune on")
+    head = model.config.head
+    self.arrays = finetune_lib.encode_batch(
+        model.family, proteins, head.tasks, max_length,
+        head.per_residue_output)
+    self.batch_size, self.seed = batch_size, seed
+    self.size = len(proteins)
+
+  def indices(self, step: int) -> np.ndarray:
+    first = step * self.batch_size
+    positions = np.arange(first, first + self.batch_size)
+    epochs = positions // self.size
+    out = np.empty(self.batch_size, np.int64)
+    for epoch in np.unique(epochs):
+      order = np.random.default_rng([self.seed, int(epoch)]).permutation(
+          self.size)
+      where = epochs == epoch
+      out[where] = order[positions[where] % self.size]
+    return out
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    rows = self.indices(step)
+    return {k: v[rows] for k, v in self.arrays.items()}
+
+
+def _put(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh,
+         rules: partitioning.LogicalRules) -> dict[str, jax.Array]:
+  """Global arrays, rows over `data` (per-protein labels are 1-D)."""
+  two_d = partitioning.batch_sharding(mesh, rules)
+  one_d = jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(two_d.spec[0]))
+  out = {}
+  for name, value in batch.items():
+    sharding = two_d if np.ndim(value) == 2 else one_d
+    out.update(partitioning.make_global_batch({name: value}, sharding))
+  return out
+
+
+def evaluate(forward: Callable, params: Any, model: finetune_lib.FinetuneModel,
+             proteins: Sequence[readers.LabeledProtein], max_length: int,
+             batch_size: int, mesh: jax.sharding.Mesh,
+             rules: partitioning.LogicalRules) -> dict[str, float]:
+  """Accuracy per task over `proteins` (Q3/Q8 per residue, Q10/Q2 per
+  protein), through downstream/metrics.py."""
+  head = model.config.head
+  predictions, labels = [], []
+  for start in range(0, len(proteins), batch_size):
+    chunk = list(proteins[start:start + batch_size])
+    arrays = finetune_lib.encode_batch(model.family, chunk, head.tasks,
+                                       max_length, head.per_residue_output)
+    padded = {k: np.pad(v, [(0, batch_size - len(chunk))] + [(0, 0)] * (
+        v.ndim - 1)) for k, v in arrays.items()}
+    logits = jax.device_get(forward(params, _put(
+        {k: padded[k] for k in ("tokens", "mask")}, mesh, rules)))
+    for i in range(len(chunk)):
+      rows = arrays["mask"][i] > 0
+      if head.per_residue_output:
+        predictions.append({t: logits[t][i][rows] for t in head.tasks})
+        labels.append({t: arrays[t][i][rows] for t in head.tasks})
+      else:
+        predictions.append({t: logits[t][i] for t in head.tasks})
+        labels.append({t: arrays[t][i:i + 1] for t in head.tasks})
+  scores = metrics_lib.evaluate(predictions, labels, head.tasks)
+  return {t: s.value for t, s in scores.items()}
+
+
+def _initial_params(model: finetune_lib.FinetuneModel, layout: Layout,
+                    seed: int, initial_checkpoint: str | None) -> Any:
+  """Fresh head and adapters around the pre-trained encoder of
+  `initial_checkpoint` (a MODEL_DIR or step of the encoder's family); all
+  fresh without one."""
+  shardings = layout.shardings.params
+  params = jax.jit(lambda key: _unbox(model.init(key)),
+                   out_shardings=shardings)(jax.random.key(seed))
+  if not initial_checkpoint:
+    return params
+  step_dir = checkpoints.step_directory(initial_checkpoint)
+  name, _ = checkpoints.checkpoint_model_config(step_dir)
+  if name != model.family.name:
+    raise ValueError(f"initial checkpoint {step_dir} holds a {name} model; "
+                     f"the fine-tuning encoder is {model.family.name}")
+  family, encoder_config = model.family, model.config.encoder
+  target = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      layout.abstract_params[finetune_lib.ENCODER],
+      shardings[finetune_lib.ENCODER])
+  canonical = family.to_canonical(encoder_config, target)
+  restored, _ = checkpoints.restore_params_subset(step_dir, canonical)
+  encoder = jax.jit(functools.partial(family.to_layout, encoder_config),
+                    out_shardings=shardings[finetune_lib.ENCODER])(restored)
+  logging.info("encoder initialised from %s (%s); head%s fresh", step_dir,
+               name, " and adapters" if model.config.lora else "")
+  return {**params, finetune_lib.ENCODER: encoder}
+
+
+def _save(manager, step: int, state: TrainState,
+          config: finetune_lib.FinetuneConfig) -> None:
+  manager.save(step, force=True, args=ocp.args.Composite(**{
+      checkpoints.PARAMS: ocp.args.StandardSave(state.params),
+      checkpoints.OPT_STATE: ocp.args.StandardSave(state.opt_state),
+      checkpoints.TRAIN_INFO: ocp.args.JsonSave({"step": step}),
+      checkpoints.MODEL_CONFIG: ocp.args.JsonSave(config_record(config))}))
+
+
+def config_record(config: finetune_lib.FinetuneConfig) -> dict[str, Any]:
+  return {"model_name": finetune_lib.MODEL_NAME, "config": config.to_dict()}
+
+
+def _restore(manager, step: int, layout: Layout) -> TrainState:
+  abstract = jax.tree_util.tree_map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      (layout.state.params, layout.state.opt_state),
+      (layout.shardings.params, layout.shardings.opt_state))
+  restored = manager.restore(step, args=ocp.args.Composite(**{
+      checkpoints.PARAMS: ocp.args.StandardRestore(abstract[0]),
+      checkpoints.OPT_STATE: ocp.args.StandardRestore(abstract[1]),
+      checkpoints.TRAIN_INFO: ocp.args.JsonRestore()}))
+  info = restored[checkpoints.TRAIN_INFO]
+  return TrainState(
+      step=jax.device_put(jnp.int32(info["step"]), layout.shardings.step),
+      params=restored[checkpoints.PARAMS],
+      opt_state=restored[checkpoints.OPT_STATE])
+
+
+def read_proteins(path: str, label_format: str, limit: int | None,
+                  tasks: Sequence[str]) -> list[readers.LabeledProtein]:
+  """The proteins of `path` that carry a label for one of `tasks`."""
+  proteins = [p for p in readers.read_labels(path, label_format, limit)
+              if readers.has_labels(p, tasks)]
+  if not proteins:
+    raise ValueError(f"{path} ({label_format}) has no protein labelled for "
+                     f"{list(tasks)}")
+  return proteins
+
+
+def make_config(encoder_config: Any, head: str = "ss_cnn",
+                lora: lora_lib.LoraConfig | None = lora_lib.LoraConfig(),
+                head_dropout: float = 0.25, freeze_encoder: bool = False
+                ) -> finetune_lib.FinetuneConfig:
+  """The fine-tuning network of a model gin file's config (its family's
+  encoder; ProtElectra's joint network: its discriminator), a head kind of
+  downstream/models.py, and adapters (None: full fine-tuning;
+  `freeze_encoder` with None: the head alone)."""
+  if isinstance(encoder_config, electra.ElectraPretrainingConfig):
+    encoder_config = encoder_config.discriminator
+  family = families.of(encoder_config)
+  return finetune_lib.FinetuneConfig(
+      family.name, encoder_config,
+      heads.HeadConfig(head, finetune_lib.encoder_width(encoder_config),
+                       dropout=head_dropout), lora, freeze_encoder)
+
+
+def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
+          train_file: str | None = None, validation_file: str | None = None,
+          label_format: str = "sample", validation_fraction: float = 0.1,
+          train_limit: int | None = None, validation_limit: int | None = None,
+          max_length: int = 512, batch_size: int = 8, train_steps: int = 1000,
+          learning_rate: optimizers.Schedule = optimizers.constant_schedule(
+              1e-3),
+          optimizer: optax.GradientTransformation | None = None,
+          partition: partitioning.PartitionConfig = (
+              partitioning.PartitionConfig()),
+          seed: int = 0, initial_checkpoint: str | None = None,
+          checkpoint_period: int = 500, keep_checkpoints: int | None = None,
+          log_period: int = 50, eval_period: int | None = None,
+          peak_tflops_per_device: float | None = None,
+          train_proteins: Sequence[readers.LabeledProtein] | None = None,
+          validation_proteins: Sequence[readers.LabeledProtein] | None = None
+          ) -> dict[str, float]:
+  """Fine-tunes to `train_steps` (a total: a resumed run trains the rest).
+
+  Args:
+    model_dir: MODEL_DIR (local or a URL); resumed from its latest step.
+    config: encoder, head and adapters (`make_config`).
+    train_file, label_format, train_limit: the labelled training set
+      (`readers.read_labels` formats: netsurfp, deeploc, sample; the
+      bundled sample when None); or pass `train_proteins`.
+    validation_file, validation_limit: the validation set; without one,
+      the `validation_fraction` of the training file's proteins that
+      `data.splits` assigns by id (kept out of training).
+    max_length: tokens per protein (longer ones are cut, labels with them).
+    batch_size: global batch size (proteins).
+    initial_checkpoint: the pre-trained encoder (a MODEL_DIR or step of its
+      family) for a run that has no checkpoint yet.
+    optimizer: default `optimizers.adamw()`.
+    eval_period: evaluate every this many steps and at the end (None: no
+      evaluation).
+    The others as `trainer.train`.
+
+  Returns:
+    The last logged training metrics, `eval/<task>` accuracies if
+    evaluated, and the trainable and total parameter counts.
+  """
+  for name, value in (("batch_size", batch_size),
+                      ("checkpoint_period", checkpoint_period),
+                      ("log_period", log_period), ("max_length", max_length)):
+    if value < 1:
+      raise ValueError(f"finetune.train.{name} must be >= 1, got {value}")
+  if train_steps < 0:
+    raise ValueError(f"finetune.train.train_steps must be >= 0, got "
+                     f"{train_steps}")
+  tasks = config.head.tasks
+  if train_proteins is None:
+    train_proteins = read_proteins(
+        train_file or sample_corpus.ANNOTATIONS_PATH, label_format,
+        train_limit, tasks)
+    if validation_file is None and validation_proteins is None:
+      validation_proteins = [p for p in train_proteins if splits.split_of(
+          p.id, validation_fraction) == splits.VALIDATION]
+      train_proteins = [p for p in train_proteins if splits.split_of(
+          p.id, validation_fraction) == splits.TRAIN]
+  if validation_proteins is None and validation_file and eval_period:
+    validation_proteins = read_proteins(validation_file, label_format,
+                                        validation_limit, tasks)
+  optimizer = optimizer or optimizers.adamw()
+  model = finetune_lib.FinetuneModel(config)
+  model_dir = fs.path(model_dir)
+  if jax.process_index() == 0:
+    model_dir.mkdir(parents=True, exist_ok=True)
+  peak = mfu.peak_tflops_per_device(peak_tflops_per_device)
+  with run_lock.hold_on_process_zero(model_dir / "run.lock",
+                                    f"fine-tuning run on {model_dir}"):
+    mesh, rules = partition.mesh(), partition.rules()
+    if batch_size % mesh.shape[partitioning.DATA_AXIS]:
+      raise ValueError(f"batch_size {batch_size} is not divisible by the "
+                       f"mesh's data shards ({dict(mesh.shape)})")
+    with partitioning.activate(mesh, rules):
+      return _train(model=model, model_dir=model_dir, config=config,
+                    train_proteins=train_proteins,
+                    validation_proteins=validation_proteins,
+                    max_length=max_length, batch_size=batch_size,
+                    train_steps=train_steps, schedule=learning_rate,
+                    tx=optimizer, mesh=mesh, rules=rules, seed=seed,
+                    initial_checkpoint=initial_checkpoint,
+                    checkpoint_period=checkpoint_period,
+                    keep_checkpoints=keep_checkpoints, log_period=log_period,
+                    eval_period=eval_period, peak=peak)
+
+
+def make_step(model, layout: Layout, tx, schedule, seed: int,
+              mesh: jax.sharding.Mesh) -> Callable:
+  """`train_step` bound and jitted with the layout's shardings."""
+  step = functools.partial(train_step, model=model, mask=layout.mask, tx=tx,
+                           schedule=schedule, dropout_seed=seed)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return jax.jit(step, in_shardings=(layout.shardings, None),
+                 out_shardings=(layout.shardings, replicated),
+                 donate_argnums=0)
+
+
+def _train(*, model, model_dir, config, train_proteins, validation_proteins,
+           max_length, batch_size, train_steps, schedule, tx, mesh, rules,
+           seed, initial_checkpoint, checkpoint_period, keep_checkpoints,
+           log_period, eval_period, peak) -> dict[str, float]:
+  layout = plan(model, tx, mesh, rules)
+  formula = trainable_count_formula(model, layout.abstract_params)
+  logging.info("trainable parameters %d of %d (%s = %d); mesh %s",
+               layout.num_trainable, layout.num_params,
+               " + ".join(f"{k} {v}" for k, v in formula.items()),
+               sum(formula.values()), dict(mesh.shape))
+  if layout.num_trainable != sum(formula.values()):
+    raise AssertionError(f"trainable parameters {layout.num_trainable} differ "
+                         f"from the formula {formula}")
+  data = LabelledInput(model, train_proteins, max_length, batch_size, seed)
+  manager = checkpoints.checkpoint_manager(model_dir, keep=keep_checkpoints)
+  latest = manager.latest_step()
+  if latest is not None:
+    state = _restore(manager, latest, layout)
+    logging.info("restored fine-tuning step %d from %s", latest, model_dir)
+  else:
+    params = _initial_params(model, layout, seed, initial_checkpoint)
+    state = jax.jit(
+        lambda p: TrainState(step=jnp.int32(0), params=p,
+                             opt_state=tx.init(lora_lib.split(
+                                 p, layout.mask)[0])),
+        out_shardings=layout.shardings)(params)
+  step_fn = make_step(model, layout, tx, schedule, seed, mesh)
+  forward = jax.jit(lambda p, b: model(p, b["tokens"], b["mask"]))
+  encoder_flops = model.family.encoder_flops(config.encoder, max_length)
+  # Forward + backward; LoRA's backward skips the frozen weight gradients
+  # (about a third of the encoder's FLOPs), which this does not count.
+  flops_per_step = 3 * encoder_flops * batch_size
+  train_writer = summaries.SummaryWriter(model_dir / "train")
+  eval_writer = summaries.SummaryWriter(model_dir / "eval")
+  last = {"trainable_params": float(layout.num_trainable),
+          "total_params": float(layout.num_params)}
+  timer, timed = time.perf_counter(), 0
+  for step in range(int(state.step), train_steps):
+    done = step + 1
+    state, metrics = step_fn(state, _put(data.batch(step), mesh, rules))
+    timed += 1
+    saving = done % checkpoint_period == 0 or done == train_steps
+    if saving or done % log_period == 0:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      # Checked before any save, so a checkpoint never holds a bad step.
+      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f"fine-tuning step {done}: the loss ({metrics['loss']}) or "
+            f"gradient norm ({metrics['grad_norm']}) is not finite; stopped "
+            f"without saving it (last checkpoint: step "
+            f"{manager.latest_step()} in {model_dir})")
+    if done % log_period == 0 or done == train_steps:
+      seconds = time.perf_counter() - timer
+      tflops = flops_per_step * timed / seconds / 1e12 / jax.device_count()
+      metrics.update(tokens_per_second=batch_size * max_length * timed / seconds,
+                     tflops_per_device=tflops, mfu=tflops / peak)
+      logging.info("finetune step %d %s", done,
+                   " ".join(f"{k} {v:.5g}" for k, v in metrics.items()))
+      train_writer.write(done, metrics)
+      last.update(metrics)
+      timer, timed = time.perf_counter(), 0
+    if saving:
+      _save(manager, done, state, config)
+    if validation_proteins and eval_period and (
+        done % eval_period == 0 or done == train_steps):
+      scores = evaluate(forward, state.params, model, validation_proteins,
+                        max_length, batch_size, mesh, rules)
+      logging.info("finetune eval step %d %s", done, scores)
+      eval_writer.write(done, scores)
+      last.update({f"eval/{k}": v for k, v in scores.items()})
+  train_writer.close()
+  eval_writer.close()
+  manager.wait_until_finished()
+  manager.close()
+  return last
