@@ -33,6 +33,10 @@ _DEFAULTS = {"vocab_size": 267735, "d_model": 1024, "d_embed": 1024, "n_head": 1
              "div_val": 4, "cutoffs": [20000, 40000, 200000], "layer_norm_epsilon": 1e-5,
              "dropout": 0.1, "dropatt": 0.0, "init_std": 0.02, "proj_init_std": 0.01}
 
+# Ours, not transformers' (which keeps unknown fields as attributes): the
+# segment length embedding and training use.
+_SEGMENT_LENGTH = "segment_length"
+
 _TOKENIZER_NOTE = "TOKENIZER.md"
 _TOKENIZER_TEXT = """# Tokenizer
 
@@ -67,6 +71,8 @@ class TransfoXLConverter(mapping.HfConverter):
       raise ConversionError("config.json untie_r=false (r biases shared by all layers) "
                             "is not supported")
     fields = {name: hf_config.get(name, default) for name, default in _DEFAULTS.items()}
+    if _SEGMENT_LENGTH in hf_config:
+      fields[_SEGMENT_LENGTH] = hf_config[_SEGMENT_LENGTH]
     if fields["d_embed"] != fields["d_model"] and any(hf_config.get("tie_projs", [False])):
       raise ConversionError("config.json tie_projs=true with d_embed != d_model (the "
                             "output projection tied to the input's) is not supported")
@@ -92,6 +98,7 @@ class TransfoXLConverter(mapping.HfConverter):
     out.update(adaptive=True, attn_type=0, sample_softmax=-1, tie_projs=[False],
                init="normal", init_range=0.01, pad_token_id=0, eos_token_id=3,
                torch_dtype=torch_dtype)
+    out[_SEGMENT_LENGTH] = config.segment_length
     return out
 
   def parts_in_checkpoint(self, names: set[str], config: Any,
