@@ -22,11 +22,13 @@ from prottrans_jax.models import albert
 from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import t5
+from prottrans_jax.models import transfo_xl
 from prottrans_jax.training import aot
 from prottrans_jax.training import trainer
 
 T5_RUNS = ("runs/pretrain.gin", "runs/finetune.gin")
 BERT_RUNS = ("runs/pretrain_bert.gin",)
+TXL_RUNS = ("runs/pretrain_txl.gin",)
 
 # Model file -> (the config class it binds to trainer.train.model_config,
 # the run files it is used with).
@@ -41,6 +43,8 @@ MODEL_FILES = {
     "models/protalbert_tiny.gin": (albert.AlbertConfig, BERT_RUNS),
     "models/protelectra.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
     "models/protelectra_tiny.gin": (electra.ElectraPretrainingConfig, BERT_RUNS),
+    "models/prottxl.gin": (transfo_xl.TransfoXLConfig, TXL_RUNS),
+    "models/prottxl_tiny.gin": (transfo_xl.TransfoXLConfig, TXL_RUNS),
 }
 # Family files: what the model files of a family share (each model file
 # includes its family's, directly or through another model file, and
@@ -50,6 +54,7 @@ FAMILY_FILES = {
     "models/bert_family.gin": bert.BertConfig,
     "models/albert_family.gin": albert.AlbertConfig,
     "models/electra_family.gin": electra.ElectraPretrainingConfig,
+    "models/transfo_xl_family.gin": transfo_xl.TransfoXLConfig,
 }
 T5_FAMILY = "models/t5_family.gin"
 # Pod files: a model file + run file and the TPU topology they are meant for
@@ -69,6 +74,7 @@ REQUIRED_BINDINGS = {
     "runs/pretrain.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/finetune.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/pretrain_bert.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
+    "runs/pretrain_txl.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/quickstart.gin": (),
     "runs/eval.gin": ("MODEL_DIR = '/tmp/unused'",),
     **{pod: ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10")
@@ -176,6 +182,8 @@ def _dropout_rates(config) -> set[float]:
     return _dropout_rates(config.generator) | _dropout_rates(config.discriminator)
   if isinstance(config, t5.T5Config):
     return {config.dropout_rate}
+  if isinstance(config, transfo_xl.TransfoXLConfig):
+    return {config.dropout, config.dropatt}
   return {config.hidden_dropout_prob, config.attention_probs_dropout_prob}
 
 
@@ -278,6 +286,7 @@ PRESETS_IN_GIN = {
     ("electra", "tiny_generator"): ("models/protelectra_tiny.gin", "generator", TINY),
     ("electra", "tiny_discriminator"): ("models/protelectra_tiny.gin", "discriminator",
                                         TINY),
+    ("transfo_xl", "tiny"): ("models/prottxl_tiny.gin", None, TINY),
 }
 PRESETS_WITHOUT_GIN = {
     ("t5", "base100m"): "bench/train_throughput.py's ~100M-parameter model",
@@ -287,6 +296,7 @@ PRESETS = {
     **{("bert", k): v for k, v in bert.BERT_CONFIGS.items()},
     **{("albert", k): v for k, v in albert.ALBERT_CONFIGS.items()},
     **{("electra", k): v for k, v in electra.ELECTRA_CONFIGS.items()},
+    **{("transfo_xl", k): v for k, v in transfo_xl.TRANSFO_XL_CONFIGS.items()},
 }
 
 
@@ -316,6 +326,9 @@ PINNED = {
             electra.ElectraConfig, hidden_size=1024, num_hidden_layers=30,
             num_attention_heads=16, intermediate_size=4096),
         discriminator_weight=50.0),
+    "models/prottxl.gin": transfo_xl.TransfoXLConfig(
+        n_layer=32, d_model=1024, d_embed=1024, n_head=16, d_head=64, d_inner=4096,
+        mem_len=512, segment_length=512, dropout=0.0, dropatt=0.0),
 }
 
 

@@ -108,7 +108,7 @@ class TransfoXLConfig(configs.DictConfig):
 
 TRANSFO_XL_CONFIGS: dict[str, TransfoXLConfig] = {
     "tiny": TransfoXLConfig(d_model=64, d_embed=64, n_head=4, d_head=16, d_inner=128,
-                            n_layer=2, mem_len=16, segment_length=16),
+                            n_layer=2, mem_len=16, segment_length=16, dropout=0.0),
 }
 
 
@@ -287,22 +287,26 @@ class Decoder(nn.Module):
 
 
 def _visible(config: TransfoXLConfig, q_len: int, mem_len: int,
-             mem_valid: Optional[jax.Array]) -> jax.Array:
+             memory_ids: Optional[jax.Array], segment_ids: Optional[jax.Array]
+             ) -> jax.Array:
   """[B or 1, 1, q, mem + q] bool: which keys each query attends to.
 
   Query i sits at index mem_len + i of [memory; segment]: causal, and with
   `same_length` at most `config.mem_len` back (itself included): what
   transformers' triu/tril masks select, written as distances so that a
-  memory buffer with invalid (not yet filled) entries masks the same way.
+  fixed-size memory masks the same way. With ids ([B, M] of the memory,
+  [B, q] of the segment) a key is visible only to queries of its id: the
+  proteins of a packed row stay apart, and an unfilled memory entry (id -1)
+  is seen by nobody.
   """
   distance = (mem_len + jnp.arange(q_len))[:, None] - jnp.arange(mem_len + q_len)[None, :]
   visible = distance >= 0
   if config.same_length:
     visible &= distance < config.mem_len
   visible = visible[None, None]
-  if mem_valid is not None:
-    keys = jnp.concatenate([mem_valid, jnp.ones(mem_valid.shape[:1] + (q_len,), bool)], 1)
-    visible = visible & keys[:, None, None, :]
+  if segment_ids is not None:
+    keys = jnp.concatenate([memory_ids, segment_ids], axis=1)
+    visible = visible & (segment_ids[:, None, :, None] == keys[:, None, None, :])
   return visible
 
 
@@ -363,15 +367,17 @@ class TransfoXL(nn.Module):
     return jnp.zeros((cfg.n_layer, batch, 0, cfg.d_model), jnp.dtype(cfg.dtype))
 
   def segment(self, tokens: jax.Array, memory: Optional[jax.Array] = None,
-              mem_valid: Optional[jax.Array] = None, deterministic: bool = True,
+              memory_ids: Optional[jax.Array] = None,
+              segment_ids: Optional[jax.Array] = None, deterministic: bool = True,
               output_hidden_states: bool = False):
     """One segment: [B, q] tokens and the memory [n_layer, B, M, d] ->
     (last hidden states [B, q, d] (with `output_hidden_states` the tuple of
     the embedding output and every layer's output), the next memory
     [n_layer, B, min(mem_len, M + q), d]: the last layer inputs, no gradient).
 
-    `mem_valid` [B, M] marks memory entries that hold real states (a fixed
-    size memory buffer not yet filled); None: all of them.
+    `memory_ids` [B, M] and `segment_ids` [B, q] (both or neither): which
+    protein each entry and token belongs to; keys of another id are masked
+    (`_visible`); -1 marks memory entries not yet filled.
     """
     cfg = self.config
     batch, q_len = tokens.shape
@@ -392,7 +398,9 @@ class TransfoXL(nn.Module):
     pos_emb = positional_embedding(distances, cfg.d_model).astype(x.dtype)
     x = self.dropout(x, deterministic=deterministic)
     pos_emb = self.dropout(pos_emb, deterministic=deterministic)
-    visible = _visible(cfg, q_len, m_len, mem_valid)
+    if (memory_ids is None) != (segment_ids is None):
+      raise ValueError("pass both memory_ids and segment_ids, or neither")
+    visible = _visible(cfg, q_len, m_len, memory_ids, segment_ids)
     biases = (None, None) if cfg.untie_r else (self.r_w_bias, self.r_r_bias)
     x, inputs, outputs = self.decoder(x, memory, pos_emb, visible, *biases, deterministic,
                                       output_hidden_states)
@@ -410,10 +418,9 @@ class TransfoXL(nn.Module):
     return self.lm_head(hidden, self.embedder)
 
   def __call__(self, input_ids: jax.Array, mems: Optional[jax.Array] = None,
-               mem_valid: Optional[jax.Array] = None, enable_dropout: bool = False
-               ) -> tuple[jax.Array, jax.Array]:
+               enable_dropout: bool = False) -> tuple[jax.Array, jax.Array]:
     """One segment: (log-probabilities [B, q, vocab] float32, the next memory)."""
-    hidden, new_mems = self.segment(input_ids, mems, mem_valid, not enable_dropout)
+    hidden, new_mems = self.segment(input_ids, mems, None, None, not enable_dropout)
     log_probs = self.log_probs(hidden)
     return nn.with_logical_constraint(log_probs, ("batch", "length", "vocab")), new_mems
 
@@ -430,35 +437,54 @@ class TransfoXL(nn.Module):
     own segment. Padding after the residues changes nothing before it
     (causal).
     """
+    if encoder_input_tokens.shape[1] <= self.config.segment_length:
+      return self.segment(encoder_input_tokens, None, None, None, not enable_dropout,
+                          output_hidden_states)[0]
+    return self.segments(encoder_input_tokens, jnp.zeros_like(encoder_input_tokens),
+                         enable_dropout, output_hidden_states)
+
+  def segments(self, tokens: jax.Array, segment_ids: jax.Array, enable_dropout: bool = False,
+               output_hidden_states: bool = False):
+    """[B, L] tokens of proteins `segment_ids` [B, L] (a packed row: several
+    proteins, each its own id) run `segment_length` tokens at a time from an
+    empty memory, the memory carried from segment to segment (a scan: one
+    segment's program whatever L) -> the hidden states as `encode`.
+
+    The memory is a fixed-size buffer of `mem_len` entries (unfilled ones
+    masked), so every segment has one shape; keys of another protein are
+    masked, so a protein's states do not depend on its neighbours in the row.
+    """
     cfg = self.config
     deterministic = not enable_dropout
-    batch, length = encoder_input_tokens.shape
-    seg = cfg.segment_length
-    if length <= seg:
-      return self.segment(encoder_input_tokens, None, None, deterministic,
-                          output_hidden_states)[0]
+    batch, length = tokens.shape
+    seg = min(cfg.segment_length, length)
     num = -(-length // seg)
-    tokens = jnp.pad(encoder_input_tokens, ((0, 0), (0, num * seg - length)))
-    tokens = jnp.moveaxis(tokens.reshape(batch, num, seg), 1, 0)
-    # A fixed-size memory (mem_len entries, invalid until filled), so every
-    # segment has one shape.
+    pad = ((0, 0), (0, num * seg - length))
+    tokens, segment_ids = (jnp.moveaxis(jnp.pad(x, pad).reshape(batch, num, seg), 1, 0)
+                           for x in (tokens, segment_ids))
     memory = jnp.zeros((cfg.n_layer, batch, cfg.mem_len, cfg.d_model), jnp.dtype(cfg.dtype))
-    mem_valid = jnp.zeros((batch, cfg.mem_len), bool)
+    memory_ids = jnp.full((batch, cfg.mem_len), -1, segment_ids.dtype)
 
-    def body(module, carry, segment_tokens):
-      memory, mem_valid = carry
-      hidden, memory = module.segment(segment_tokens, memory, mem_valid, deterministic,
+    def body(module, carry, xs):
+      memory, memory_ids = carry
+      segment_tokens, ids = xs
+      hidden, memory = module.segment(segment_tokens, memory, memory_ids, ids, deterministic,
                                       output_hidden_states)
-      mem_valid = jnp.concatenate(
-          [mem_valid, jnp.ones((batch, seg), bool)], axis=1)[:, -cfg.mem_len:]
-      return (memory, mem_valid), hidden
+      memory_ids = jnp.concatenate([memory_ids, ids], axis=1)[:, -cfg.mem_len:]
+      return (memory, memory_ids), hidden
 
-    scan = nn.scan(body, variable_broadcast="params", split_rngs={"params": False,
-                                                                   "dropout": True})
-    _, hidden = scan(self, (memory, mem_valid), tokens)
+    scan = nn.scan(body, variable_broadcast="params",
+                   split_rngs={"params": False, "dropout": True})
+    _, hidden = scan(self, (memory, memory_ids), (tokens, segment_ids))
 
     def whole(h):  # [num, B, seg, d] -> [B, L, d]
       return jnp.moveaxis(h, 0, 1).reshape(batch, num * seg, -1)[:, :length]
 
     return jax.tree.map(whole, hidden)
 
+  def lm(self, decoder_target_tokens: jax.Array, decoder_segment_ids: jax.Array,
+         enable_dropout: bool = False) -> jax.Array:
+    """Training: log-probabilities [B, L, vocab] (float32) of every position's
+    next token, over a packed row run segment by segment (`segments`)."""
+    hidden = self.segments(decoder_target_tokens, decoder_segment_ids, enable_dropout)
+    return nn.with_logical_constraint(self.log_probs(hidden), ("batch", "length", "vocab"))

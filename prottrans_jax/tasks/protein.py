@@ -1,8 +1,9 @@
 """Pre-training tasks: one per corpus and objective.
 
 Names are `{corpus}_{objective}`:
-- objectives: `prott5_denoise` (ProtT5) and `protbert_mlm` (ProtBert,
-  ProtAlbert, ProtElectra's generator);
+- objectives: `prott5_denoise` (ProtT5), `protbert_mlm` (ProtBert,
+  ProtAlbert, ProtElectra's generator) and `prottxl_lm` (ProtTXL: the
+  residues alone, each predicting the next);
 - corpora: `uniref50`, `uniref100`, `bfd`, `custom` and
   `swissprot_sample_tfds`, read from the TFDS datasets that
   `scripts/prepare_corpus.py` builds (`protein_fasta/<corpus>`; point seqio
@@ -40,6 +41,11 @@ PROTBERT_OUTPUT_FEATURES = {
         seqio.PassThroughVocabulary(size=2, eos_id=None), add_eos=False),
 }
 
+# ProtTXL reads residues only (ProtBert's ids, no special tokens).
+PROTTXL_OUTPUT_FEATURES = {
+    "targets": seqio.Feature(vocabularies.protbert(), add_eos=False),
+}
+
 PROTT5_PREPROCESSORS = (
     preprocessors.sequence_to_targets,
     functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
@@ -53,6 +59,11 @@ PROTBERT_PREPROCESSORS = (
     functools.partial(preprocessors.crop_targets, reserved_tokens=2),
     preprocessors.add_cls_and_sep,
     preprocessors.bert_mask,
+)
+PROTTXL_PREPROCESSORS = (
+    preprocessors.sequence_to_targets,
+    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+    functools.partial(preprocessors.crop_targets, reserved_tokens=0),
 )
 
 
@@ -78,7 +89,8 @@ def fasta_source(path: str, validation_fraction: float,
 
 
 def register_objectives(corpus: str, source: seqio.DataSource) -> None:
-  """Registers `{corpus}_prott5_denoise` and `{corpus}_protbert_mlm`."""
+  """Registers `{corpus}_prott5_denoise`, `{corpus}_protbert_mlm` and
+  `{corpus}_prottxl_lm`."""
   seqio.TaskRegistry.add(
       f"{corpus}_prott5_denoise", source=source,
       preprocessors=PROTT5_PREPROCESSORS,
@@ -87,6 +99,10 @@ def register_objectives(corpus: str, source: seqio.DataSource) -> None:
       f"{corpus}_protbert_mlm", source=source,
       preprocessors=PROTBERT_PREPROCESSORS,
       output_features=PROTBERT_OUTPUT_FEATURES)
+  seqio.TaskRegistry.add(
+      f"{corpus}_prottxl_lm", source=source,
+      preprocessors=PROTTXL_PREPROCESSORS,
+      output_features=PROTTXL_OUTPUT_FEATURES)
 
 
 

@@ -131,7 +131,9 @@ def eval_sums(params: Any, batch: Batch, *, model: nn.Module,
   logits, targets, weights = objective.eval_outputs(model, params, batch)
   weights = weights.astype(jnp.float32)
   sums = losses.cross_entropy_sums(logits, targets, weights, z_loss=0.0)
-  masked = weights * (batch["encoder_input_tokens"] == mask_id)
+  # A causal LM has no masked inputs: its masked counts stay 0.
+  masked = weights * (batch["encoder_input_tokens"] == mask_id
+                      if "encoder_input_tokens" in batch else 0)
   correct = jnp.argmax(logits, -1) == targets
   vocab_size = logits.shape[-1]
   return {
