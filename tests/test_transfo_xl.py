@@ -3,7 +3,6 @@ the outputs and the files of ../shared/data/txl_reference (transformers 5.x
 no longer has the model), and embedding segment by segment with the memory."""
 import dataclasses
 import json
-import pathlib
 
 from flax import linen as nn
 import jax
@@ -17,16 +16,21 @@ from prottrans_jax.convert import hf_io
 from prottrans_jax.convert import mapping
 from prottrans_jax.models import transfo_xl
 
-REFERENCE = pathlib.Path(__file__).resolve().parents[2] / "shared/data/txl_reference"
-pytestmark = pytest.mark.skipif(not REFERENCE.is_dir(), reason=f"no {REFERENCE}")
 
 
 @pytest.fixture(scope="module")
-def reference():
-  config, loaders, encoder_only = formats.read_hf_checkpoint(REFERENCE / "model",
+def reference_dir(shared_data):
+  return shared_data / "txl_reference"
+
+
+@pytest.fixture(scope="module")
+def reference(reference_dir):
+  """(config, params, arrays) of the transformers 4.46 fixture (its README
+  says what each array is)."""
+  config, loaders, encoder_only = formats.read_hf_checkpoint(reference_dir / "model",
                                                              dtype="float32")
   assert not encoder_only
-  arrays = np.load(REFERENCE / "reference.npz")
+  arrays = np.load(reference_dir / "reference.npz")
   return config, mapping.unflatten({n: load() for n, load in loaders.items()}), arrays
 
 
@@ -70,19 +74,19 @@ def test_segments_with_memory_and_whole_sequence_equal_transformers(reference):
   np.testing.assert_allclose(hidden, ref["whole_last_hidden"], **close)
 
 
-def test_ours_to_the_transformers_layout_and_back(reference, tmp_path):
+def test_ours_to_the_transformers_layout_and_back(reference, reference_dir, tmp_path):
   """The export is the reference's files (names, shapes, values; config.json
   fields) and reads back to the same arrays."""
   config, params, _ = reference
   formats.write_hf_checkpoint(tmp_path, mapping.loaders_of(params), config)
   written = safetensors.numpy.load_file(tmp_path / "model.safetensors")
-  original = safetensors.numpy.load_file(REFERENCE / "model" / "model.safetensors")
+  original = safetensors.numpy.load_file(reference_dir / "model" / "model.safetensors")
   assert sorted(written) == sorted(original)
   for name, array in original.items():
     assert written[name].shape == array.shape, name
     np.testing.assert_array_equal(written[name], array, err_msg=name)
   exported = json.loads((tmp_path / hf_io.CONFIG_FILE).read_text())
-  released = json.loads((REFERENCE / "model" / hf_io.CONFIG_FILE).read_text())
+  released = json.loads((reference_dir / "model" / hf_io.CONFIG_FILE).read_text())
   # init_range: the uniform init's range, which nothing here uses.
   for key in set(released) - {"transformers_version", "init_range"}:
     assert exported[key] == released[key], key
