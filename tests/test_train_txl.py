@@ -18,7 +18,7 @@ from prottrans_jax.training import trainer
 from test_train_bert import _logged
 
 
-def _train(model_dir, steps, scan_layers=False):
+def _train(model_dir, steps):
   gin.clear_config()
   gin_utils.parse(
       ["models/prottxl_tiny.gin", "runs/pretrain_txl.gin"],
@@ -26,7 +26,8 @@ def _train(model_dir, steps, scan_layers=False):
        "TASK_FEATURE_LENGTHS = {'targets': 64}", "NUM_PARTITIONS = 2",
        "LEARNING_RATE = 0.02", "WARMUP_STEPS = 5", "trainer.train.log_period = 1",
        "trainer.train.eval_period = None", "trainer.train.checkpoint_period = 8",
-       f"transfo_xl.TransfoXLConfig.scan_layers = {scan_layers}"])
+       # Rows of 64 tokens train as 2 segments, the memory carried between.
+       "transfo_xl.TransfoXLConfig.segment_length = 32"])
   try:
     return gin.get_configurable(trainer.train)()
   finally:
@@ -35,20 +36,20 @@ def _train(model_dir, steps, scan_layers=False):
 
 def test_loss_falls_and_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
   straight = tmp_path / "straight"
-  _train(straight, 16, scan_layers=True)
+  _train(straight, 16)
   loss = _logged(straight)["loss"]
   assert len(loss) == 16
   # From uniform over 30 tokens (3.4) towards the residue frequencies
   # (about 3.1 after 16 steps).
   assert np.mean(loss[-4:]) < np.mean(loss[:4]) - 0.1, loss
   model_name, config = checkpoints.checkpoint_model_config(straight)
-  assert model_name == "transfo_xl" and config.scan_layers
+  assert model_name == "transfo_xl" and config.segment_length == 32
 
   # Resume from step 8 (its parameters, optimizer and data position).
   resumed = tmp_path / "resumed"
   shutil.copytree(straight, resumed)
   shutil.rmtree(resumed / "checkpoints" / "16")
-  _train(resumed, 16, scan_layers=True)
+  _train(resumed, 16)
   _, _, a = checkpoints.restore_params(straight)
   _, _, b = checkpoints.restore_params(resumed)
   jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)

@@ -41,8 +41,11 @@ def _apply(config, params, *args, method=None):
 
 
 def _segment_and_log_probs(module, tokens, memory):
-  hidden, memory = module.segment(tokens, memory)
-  return hidden, memory, module.log_probs(hidden)
+  """`segment`'s hidden states, and `__call__`'s log-probabilities and
+  memory (one program)."""
+  hidden, _ = module.segment(tokens, memory)
+  log_probs, memory = module(tokens, memory)
+  return hidden, memory, log_probs
 
 
 def _time_major(memory):
@@ -67,10 +70,8 @@ def test_segments_with_memory_and_whole_sequence_equal_transformers(reference):
     for i, layer in enumerate(_time_major(next_memory)):
       np.testing.assert_allclose(layer, ref[f"segment{k}_mems_{i}"], **close)
     memory = next_memory
-  # __call__: the model's output on one segment from an empty memory.
-  log_probs, _ = _apply(config, params, ids)
+  hidden, _, log_probs = _apply(config, params, ids, None, method=_segment_and_log_probs)
   np.testing.assert_allclose(log_probs, ref["whole_log_probs"], **close)
-  hidden, _, _ = _apply(config, params, ids, None, method=_segment_and_log_probs)
   np.testing.assert_allclose(hidden, ref["whole_last_hidden"], **close)
 
 
@@ -124,11 +125,11 @@ def test_segment_by_segment_equals_the_whole_sequence_where_it_should(reference)
   starts at most mem_len in."""
   config, params, ref = reference
   ids = ref["input_ids"]
-  for length in (7, 20):
-    segmented = dataclasses.replace(config, segment_length=length)
-    np.testing.assert_allclose(
-        _apply(segmented, params, ids, method=transfo_xl.TransfoXL.encode),
-        ref["whole_last_hidden"], atol=1e-5, rtol=0)
+  # Segments of 7: the last one padded.
+  segmented = dataclasses.replace(config, segment_length=7)
+  np.testing.assert_allclose(
+      _apply(segmented, params, ids, method=transfo_xl.TransfoXL.encode),
+      ref["whole_last_hidden"], atol=1e-5, rtol=0)
   causal = dataclasses.replace(config, same_length=False, segment_length=40)
   whole = _apply(causal, params, ids, method=transfo_xl.TransfoXL.encode)
   # Segments of 20: the last starts at 20 <= mem_len 24: the memory holds
