@@ -23,6 +23,7 @@ from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.convert import hf_bert
 from prottrans_jax.convert import hf_t5
 from prottrans_jax.convert import hf_xlnet
+from prottrans_jax.convert import hf_transfo_xl
 from prottrans_jax.convert import mapping
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
@@ -30,6 +31,7 @@ from prottrans_jax.models import electra
 from prottrans_jax.models import layers
 from prottrans_jax.models import t5
 from prottrans_jax.models import xlnet
+from prottrans_jax.models import transfo_xl
 
 # Dummy inputs for initialisation: no parameter shape depends on them. NumPy,
 # so that importing this module does not start a JAX backend (multi-process
@@ -122,6 +124,10 @@ def _protbert_tokens(sequence: str, vocab=vocab_lib.ProtBertVocabulary()) -> lis
 def _protxlnet_tokens(sequence: str, vocab=vocab_lib.ProtXLNetVocabulary()) -> list[int]:
   """ProtXLNet's input: residues then `<sep>` `<cls>` (XLNetTokenizer's framing)."""
   return vocab.encode(sequence) + [vocab.sep_id, vocab.cls_id]
+def _residue_tokens(sequence: str, vocab=vocab_lib.ProtBertVocabulary()) -> list[int]:
+  """ProtTXL's input: the residues alone, in ProtBert's ids (the paper
+  names no special tokens for its autoregressive models)."""
+  return vocab.encode(sequence)
 
 
 def _init_with_tokens(module: nn.Module, rng: jax.Array) -> Any:
@@ -161,6 +167,10 @@ def _electra_pretraining_stacks(config: electra.ElectraPretrainingConfig
           for name, network in (("generator", config.generator),
                                 ("discriminator", config.discriminator))
           if network.scan_layers}
+
+
+def _transfo_xl_stacks(config: transfo_xl.TransfoXLConfig) -> dict[tuple[str, ...], int]:
+  return {("decoder",): config.n_layer} if config.scan_layers else {}
 
 
 def _bert_family(name: str, config_class: type,
@@ -223,6 +233,21 @@ FAMILIES: dict[str, ModelFamily] = {
         objective_name=f"{_OBJECTIVES}:PERMUTATION_LM", hf_converter=hf_xlnet.CONVERTER,
         scanned_stacks=_xlnet_stacks, num_hidden_states=lambda config: config.n_layer + 1,
         pad_id=vocab_lib.ProtXLNetVocabulary.PAD_ID),
+    # ProtTXL: one segment of `segment_length` tokens per training example
+    # (the memory carried across an example's segments), embedding segment
+    # by segment with the memory (`TransfoXL.encode`).
+    "transfo_xl": ModelFamily(
+        name="transfo_xl", config_class=transfo_xl.TransfoXLConfig,
+        module=transfo_xl.TransfoXL,
+        init=lambda module, rng: module.init(rng, _TOKENS)["params"],
+        encode=transfo_xl.TransfoXL.encode, tokenize=_residue_tokens, first_residue_row=0,
+        num_special_tokens=0, non_encoder_parts=(hf_transfo_xl.LM_HEAD,),
+        training_flops=lambda config, lengths: (
+            transfo_xl.flops_per_token(config, config.segment_length) * lengths["targets"]),
+        encoder_flops=transfo_xl.encoder_forward_flops,
+        objective_name=f"{_OBJECTIVES}:CAUSAL_LM", hf_converter=hf_transfo_xl.CONVERTER,
+        scanned_stacks=_transfo_xl_stacks,
+        num_hidden_states=lambda config: config.n_layer + 1),
 }
 
 

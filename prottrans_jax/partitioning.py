@@ -68,6 +68,8 @@ REPLICATED_RULES: LogicalRules = (
     # unscanned. Removed once as dead code; scan-over-layers is its user.
     ("layers", None),
     ("relpos_buckets", None),
+    # Transformer-XL's fused projection: which of q, k, v (3 entries).
+    ("qkv", None),
     # BERT family: the embedding tables' width, learned positions, token
     # types and the discriminator's single output (small next to the layers).
     ("token_embed", None),

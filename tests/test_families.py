@@ -27,6 +27,7 @@ from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import t5
 from prottrans_jax.models import xlnet
+from prottrans_jax.models import transfo_xl
 
 _float32 = lambda config: config.with_dtype("float32")
 # A tiny configuration of every registered family (a new family adds one).
@@ -39,6 +40,8 @@ TINY = {
         generator=electra.ELECTRA_CONFIGS["tiny_generator"],
         discriminator=electra.ELECTRA_CONFIGS["tiny_discriminator"])),
     "xlnet": _float32(xlnet.XLNET_CONFIGS["tiny"]),
+    # Segments of 16 tokens: the proteins below embed segment by segment.
+    "transfo_xl": _float32(transfo_xl.TRANSFO_XL_CONFIGS["tiny"]),
 }
 PROTEINS = ("MVLSPADKTNVKAAWGKVGAHAGEYGAEALERMFLSFPTTKTYFPHF", "MKTAYIAKQRQISFVKSHFSRQ")
 
@@ -150,9 +153,15 @@ def test_hugging_face_converter_round_trip(name, tmp_path):
 
   tokens = _tokens(family)
   valid = tokens != family.pad_id
-  theirs = _hf_outputs(tmp_path, hf_config["architectures"][0], tokens, valid)
-  ours = _encode(family, config, params, tokens)
-  np.testing.assert_array_less(np.abs(ours - theirs)[valid], 1e-5)
+  architecture = hf_config["architectures"][0]
+  # transformers 5.x dropped Transformer-XL: tests/test_transfo_xl.py
+  # compares with outputs and files of its last release instead.
+  if hasattr(transformers, architecture):
+    theirs = _hf_outputs(tmp_path, architecture, tokens, valid)
+    ours = _encode(family, config, params, tokens)
+    np.testing.assert_array_less(np.abs(ours - theirs)[valid], 1e-5)
+  else:
+    assert name == "transfo_xl", f"transformers has no {architecture}"
 
   read_config, loaders, encoder_only = formats.read_hf_checkpoint(tmp_path, dtype="float32")
   if name == "electra":  # HF spells out the default embedding_size (= hidden_size).

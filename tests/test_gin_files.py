@@ -23,6 +23,7 @@ from prottrans_jax.models import bert
 from prottrans_jax.models import electra
 from prottrans_jax.models import t5
 from prottrans_jax.models import xlnet
+from prottrans_jax.models import transfo_xl
 from prottrans_jax.training import aot
 from prottrans_jax.training import finetune
 from prottrans_jax.training import trainer
@@ -32,6 +33,7 @@ BERT_RUNS = ("runs/pretrain_bert.gin",)
 XLNET_RUNS = ("runs/pretrain_xlnet.gin",)
 # Fine-tuning the model file's encoder with a task head (prottrans-finetune).
 FINETUNE_RUNS = ("runs/finetune_per_residue.gin", "runs/finetune_per_protein.gin")
+TXL_RUNS = ("runs/pretrain_txl.gin",)
 
 # Model file -> (the config class it binds to trainer.train.model_config,
 # the run files it is used with).
@@ -49,6 +51,8 @@ MODEL_FILES = {
                                     BERT_RUNS + FINETUNE_RUNS),
     "models/protxlnet.gin": (xlnet.XLNetConfig, XLNET_RUNS),
     "models/protxlnet_tiny.gin": (xlnet.XLNetConfig, XLNET_RUNS),
+    "models/prottxl.gin": (transfo_xl.TransfoXLConfig, TXL_RUNS),
+    "models/prottxl_tiny.gin": (transfo_xl.TransfoXLConfig, TXL_RUNS),
 }
 # Family files: what the model files of a family share (each model file
 # includes its family's, directly or through another model file, and
@@ -59,6 +63,7 @@ FAMILY_FILES = {
     "models/albert_family.gin": albert.AlbertConfig,
     "models/electra_family.gin": electra.ElectraPretrainingConfig,
     "models/xlnet_family.gin": xlnet.XLNetConfig,
+    "models/transfo_xl_family.gin": transfo_xl.TransfoXLConfig,
 }
 T5_FAMILY = "models/t5_family.gin"
 # Pod files: a model file + run file and the TPU topology they are meant for
@@ -79,6 +84,7 @@ REQUIRED_BINDINGS = {
     "runs/finetune.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/pretrain_bert.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/pretrain_xlnet.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
+    "runs/pretrain_txl.gin": ("MODEL_DIR = '/tmp/unused'", "TRAIN_STEPS = 10"),
     "runs/quickstart.gin": (),
     "runs/eval.gin": ("MODEL_DIR = '/tmp/unused'",),
     **{run: ("MODEL_DIR = '/tmp/unused'", "INITIAL_CHECKPOINT_PATH = None")
@@ -190,6 +196,8 @@ def _dropout_rates(config) -> set[float]:
     return {config.dropout_rate}
   if isinstance(config, xlnet.XLNetConfig):
     return {config.dropout}
+  if isinstance(config, transfo_xl.TransfoXLConfig):
+    return {config.dropout, config.dropatt}
   return {config.hidden_dropout_prob, config.attention_probs_dropout_prob}
 
 
@@ -306,6 +314,7 @@ PRESETS_IN_GIN = {
                                         TINY),
     ("xlnet", "tiny"): ("models/protxlnet_tiny.gin", None, TINY),
     ("xlnet", "protxlnet"): ("models/protxlnet.gin", None, {}),
+    ("transfo_xl", "tiny"): ("models/prottxl_tiny.gin", None, TINY),
 }
 PRESETS_WITHOUT_GIN = {
     ("t5", "base100m"): "bench/train_throughput.py's ~100M-parameter model",
@@ -316,6 +325,7 @@ PRESETS = {
     **{("albert", k): v for k, v in albert.ALBERT_CONFIGS.items()},
     **{("electra", k): v for k, v in electra.ELECTRA_CONFIGS.items()},
     **{("xlnet", k): v for k, v in xlnet.XLNET_CONFIGS.items()},
+    **{("transfo_xl", k): v for k, v in transfo_xl.TRANSFO_XL_CONFIGS.items()},
 }
 
 
@@ -345,6 +355,9 @@ PINNED = {
             electra.ElectraConfig, hidden_size=1024, num_hidden_layers=30,
             num_attention_heads=16, intermediate_size=4096),
         discriminator_weight=50.0),
+    "models/prottxl.gin": transfo_xl.TransfoXLConfig(
+        n_layer=32, d_model=1024, d_embed=1024, n_head=16, d_head=64, d_inner=4096,
+        mem_len=512, segment_length=512, dropout=0.0, dropatt=0.0),
 }
 
 

@@ -39,14 +39,22 @@ class TensorMapping:
   transpose: bool  # 2-D transpose between the two layouts
 
 
-def relayout(mapping: TensorMapping, array: np.ndarray) -> np.ndarray:
-  """Hugging Face layout <-> ours (a transpose is its own inverse)."""
-  return np.ascontiguousarray(array.T) if mapping.transpose else array
+def relayout(mapping: TensorMapping, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+  """Hugging Face layout <-> ours, as an array of `shape` (the other side's).
+
+  A transposed mapping is a 2-D transpose of our kernel read as
+  (in, everything else): a Linear's (out, in) weight may be our (in, a, b)
+  kernel (a fused q/k/v projection as (in, 3, heads x head_dim)).
+  """
+  if not mapping.transpose:
+    return array
+  return np.ascontiguousarray(array.reshape(array.shape[0], -1).T).reshape(shape)
 
 
 def hf_shape(mapping: TensorMapping, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, ...]:
   """The Hugging Face shape of a tensor, from our parameter shapes."""
-  return shapes[mapping.ours][::-1] if mapping.transpose else shapes[mapping.ours]
+  shape = tuple(shapes[mapping.ours])
+  return (int(np.prod(shape[1:])), shape[0]) if mapping.transpose else shape
 
 
 def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,6 +162,14 @@ class HfConverter(abc.ABC):
     del config, parts
     return {}
 
+  def constant_tensors(self, config: Any, architecture: str) -> dict[str, np.ndarray]:
+    """Tensors a checkpoint stores that are no parameters but follow from
+    the config (buffers such as Transformer-XL's inverse frequencies):
+    written beside the weights, and checked (to float32 rounding) and
+    skipped when read."""
+    del config, architecture
+    return {}
+
   def ignored(self, name: str) -> bool:
     """Tensors older checkpoints carry that are not parameters."""
     del name
@@ -202,6 +218,13 @@ def read_state_dict(state_dict: Mapping[str, np.ndarray], converter: HfConverter
   skipped = {n for n in names if n not in read and (
       n in copies or converter.ignored(n))}
   skipped |= {m.hf for m in converter.tensor_plan(config, architecture, held)} - planned
+  for name, value in converter.constant_tensors(config, architecture).items():
+    if name in names:
+      stored = np.asarray(state_dict[name])
+      if stored.shape != value.shape or not np.allclose(stored, value, rtol=1e-6, atol=0):
+        raise ConversionError(f"{name} differs from what config.json implies "
+                              f"(shape {stored.shape}, expected {value.shape})")
+      skipped.add(name)
   try:
     check_names(names - skipped, read, "the Hugging Face checkpoint")
   except ConversionError as e:
@@ -217,7 +240,7 @@ def read_state_dict(state_dict: Mapping[str, np.ndarray], converter: HfConverter
             np.asarray(state_dict[copy]), array):
           raise ConversionError(f"{copy} differs from {original}, "
                                 f"{converter.untied_copy_hint(copy)}")
-      array = relayout(m, array)
+      array = relayout(m, array, shapes[m.ours])
       return array if dtype is None else array.astype(dtype)
     return load
 
@@ -244,11 +267,15 @@ def hf_tensors(params: Mapping[str, Loader], converter: HfConverter, config: Any
     def load() -> np.ndarray:
       array = np.asarray(params[m.ours]())
       check_shape(m.ours, array.shape, shapes[m.ours])
-      array = relayout(m, array)
+      array = relayout(m, array, hf_shape(m, shapes))
       return array if dtype is None else array.astype(dtype)
     return load
 
-  return architecture, {m.hf: (hf_shape(m, shapes), loader(m)) for m in plan}
+  tensors = {m.hf: (hf_shape(m, shapes), loader(m)) for m in plan}
+  for name, value in converter.constant_tensors(config, architecture).items():
+    tensors[name] = (value.shape, lambda value=value: (
+        value if dtype is None else value.astype(dtype)))
+  return architecture, tensors
 
 
 def state_dict_to_params(state_dict: Mapping[str, np.ndarray], converter: HfConverter,

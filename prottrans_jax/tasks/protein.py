@@ -2,8 +2,9 @@
 
 Names are `{corpus}_{objective}`:
 - objectives: `prott5_denoise` (ProtT5), `protbert_mlm` (ProtBert,
-  ProtAlbert, ProtElectra's generator) and `protxlnet_plm` (ProtXLNet's
-  permutation LM, K = 6; `protxlnet_plm_task` registers another K);
+  ProtAlbert, ProtElectra's generator), `protxlnet_plm` (ProtXLNet's
+  permutation LM, K = 6; `protxlnet_plm_task` registers another K) and
+  `prottxl_lm` (ProtTXL: the residues alone, each predicting the next);
 - corpora: `uniref50`, `uniref100`, `bfd`, `custom` and
   `swissprot_sample_tfds`, read from the TFDS datasets that
   `scripts/prepare_corpus.py` builds (`protein_fasta/<corpus>`; point seqio
@@ -41,6 +42,11 @@ PROTBERT_OUTPUT_FEATURES = {
         seqio.PassThroughVocabulary(size=2, eos_id=None), add_eos=False),
 }
 
+# ProtTXL reads residues only (ProtBert's ids, no special tokens).
+PROTTXL_OUTPUT_FEATURES = {
+    "targets": seqio.Feature(vocabularies.protbert(), add_eos=False),
+}
+
 PROTT5_PREPROCESSORS = (
     preprocessors.sequence_to_targets,
     functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
@@ -54,6 +60,11 @@ PROTBERT_PREPROCESSORS = (
     functools.partial(preprocessors.crop_targets, reserved_tokens=2),
     preprocessors.add_cls_and_sep,
     preprocessors.bert_mask,
+)
+PROTTXL_PREPROCESSORS = (
+    preprocessors.sequence_to_targets,
+    functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+    functools.partial(preprocessors.crop_targets, reserved_tokens=0),
 )
 
 
@@ -100,8 +111,8 @@ _SOURCES: dict[str, seqio.DataSource] = {}
 
 
 def register_objectives(corpus: str, source: seqio.DataSource) -> None:
-  """Registers `{corpus}_prott5_denoise`, `{corpus}_protbert_mlm` and
-  `{corpus}_protxlnet_plm`."""
+  """Registers `{corpus}_prott5_denoise`, `{corpus}_protbert_mlm`,
+  `{corpus}_protxlnet_plm` and `{corpus}_prottxl_lm`."""
   _SOURCES[corpus] = source
   seqio.TaskRegistry.add(
       f"{corpus}_prott5_denoise", source=source,
@@ -112,6 +123,10 @@ def register_objectives(corpus: str, source: seqio.DataSource) -> None:
       preprocessors=PROTBERT_PREPROCESSORS,
       output_features=PROTBERT_OUTPUT_FEATURES)
   protxlnet_plm_task(corpus)
+  seqio.TaskRegistry.add(
+      f"{corpus}_prottxl_lm", source=source,
+      preprocessors=PROTTXL_PREPROCESSORS,
+      output_features=PROTTXL_OUTPUT_FEATURES)
 
 
 def protxlnet_plm_task(corpus: str,

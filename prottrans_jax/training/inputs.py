@@ -245,8 +245,11 @@ def eval_batches(task_name: str, feature_lengths: Mapping[str, int],
 
 
 def mask_id(task_name: str) -> int:
-  """The mask token of the task's input vocabulary."""
+  """The mask token of the task's input vocabulary; -1 (none) for a task
+  without inputs (a causal LM reads its targets)."""
   task = seqio.get_mixture_or_task(task_name)
+  if "inputs" not in task.output_features:
+    return -1
   return task.output_features["inputs"].vocabulary.mask_id
 
 

@@ -15,7 +15,10 @@ feature converter and loss on the model, this puts them beside it.
   `discriminator_weight` x replaced-token detection (models/electra.py);
 - PERMUTATION_LM (XLNet): cross-entropy of the query stream's logits at the
   target-mapping rows (`preprocessors.permutation_lm`,
-  `PermutationLmFeatureConverter`).
+  `PermutationLmFeatureConverter`);
+- CAUSAL_LM (transfo_xl): every residue's next residue within its protein,
+  a packed row run segment by segment with the memory carried between
+  segments inside the step (models/transfo_xl.py `TransfoXL.lm`).
 """
 import dataclasses
 from typing import Any, Callable, Mapping
@@ -218,6 +221,39 @@ def electra_eval_metrics(totals):
           "detection_original": float(auc.negatives)}
 
 
+def _next_token(batch: Batch) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(each position's next token, its weight): 0 past a protein's last
+  residue (packed rows: the next protein's first residue is not predicted
+  from this one) and at the row's end. Unpacked (eval) rows hold one
+  protein each."""
+  targets = batch["decoder_target_tokens"]
+  ids = batch.get("decoder_segment_ids", (targets > 0).astype(jnp.int32))
+  shift = lambda x: jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
+  same = (shift(ids) == ids) & (ids > 0)
+  return shift(targets), shift(batch["decoder_loss_weights"]) * same
+
+
+def _causal_lm_log_probs(model, params, batch, dropout_rng):
+  targets = batch["decoder_target_tokens"]
+  ids = batch.get("decoder_segment_ids", (targets > 0).astype(jnp.int32))
+  return _apply(model, params, {"decoder_target_tokens": targets, "decoder_segment_ids": ids},
+                dropout_rng, ("decoder_target_tokens", "decoder_segment_ids"),
+                method="lm")
+
+
+def causal_lm_sums(model, params, batch, dropout_rng, z_loss):
+  """Next-residue cross-entropy; log-probabilities have log Z = 0, so the
+  z-loss is 0 whatever its weight."""
+  targets, weights = _next_token(batch)
+  sums = losses.cross_entropy_sums(_causal_lm_log_probs(model, params, batch, dropout_rng),
+                                   targets, weights, z_loss)
+  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}
+
+
+def causal_lm_eval(model, params, batch):
+  return (_causal_lm_log_probs(model, params, batch, None), *_next_token(batch), {})
+
+
 ENCODER_DECODER = Objective(
     loss_sums=encoder_decoder_sums,
     loss_weights=lambda batch: batch["decoder_loss_weights"],
@@ -281,3 +317,19 @@ PERMUTATION_LM = Objective(
     # A predicted token never sees itself (its perm_mask row hides it): each
     # is a masked residue, scored against the most-common-residue baseline.
     masked=lambda batch, mask_id: jnp.ones_like(batch["target_ids"]))
+
+
+# seqio's decoder batches: `decoder_target_tokens` are the residues (the
+# converter's shifted `decoder_input_tokens` are not used: the model reads
+# the residues and predicts each next one, as Transformer-XL's LM does).
+_DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
+                     "decoder_segment_ids", "decoder_positions")
+
+CAUSAL_LM = Objective(
+    loss_sums=causal_lm_sums,
+    loss_weights=lambda batch: _next_token(batch)[1],
+    eval_outputs=causal_lm_eval,
+    feature_converter=seqio.DecoderFeatureConverter,
+    features={name: "targets" for name in _DECODER_FEATURES},
+    # Nothing is masked: a causal LM's inputs are the residues themselves.
+    masked=lambda batch, mask_id: jnp.zeros_like(batch["decoder_target_tokens"]))
