@@ -22,6 +22,7 @@ ratios, which are printed too.
   python bench/embed_throughput.py                # CPU: tiny, prott5_xl, protbert
   python bench/embed_throughput.py --configs=tiny --max_proteins=200
   python bench/embed_throughput.py --configs=tiny --dtype=bfloat16  # both engines bf16
+  python bench/embed_throughput.py --configs=protxlnet_tiny,prottxl_tiny  # ProtTXL: ours only
 
 On a GPU machine (a CUDA JAX + PyTorch image: no TensorFlow, seqio or gin
 needed; from the repository root, with the DeepLoc test set copied to
@@ -56,6 +57,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-position
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
+from flax import linen as nn  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -70,6 +72,7 @@ from prottrans_jax.inference import batching  # pylint: disable=g-import-not-at-
 from prottrans_jax.inference import engine  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prottrans_jax.models import bert  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prottrans_jax.models import t5  # pylint: disable=g-import-not-at-top,wrong-import-position
+from prottrans_jax.models import transfo_xl  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prottrans_jax.models import xlnet  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
@@ -78,7 +81,9 @@ _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
 _OTHER_ROWS = {"protbert": bert.BERT_CONFIGS["protbert"],
                "protbert_tiny": bert.BERT_CONFIGS["tiny"],
                "protxlnet": xlnet.XLNET_CONFIGS["protxlnet"],
-               "protxlnet_tiny": xlnet.XLNET_CONFIGS["tiny"]}
+               "protxlnet_tiny": xlnet.XLNET_CONFIGS["tiny"],
+               # No transformers row: Transformer-XL left transformers in 5.0.
+               "prottxl_tiny": transfo_xl.TRANSFO_XL_CONFIGS["tiny"]}
 # Vendors' dense (no sparsity) bfloat16 tensor-core peaks, TFLOP/s, by the
 # name the driver reports; float16 is the same on these parts.
 NOMINAL_BF16_PEAK_TFLOPS = {
@@ -197,6 +202,16 @@ def random_hf_encoder(config, dtype: str, device: str):
   return model, params
 
 
+def random_encoder(config):
+  """Random encoder params of our own (float32 host arrays), for a family
+  transformers no longer has."""
+  family = families.of(config)
+  params = nn.meta.unbox(jax.jit(lambda rng: family.init(family.module(config), rng))(
+      jax.random.key(0)))
+  return jax.tree.map(np.asarray, {k: v for k, v in params.items()
+                                   if k not in family.non_encoder_parts})
+
+
 def spread(records: list[fasta.FastaRecord], count: int) -> list:
   """`count` records evenly spaced over the length-sorted list."""
   if not count or count >= len(records):
@@ -291,8 +306,13 @@ def main(argv):
   for name in _CONFIGS.value:
     config = _OTHER_ROWS[name] if name in _OTHER_ROWS else t5.T5_CONFIGS[name]
     family = families.of(config)
-    hf_model, params = random_hf_encoder(config, hf_dtype, torch_device)
-    n_params = sum(p.numel() for p in hf_model.parameters())
+    with_hf = hasattr(transformers, family.hf_converter.architecture_for(config, ()))
+    if with_hf:
+      hf_model, params = random_hf_encoder(config, hf_dtype, torch_device)
+      n_params = sum(p.numel() for p in hf_model.parameters())
+    else:
+      hf_model, params = None, random_encoder(config)
+      n_params = sum(a.size for a in jax.tree.leaves(params))
     subset = (spread(records, _XL_PROTEINS.value) if n_params >= 1e9
               else records)
     residues = sum(len(r.sequence) for r in subset)
@@ -307,21 +327,27 @@ def main(argv):
           _cast(params, dtype), settings)
       passes[dtype] = our_pass(embedder, subset)
     del params
-    passes["hf"] = transformers_pass(hf_model, family, subset,
-                                     embedder.plan(subset), torch_device)
+    if with_hf:
+      passes["hf"] = transformers_pass(hf_model, family, subset,
+                                       embedder.plan(subset), torch_device)
     seconds, first = timed_rounds(passes, _ROUNDS.value)
-    theirs = np.median(seconds["hf"])
+    theirs = np.median(seconds["hf"]) if with_hf else None
     for dtype in _DTYPES.value:
       ours = np.median(seconds[dtype])
-      ratios = [t / o for t, o in zip(seconds["hf"], seconds[dtype])]
       achieved = flops / ours
       of_nominal = f"{achieved / nominal:10.1%}" if nominal else f"{'-':>10}"
-      print(f"{name:13} {len(subset):8d} {residues:9d} {dtype:>8} "
-            f"{hf_dtype:>8} {residues / ours:11.1f} {residues / theirs:10.1f} "
-            f"{np.median(ratios):6.2f} {achieved / 1e12:12.3f} "
-            f"{achieved / peaks[dtype]:9.1%} {of_nominal}   "
-            + " ".join(f"{r:.2f}" for r in ratios)
-            + f"; {first[dtype]:.1f}, {first['hf']:.1f}", flush=True)
+      if with_hf:
+        ratios = [t / o for t, o in zip(seconds["hf"], seconds[dtype])]
+        theirs_text = (f"{hf_dtype:>8} {residues / ours:11.1f} {residues / theirs:10.1f} "
+                       f"{np.median(ratios):6.2f}")
+        rounds_text = (" ".join(f"{r:.2f}" for r in ratios)
+                       + f"; {first[dtype]:.1f}, {first['hf']:.1f}")
+      else:
+        theirs_text = f"{'-':>8} {residues / ours:11.1f} {'-':>10} {'-':>6}"
+        rounds_text = f"(no transformers model); {first[dtype]:.1f}, -"
+      print(f"{name:13} {len(subset):8d} {residues:9d} {dtype:>8} {theirs_text} "
+            f"{achieved / 1e12:12.3f} {achieved / peaks[dtype]:9.1%} {of_nominal}   "
+            + rounds_text, flush=True)
     del passes, hf_model, embedder
     if torch_device == "cuda":
       torch.cuda.empty_cache()
