@@ -24,6 +24,7 @@ COMMANDS = {
     "prottrans-visualize": "visualize",
     "prottrans-train": "train",
     "prottrans-eval": "eval",
+    "prottrans-score-variants": "score_variants",
 }
 # Top-level packages only the `[train]` extra installs.
 TRAIN_PACKAGES = frozenset({"tensorflow", "tensorflow_text", "seqio", "gin",
@@ -80,3 +81,7 @@ def train_command() -> None:
 
 def evaluate_command() -> None:
   launch("eval")
+
+
+def score_variants_command() -> None:
+  launch("score_variants")
