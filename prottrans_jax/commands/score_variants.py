@@ -42,7 +42,6 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from prottrans_jax import cli
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import loading
@@ -71,12 +70,16 @@ _SCAN = flags.DEFINE_bool(
     "every protein: an L x 20 table per protein into --output (HDF5).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", list(engine.DTYPES),
                            "Compute dtype of the activations.")
-_MAX_TOKENS = cli.define_max_tokens_flag(16384)
+_MAX_TOKENS = flags.DEFINE_integer(
+    "max_tokens", 16384, "Padded tokens per batch per data-parallel device: "
+    "rows (forward passes) x the batch's padded length, special tokens "
+    "included. Raise it for speed; lower it if a batch runs out of device "
+    "memory (an error here: scoring does not retry in smaller pieces).",
+    lower_bound=1)
 _NUM_PARTITIONS = flags.DEFINE_integer(
     "num_partitions", 1, "Model-parallel ways within this process's devices; "
     "the other devices split the batch.", lower_bound=1)
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
-flags.adopt_module_key_flags(cli)
 
 flags.mark_flags_as_required(["input", "output"])
 flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
