@@ -25,6 +25,7 @@ from prottrans_jax.inference import engine
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import variants
 from prottrans_jax.models import bert
+from prottrans_jax.models import electra
 from prottrans_jax.models import t5
 
 # 45 and 42 residues: one length bucket for both families (46/43 tokens
@@ -236,3 +237,19 @@ def test_command_end_to_end(built, tmp_path):
       [str(len(v.substitutions)), "masked_marginal"] for v in to_score]
   np.testing.assert_allclose([float(row[2]) for row in lines[1:]],
                              scorer.score(RECORDS, to_score), rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_without_its_prediction_head_is_a_clear_error(tmp_path):
+  """An encoder-only export (like Rostlab's `-enc` releases) cannot score:
+  the loader names the decoder weights it lacks; ELECTRA's joint pre-training
+  model is refused with the way to score (its generator)."""
+  config = CONFIGS["t5"]
+  formats.write_hf_checkpoint(tmp_path, mapping.loaders_of(_random_params(config)),
+                              config, encoder_only=True)
+  with pytest.raises(ValueError, match="lacks parameter.*decoder/"):
+    loading.from_hf(str(tmp_path), engine.EmbedSettings(), whole_model=True)
+  pretraining = electra.ElectraPretrainingConfig(
+      generator=electra.ELECTRA_CONFIGS["tiny_generator"],
+      discriminator=electra.ELECTRA_CONFIGS["tiny_discriminator"])
+  with pytest.raises(ValueError, match="score with its generator"):
+    variants.Scorer(pretraining, {})
