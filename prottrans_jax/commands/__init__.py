@@ -26,6 +26,7 @@ COMMANDS = {
     "prottrans-eval": "eval",
     "prottrans-merge-lora": "merge_lora",
     "prottrans-finetune": "finetune",
+    "prottrans-score-variants": "score_variants",
 }
 # Top-level packages only the `[train]` extra installs.
 TRAIN_PACKAGES = frozenset({"tensorflow", "tensorflow_text", "seqio", "gin",
@@ -90,3 +91,7 @@ def merge_lora_command() -> None:
 
 def finetune_command() -> None:
   launch("finetune")
+
+
+def score_variants_command() -> None:
+  launch("score_variants")

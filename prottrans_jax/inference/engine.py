@@ -257,30 +257,42 @@ def embedding_mesh(settings: EmbedSettings,
 
 
 def embedding_layout(config: Any, settings: EmbedSettings,
-                     devices: Sequence[jax.Device] | None = None
+                     devices: Sequence[jax.Device] | None = None,
+                     whole_model: bool = False
                      ) -> tuple[Any, jax.sharding.Mesh,
                                 partitioning.LogicalRules, nn.Module, Any]:
   """How `Embedder` runs `config`: (the config it runs: canonical layout,
   `settings.dtype`; the mesh over this process's devices; the logical-axis
-  rules; the module; the encoder's abstract boxed parameters)."""
+  rules; the module; the encoder's abstract boxed parameters).
+
+  `whole_model`: the abstract parameters are those of the family's `init`
+  (T5's decoder, the BERT family's masked-LM head: what variant scoring
+  runs) instead of the encoder's alone.
+  """
   family = families.of(config)
   run_config = config.with_dtype(settings.dtype).with_layer_options(
       scan_layers=False, remat_policy="none")
   mesh = embedding_mesh(settings, devices)
   rules = partitioning.logical_axis_rules(1)
   model = family.module(run_config)
-  abstract = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
-                         method=family.encode))["params"]
+  if whole_model:
+    abstract = families.abstract_params(family, run_config)
+  else:
+    abstract = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
+                           method=family.encode))["params"]
   return run_config, mesh, rules, model, abstract
 
 
 def encoder_params_target(config: Any, settings: EmbedSettings,
-                          devices: Sequence[jax.Device] | None = None) -> Any:
+                          devices: Sequence[jax.Device] | None = None,
+                          whole_model: bool = False) -> Any:
   """The encoder's parameters as `Embedder` places them (canonical names,
   `jax.ShapeDtypeStruct`s with their shardings): what a loader restores
-  straight into place."""
-  _, mesh, rules, _, abstract = embedding_layout(config, settings, devices)
+  straight into place. With `whole_model`, those of `embedding_layout`'s
+  whole model, placed the same way."""
+  _, mesh, rules, _, abstract = embedding_layout(config, settings, devices,
+                                                 whole_model)
   shardings = partitioning.params_shardings(abstract, mesh, rules)
   return jax.tree.map(
       lambda a, sharding: jax.ShapeDtypeStruct(a.shape, a.dtype,
@@ -305,6 +317,55 @@ def _checked_tokenizer(tokenizer: file_tokenizer.FileTokenizer,
     raise ValueError(f"{tokenizer.path} gives ids up to {tokenizer.max_id}; the "
                      f"model's vocabulary has {vocab_size} (vocab_size)")
   return tokenizer
+
+
+def place_params(params: Any, abstract: Any, mesh: jax.sharding.Mesh,
+                 rules: partitioning.LogicalRules) -> Any:
+  """The parameters `abstract` names (an encoder's: a full model's decoder is
+  not needed), sharded by the logical-axis rules. Arrays already in place
+  (the sharded loaders') stay where they are: nothing is gathered. A
+  parameter `params` lacks is a ValueError naming it."""
+  params = params.get("params", params)
+
+  def take(abstract_tree, tree, path=()):
+    out = {}
+    for key, value in abstract_tree.items():
+      if key not in tree:
+        raise ValueError("checkpoint lacks parameter "
+                         f"{'/'.join(path + (key,))}")
+      out[key] = (take(value, tree[key], path + (key,))
+                  if isinstance(value, dict) else tree[key])
+    return out
+
+  # Host copies: with several processes, every process passes the same
+  # values and each keeps the shards of its own devices.
+  taken = jax.tree.map(
+      lambda x: x if isinstance(x, jax.Array) else np.asarray(x),
+      take(nn.unbox(abstract), params))
+  return jax.device_put(taken, partitioning.params_shardings(abstract, mesh,
+                                                             rules))
+
+
+def check_lengths(config: Any, records: Sequence[fasta.FastaRecord],
+                  done: str = "embedded") -> None:
+  """Every protein `config`'s model cannot take (a learned position table
+  has an end; T5's relative positions have none), named before any work
+  (`done`: what the message says was not done)."""
+  limit = getattr(config, "max_position_embeddings", None)
+  if limit is None:
+    return
+  special = families.of(config).num_special_tokens
+  too_long = [r for r in records if len(r.sequence) + special > limit]
+  if not too_long:
+    return
+  shown = "; ".join(f"{r.id!r} ({len(r.sequence)} residues)"
+                    for r in too_long[:20])
+  more = f"; and {len(too_long) - 20} more" if len(too_long) > 20 else ""
+  raise ProteinTooLongError(
+      f"{len(too_long)} protein(s) longer than this model's {limit} "
+      f"positions ({limit - special} residues plus {special} special "
+      f"tokens): {shown}{more}. Nothing was {done}: leave them out of "
+      "the input, or split them into pieces that fit")
 
 
 class Embedder:
@@ -332,37 +393,13 @@ class Embedder:
     self.config, self.mesh, self.rules, self._model, abstract = (
         embedding_layout(config, settings, devices))
     self.data_parallel = self.mesh.shape[partitioning.DATA_AXIS]
-    self.params = self._place_encoder_params(params, abstract)
+    self.params = place_params(params, abstract, self.mesh, self.rules)
     self._batch_sharding = partitioning.batch_sharding(self.mesh, self.rules)
     self._encode = jax.jit(self._encode_fn)
     self._test_oom_above_tokens = _test_oom_above_tokens()
     # (rows, length, blockwise) of attempts that ran out of memory: a batch
     # of the same shape goes straight to the retries.
     self._out_of_memory: set[tuple[int, int, bool]] = set()
-
-  def _place_encoder_params(self, params: Any, abstract: Any) -> Any:
-    """Keeps the encoder's parameters (a full model's decoder is not needed)
-    and shards them by the logical-axis rules. Arrays already in place (the
-    sharded loaders') stay where they are: nothing is gathered."""
-    params = params.get("params", params)
-
-    def take(abstract_tree, tree, path=()):
-      out = {}
-      for key, value in abstract_tree.items():
-        if key not in tree:
-          raise ValueError("checkpoint lacks encoder parameter "
-                           f"{'/'.join(path + (key,))}")
-        out[key] = (take(value, tree[key], path + (key,))
-                    if isinstance(value, dict) else tree[key])
-      return out
-
-    # Host copies: with several processes, every process passes the same
-    # values and each keeps the shards of its own devices.
-    encoder_params = jax.tree.map(
-        lambda x: x if isinstance(x, jax.Array) else np.asarray(x),
-        take(nn.unbox(abstract), params))
-    shardings = partitioning.params_shardings(abstract, self.mesh, self.rules)
-    return jax.device_put(encoder_params, shardings)
 
   def _encode_fn(self, params, tokens, residue_mask, model=None):
     """{OutputSpec.key: float32 [B, L, d] per residue, [B, d] sums over
@@ -421,30 +458,10 @@ class Embedder:
     """
     token_lengths = [len(r.sequence) + self.family.num_special_tokens
                      for r in records]
-    self._check_lengths(records, token_lengths)
+    check_lengths(self.config, records)
     return list(batching.plan_batches(
         token_lengths, self.settings.max_tokens * self.data_parallel,
         self.data_parallel))
-
-  def _check_lengths(self, records: Sequence[fasta.FastaRecord],
-                     token_lengths: Sequence[int]) -> None:
-    """Every protein the model cannot take (a learned position table has an
-    end; T5's relative positions have none), named before any work."""
-    limit = getattr(self.config, "max_position_embeddings", None)
-    if limit is None:
-      return
-    too_long = [(r, n) for r, n in zip(records, token_lengths) if n > limit]
-    if not too_long:
-      return
-    special = self.family.num_special_tokens
-    shown = "; ".join(f"{r.id!r} ({len(r.sequence)} residues)"
-                      for r, _ in too_long[:20])
-    more = f"; and {len(too_long) - 20} more" if len(too_long) > 20 else ""
-    raise ProteinTooLongError(
-        f"{len(too_long)} protein(s) longer than this model's {limit} "
-        f"positions ({limit - special} residues plus {special} special "
-        f"tokens): {shown}{more}. Nothing was embedded: leave them out of "
-        "the input, or split them into pieces that fit")
 
   def embed_batches(self, records: Sequence[fasta.FastaRecord],
                     skip: Callable[[int], bool] = lambda index: False, *,

@@ -72,7 +72,7 @@ def _placed(name: str, config: Any, params: Any, source: str,
   """The LoadedModel of sharded `params`, its reads and placement logged."""
   max_bytes = max(device_bytes(params).values())
   logger.info("%s: read %d tensors of %s; the fullest device holds %.1f MB "
-              "of the encoder's %.1f MB", source, tensors_read, out_of,
+              "of the %.1f MB placed", source, tensors_read, out_of,
               max_bytes / 1e6,
               sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(params)) / 1e6)
   return LoadedModel(name, config, params, source, tensors_read=tensors_read,
@@ -81,7 +81,8 @@ def _placed(name: str, config: Any, params: Any, source: str,
 
 
 def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
-                    devices: Sequence[jax.Device] | None = None) -> LoadedModel:
+                    devices: Sequence[jax.Device] | None = None, *,
+                    whole_model: bool = False) -> LoadedModel:
   """A MODEL_DIR (its latest step) or one step's directory of ours, local or
   a URL (`gs://...`, which Orbax reads directly).
 
@@ -98,6 +99,10 @@ def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
   returned config says so (`scan_layers` off), whichever layout trained
   them. A checkpoint lacking an encoder tensor is a ValueError naming it.
 
+  With `settings` and `whole_model`, the same for the parameters of the
+  family's whole network (`engine.embedding_layout`: T5's decoder too, the
+  BERT family's masked-LM head), as variant scoring needs them.
+
   Without `settings`, the whole model in the recorded config's layout on
   the first local device (conversion, evaluation and tests use this).
   """
@@ -110,7 +115,8 @@ def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
                        fingerprint=weights)
   model_name, config = checkpoints.checkpoint_model_config(step_dir)
   config = config.with_layer_options(scan_layers=False)
-  target = engine.encoder_params_target(config, settings, devices)
+  target = engine.encoder_params_target(config, settings, devices,
+                                        whole_model)
   params, tensors_held = checkpoints.restore_params_subset(step_dir, target)
   return _placed(model_name, config, params, str(step_dir),
                  len(jax.tree_util.tree_leaves(target)),
@@ -118,7 +124,8 @@ def from_checkpoint(path: str, settings: engine.EmbedSettings | None = None,
 
 
 def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
-            devices: Sequence[jax.Device] | None = None) -> LoadedModel:
+            devices: Sequence[jax.Device] | None = None, *,
+            whole_model: bool = False) -> LoadedModel:
   """A Hugging Face ProtT5, ProtBert, ProtAlbert, ProtElectra or ProtXLNet directory
   (config.json + safetensors or pytorch_model.bin), local or a URL, or a
   Hub model id (`Rostlab/prot_t5_xl_half_uniref50-enc[@revision]`: its
@@ -137,7 +144,10 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
   put straight into its sharding on `engine.embedding_mesh(settings,
   devices)` once read, so no device receives a whole tensor the mesh
   splits; the host still reads each tensor whole (safetensors), one at a
-  time. Without, the parameters are host (numpy) arrays.
+  time. Without, the parameters are host (numpy) arrays. `whole_model`
+  (with `settings`) reads and places the whole network's parameters as
+  `from_checkpoint` does (a T5ForConditionalGeneration's decoder, a
+  *ForMaskedLM's head).
 
   A tokenizer file in the directory (`spiece.model`, `vocab.txt`,
   `tokenizer.json`) is read into `tokenizer` (`file_tokenizer.from_directory`:
@@ -146,7 +156,8 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
   """
   location = hf_io.resolve_model(directory)
   with fs.local_copy(location.directory) as local:
-    config, loaders, _ = formats.read_hf_checkpoint(local, encoder_only=True)
+    config, loaders, _ = formats.read_hf_checkpoint(
+        local, encoder_only=not (whole_model and settings is not None))
     tokenizer = file_tokenizer.from_directory(local, families.of(config).name)
     weights = fingerprint.of_hf_directory(local)
     if settings is None:
@@ -156,14 +167,17 @@ def from_hf(directory: str, settings: engine.EmbedSettings | None = None,
       return LoadedModel(families.of(config).name, config, params,
                          source=location.source, fingerprint=weights,
                          tokenizer=tokenizer)
-    targets = mapping.flatten(engine.encoder_params_target(config, settings, devices))
+    targets = mapping.flatten(engine.encoder_params_target(
+        config, settings, devices, whole_model))
     missing = sorted(set(targets) - set(loaders))
     if missing:
-      raise ValueError(f"{location.directory} lacks encoder parameter(s) "
+      raise ValueError(f"{location.directory} lacks "
+                       f"{'' if whole_model else 'encoder '}parameter(s) "
                        f"{', '.join(missing)}")
     params = mapping.unflatten({
         name: jax.device_put(np.asarray(loaders[name](), dtype=target.dtype),
                              target.sharding)
         for name, target in targets.items()})
   return _placed(families.of(config).name, config, params, location.source,
-                 len(targets), "its encoder", weights, tokenizer)
+                 len(targets), "its model" if whole_model else "its encoder",
+                 weights, tokenizer)
