@@ -23,7 +23,6 @@ is prottrans_jax/training/finetune.py.
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -36,7 +36,6 @@ from typing import Optional
 from flax import linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from prottrans_jax.models import configs
 from prottrans_jax.models import layers
