@@ -9,6 +9,7 @@ hundreds of steps per model: bench/finetune.py prints it.
 """
 
 import dataclasses
+import re
 import shutil
 
 import flax
@@ -21,7 +22,9 @@ import pytest
 from prottrans_jax import checkpoints
 from prottrans_jax import partitioning
 from prottrans_jax.data import fasta
+from prottrans_jax.data import sample_corpus
 from prottrans_jax.downstream import finetune
+from prottrans_jax.downstream import metrics as metrics_lib
 from prottrans_jax.downstream import models as heads
 from prottrans_jax.downstream import readers
 from prottrans_jax.inference import engine
@@ -196,3 +199,77 @@ def test_merged_checkpoint_embeds_as_the_adapter_model(lora_run, tmp_path,
     expected = hidden(params, tokens)[0, :len(record.sequence)]
     np.testing.assert_allclose(embedded[record.id], expected, atol=1e-5,
                                rtol=1e-5)
+
+
+HYDROPHOBIC = set("AILMFVWC")
+
+
+def _regression_tsv(path, rows):
+  path.write_text("protein_id\tsequence\ttarget\n" + "".join(
+      "\t".join(row) + "\n" for row in rows))
+  return path
+
+
+def test_regression_run_reports_spearman_of_its_predictions(tmp_path):
+  """tsv_regression through read_proteins, a per-protein regression head
+  (mean-squared-error loss) trained a few steps from scratch, and the
+  evaluation's Spearman equal to scipy's on the final model's predictions
+  (target: each protein's hydrophobic fraction)."""
+  scipy_stats = pytest.importorskip("scipy.stats")
+  records = list(fasta.read_fasta(sample_corpus.FASTA_PATH))[:24]
+  tsv = _regression_tsv(tmp_path / "targets.tsv", [
+      (r.id, r.sequence, f"{np.mean([c in HYDROPHOBIC for c in r.sequence]):.6f}")
+      for r in records])
+  proteins = finetune_training.read_proteins(str(tsv), "tsv_regression", None,
+                                             readers.REGRESSION_TASKS)
+  assert [p.id for p in proteins] == [r.id for r in records]
+  config = dataclasses.replace(_config(kind="mlp", lora_config=None), head=(
+      heads.HeadConfig("mlp", T5_TINY.d_model, regression=True)))
+  validation = proteins[16:]
+  metrics = finetune_training.train(
+      model_dir=str(tmp_path / "run"), config=config,
+      train_proteins=proteins[:16], validation_proteins=validation,
+      max_length=48, batch_size=8, train_steps=3,
+      learning_rate=optimizers.constant_schedule(3e-3),
+      checkpoint_period=3, log_period=3, eval_period=3)
+  assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["target_mse"])
+  rho = metrics["eval/target"]
+  assert np.isfinite(rho) and -1.0 <= rho <= 1.0
+
+  _, params = finetune.load_checkpoint(str(tmp_path / "run"))
+  model = finetune.FinetuneModel(config)
+  arrays = finetune.encode_batch(model.family, validation, config.head.tasks,
+                                 48, per_residue=False)
+  predictions = np.asarray(jax.jit(model)(params, arrays["tokens"],
+                                          arrays["mask"])["target"])
+  assert predictions.shape == (len(validation),)
+  expected = scipy_stats.spearmanr(predictions, arrays["target"]).statistic
+  np.testing.assert_allclose(rho, expected, atol=1e-6)
+
+  # The metric itself, with ties on both sides, against scipy's.
+  rng = np.random.default_rng(0)
+  a, b = rng.integers(0, 4, size=(2, 30)).astype(np.float64)
+  np.testing.assert_allclose(metrics_lib.spearman(a, b),
+                             scipy_stats.spearmanr(a, b).statistic, atol=1e-12)
+
+
+@pytest.mark.parametrize("rows,line,message", [
+    ([("P1", "MKV", "0.5"), ("P2", "MKL", "high")], 3, "not a finite number"),
+    ([("P1", "MKV", "inf")], 2, "not a finite number"),
+    ([("P1", "MKV", "nan")], 2, "not a finite number"),
+    ([("P1", "MKV", "0.5"), ("P1", "MKL", "0.2")], 3, "duplicate protein_id"),
+    ([("P1", "MKV")], 2, "tab-separated fields"),
+    ([("P1", "MKV", "")], 2, "tab-separated fields"),
+])
+def test_bad_regression_rows_name_the_file_and_line(tmp_path, rows, line,
+                                                    message):
+  tsv = _regression_tsv(tmp_path / "bad.tsv", rows)
+  with pytest.raises(readers.LabelError, match=f"{re.escape(str(tsv))}:{line}: .*{message}"):
+    readers.read_labels(tsv, "tsv_regression")
+
+
+def test_regression_tsv_header_is_checked(tmp_path):
+  tsv = tmp_path / "bad.tsv"
+  tsv.write_text("id\tsequence\tvalue\nP1\tMKV\t0.5\n")
+  with pytest.raises(readers.LabelError, match=f"{re.escape(str(tsv))}:1: header"):
+    readers.read_labels(tsv, "tsv_regression")

@@ -148,7 +148,8 @@ class FinetuneModel:
   def __call__(self, params: Mapping[str, Any], tokens: jax.Array,
                mask: jax.Array, dropout_rng: jax.Array | None = None
                ) -> dict[str, jax.Array]:
-    """{task: logits}: [B, L, classes] per residue, [B, classes] per protein."""
+    """{task: logits}: [B, L, classes] per residue, [B, classes] per protein
+    ([B] predictions for a regression task)."""
     x = self.hidden(params, tokens, dropout_rng)
     mask = mask.astype(jnp.float32)
     train = dropout_rng is not None
@@ -177,8 +178,11 @@ def encode_batch(family: families.ModelFamily,
   batch = {"tokens": np.zeros((n, max_length), np.int32),
            "mask": np.zeros((n, max_length), np.int32)}
   for task in tasks:
-    batch[task] = np.full((n, max_length) if per_residue else (n,),
-                          readers.IGNORE, np.int32)
+    # Regression targets are real: NaN marks a missing one.
+    missing, dtype = ((np.nan, np.float32) if task in readers.REGRESSION_TASKS
+                      else (readers.IGNORE, np.int32))
+    batch[task] = np.full((n, max_length) if per_residue else (n,), missing,
+                          dtype)
   room = max_length - family.num_special_tokens
   if room < 1:
     raise ValueError(f"max_length {max_length} leaves no room for residues "

@@ -7,6 +7,9 @@ protein: each replicate draws proteins with replacement and pools their
 residues. The standard error is the replicates' standard deviation and the
 95% interval their 2.5th and 97.5th percentiles. For per-protein tasks this
 is the usual binomial standard error sqrt(p(1-p)/n) up to sampling noise.
+
+Regression tasks score Spearman's rank correlation of predictions and
+targets over proteins, with the same bootstrap over proteins.
 """
 
 import dataclasses
@@ -18,12 +21,13 @@ from prottrans_jax.downstream import readers
 
 # How the paper names each task's accuracy.
 SCORE_NAMES = {"q3": "Q3", "q8": "Q8", "localization": "Q10",
-               "membrane": "Q2"}
+               "membrane": "Q2", "target": "Spearman"}
 
 
 @dataclasses.dataclass(frozen=True)
 class Score:
-  value: float  # Accuracy in [0, 1], pooled over all labelled items.
+  value: float  # Accuracy in [0, 1], pooled over all labelled items
+  # (Spearman's rho in [-1, 1] for a regression task).
   stderr: float
   ci_low: float
   ci_high: float
@@ -64,13 +68,77 @@ def bootstrap_score(correct: np.ndarray, total: np.ndarray,
                proteins=int(len(total)), items=int(total.sum()))
 
 
+def _ranks(x: np.ndarray) -> np.ndarray:
+  """1-based ranks along the last axis, ties given their average rank."""
+  order = np.argsort(x, axis=-1, kind="stable")
+  ordered = np.take_along_axis(x, order, axis=-1)
+  ranks = np.empty(x.shape, np.float64)
+  for row in np.ndindex(x.shape[:-1]):
+    _, inverse, counts = np.unique(ordered[row], return_inverse=True,
+                                   return_counts=True)
+    # A tie group ending at position e (1-based) of size c spans ranks
+    # e-c+1 .. e, whose mean is e - (c-1)/2.
+    average = np.cumsum(counts) - (counts - 1) / 2
+    ranks[row + (order[row],)] = average[inverse]
+  return ranks
+
+
+def spearman(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
+  """Spearman's rank correlation over the last axis (leading axes are
+  separate samples): Pearson's correlation of the tie-averaged ranks. NaN
+  where either side is constant (no ranking to correlate)."""
+  predictions = np.asarray(predictions, np.float64)
+  targets = np.asarray(targets, np.float64)
+  if predictions.shape != targets.shape or predictions.shape[-1] < 2:
+    raise ValueError(f"Spearman needs two equal shapes of at least 2 items, "
+                     f"not {predictions.shape} and {targets.shape}")
+  a, b = _ranks(predictions), _ranks(targets)
+  a = a - a.mean(axis=-1, keepdims=True)
+  b = b - b.mean(axis=-1, keepdims=True)
+  norm = np.sqrt(np.sum(a * a, axis=-1) * np.sum(b * b, axis=-1))
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.sum(a * b, axis=-1) / norm
+
+
+def spearman_score(predictions: Sequence[float], targets: Sequence[float],
+                   replicates: int = 1000, seed: int = 0) -> Score:
+  """Spearman's rho over the proteins with a finite target, with a
+  bootstrap over proteins (replicates drawing a constant side are left
+  out of the spread)."""
+  predictions = np.ravel(np.asarray(predictions, np.float64))
+  targets = np.ravel(np.asarray(targets, np.float64))
+  keep = np.isfinite(targets)
+  predictions, targets = predictions[keep], targets[keep]
+  value = float(spearman(predictions, targets))
+  draws = np.random.default_rng(seed).integers(
+      0, len(targets), size=(replicates, len(targets)))
+  samples = spearman(predictions[draws], targets[draws])
+  samples = samples[np.isfinite(samples)]
+  if len(samples) > 1:
+    stderr = float(samples.std(ddof=1))
+    low, high = np.percentile(samples, [2.5, 97.5])
+  else:
+    stderr, low, high = float("nan"), float("nan"), float("nan")
+  return Score(value=value, stderr=stderr, ci_low=float(low),
+               ci_high=float(high), proteins=int(len(targets)),
+               items=int(len(targets)))
+
+
 def evaluate(probabilities: Sequence[Mapping[str, np.ndarray]],
              labels: Sequence[Mapping[str, np.ndarray]], tasks: Sequence[str],
              seed: int = 0) -> dict[str, Score]:
-  """{task: Score} of the most probable class against the labels."""
-  return {t: bootstrap_score(*correct_counts(
-      [np.argmax(p[t], axis=-1) for p in probabilities],
-      [l[t] for l in labels]), seed=seed) for t in tasks}
+  """{task: Score}: the most probable class against the labels; for a
+  regression task, Spearman's rho of the predictions and targets."""
+  scores = {}
+  for t in tasks:
+    if t in readers.REGRESSION_TASKS:
+      scores[t] = spearman_score([p[t] for p in probabilities],
+                                 [l[t] for l in labels], seed=seed)
+    else:
+      scores[t] = bootstrap_score(*correct_counts(
+          [np.argmax(p[t], axis=-1) for p in probabilities],
+          [l[t] for l in labels]), seed=seed)
+  return scores
 
 
 def majority_class(labels: Sequence[Mapping[str, np.ndarray]], task: str

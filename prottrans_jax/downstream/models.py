@@ -14,6 +14,8 @@
   head is a pure function of its parameters (no running statistics).
 
 Every head returns {task: logits}; padded residues are marked by `mask`.
+A per-protein head with `regression` has one real output instead, the
+task "target" ([B] predictions, trained on the squared error).
 """
 
 import dataclasses
@@ -40,6 +42,8 @@ class HeadConfig:
     kernel: convolution window of the CNN.
     attention_kernel: convolution window of light attention.
     dropout: rate after the hidden layer (and on light attention's values).
+    regression: per-protein heads only: one real output (task "target")
+      instead of the classification tasks.
   """
   kind: HeadKind
   input_dim: int
@@ -47,9 +51,17 @@ class HeadConfig:
   kernel: int = 7
   attention_kernel: int = 9
   dropout: float = 0.25
+  regression: bool = False
+
+  def __post_init__(self):
+    if self.regression and self.per_residue_output:
+      raise ValueError(f"regression is a per-protein task; head {self.kind!r} "
+                       "is per residue (use 'mlp' or 'light_attention')")
 
   @property
   def tasks(self) -> tuple[str, ...]:
+    if self.regression:
+      return readers.REGRESSION_TASKS
     return readers.RESIDUE_TASKS if self.per_residue_output else (
         readers.PROTEIN_TASKS)
 
@@ -71,6 +83,13 @@ class HeadConfig:
 
 def _num_classes(task: str) -> int:
   return len(readers.TASK_CLASSES[task])
+
+
+def _protein_output(task: str, h: jax.Array) -> jax.Array:
+  """Class logits [B, classes], or a regression task's [B] predictions."""
+  if task in readers.REGRESSION_TASKS:
+    return nn.Dense(1, name=task)(h)[..., 0]
+  return nn.Dense(_num_classes(task), name=task)(h)
 
 
 class SecondaryStructureCNN(nn.Module):
@@ -100,8 +119,7 @@ class _ProteinOutputs(nn.Module):
     c = self.config
     h = nn.relu(nn.Dense(c.hidden, name="hidden")(x))
     h = nn.Dropout(c.dropout, deterministic=not train)(h)
-    return {task: nn.Dense(_num_classes(task), name=task)(h)
-            for task in c.tasks}
+    return {task: _protein_output(task, h) for task in c.tasks}
 
 
 class ProteinMLP(nn.Module):
@@ -110,7 +128,8 @@ class ProteinMLP(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array | None = None,
                train: bool = False) -> dict[str, jax.Array]:
-    """x: [B, d] mean-pooled embeddings. Returns [B, classes] per task."""
+    """x: [B, d] mean-pooled embeddings. Returns [B, classes] per task
+    ([B] for a regression task)."""
     del mask  # Already pooled.
     return _ProteinOutputs(self.config, name="outputs")(x, train)
 

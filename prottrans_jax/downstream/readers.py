@@ -15,6 +15,10 @@ trainer and one set of metrics serve every task.
 - The bundled Swiss-Prot sample's annotation TSV: 3-state secondary structure
   from HELIX/STRAND/TURN features, Swiss-Prot locations mapped onto DeepLoc's
   classes (`SWISSPROT_LOCATIONS`), membrane M/S.
+- A regression TSV (`tsv_regression`): header `protein_id<TAB>sequence<TAB>
+  target`, one protein per line, a finite real target per protein (task
+  "target", a float32 scalar; NaN would mean no label, but the reader
+  refuses rows without a finite target rather than dropping them).
 
 Files may be local or at a URL (`gs://...`): they are read (and
 `write_fasta` writes) through `prottrans_jax.fs`.
@@ -50,6 +54,10 @@ TASK_CLASSES: Mapping[str, tuple[str, ...]] = {
     "localization": LOCALIZATION_CLASSES, "membrane": MEMBRANE_CLASSES}
 RESIDUE_TASKS = ("q3", "q8")
 PROTEIN_TASKS = ("localization", "membrane")
+# Real-valued per-protein tasks: float32 labels, NaN = no label (a class
+# index's IGNORE of -1 is a legitimate real target).
+REGRESSION_TASKS = ("target",)
+REGRESSION_COLUMNS = ("protein_id", "sequence", "target")
 
 # DeepLoc marks proteins found in both compartments "Cytoplasm-Nucleus".
 DUAL_LOCATIONS = {"Cytoplasm-Nucleus": "Cytoplasm"}
@@ -262,8 +270,53 @@ def read_swissprot_sample(
   return proteins[:limit]
 
 
+def read_tsv_regression(path: str | os.PathLike, limit: int | None = None,
+                        policy: fasta.FastaPolicy = fasta.FastaPolicy()
+                        ) -> list[LabeledProtein]:
+  """Reads a regression TSV (see the module docstring); `limit` rows. A
+  missing column, a target that is not a finite number, or an id seen
+  before is a LabelError naming the file and line."""
+  path = os.fspath(path)
+  proteins, seen = [], {}
+  with fs.open_read(path) as raw, io.TextIOWrapper(
+      raw, encoding="utf-8", newline="") as handle:
+    header = handle.readline().rstrip("\r\n").split("\t")
+    if tuple(h.strip() for h in header) != REGRESSION_COLUMNS:
+      raise LabelError(f"{path}:1: header {header}, expected the tab-separated "
+                       f"columns {list(REGRESSION_COLUMNS)}")
+    for line_number, line in enumerate(handle, start=2):
+      if limit is not None and len(proteins) >= limit:
+        break
+      line = line.rstrip("\r\n")
+      if not line.strip():
+        continue
+      where = f"{path}:{line_number}"
+      fields = [f.strip() for f in line.split("\t")]
+      if len(fields) != len(REGRESSION_COLUMNS) or not all(fields):
+        raise LabelError(f"{where}: {len(fields)} tab-separated fields "
+                         f"{fields}, expected non-empty "
+                         f"{list(REGRESSION_COLUMNS)}")
+      protein_id, sequence, target = fields
+      if protein_id in seen:
+        raise LabelError(f"{where}: duplicate protein_id {protein_id!r} "
+                         f"(first on line {seen[protein_id]})")
+      seen[protein_id] = line_number
+      try:
+        value = np.float32(float(target))
+      except ValueError:
+        value = np.float32(np.nan)
+      if not np.isfinite(value):
+        raise LabelError(f"{where}: {protein_id!r}: target {target!r} is not "
+                         "a finite number")
+      proteins.append(LabeledProtein(
+          protein_id, fasta.clean_sequence(sequence, protein_id, where, policy),
+          {"target": value}))
+  return proteins
+
+
 FORMATS = {"netsurfp": read_netsurfp, "deeploc": read_deeploc,
-           "sample": read_swissprot_sample}
+           "sample": read_swissprot_sample,
+           "tsv_regression": read_tsv_regression}
 
 
 def read_labels(path: str | os.PathLike, label_format: str,
@@ -275,9 +328,19 @@ def read_labels(path: str | os.PathLike, label_format: str,
   return FORMATS[label_format](path, limit=limit)
 
 
+def is_labelled(task: str, labels: np.ndarray) -> np.ndarray:
+  """Where `labels` of `task` hold a label (not IGNORE; finite for a
+  regression task). Works on numpy and jax arrays alike."""
+  if task in REGRESSION_TASKS:
+    return labels == labels  # False at NaN alone.
+  return labels != IGNORE
+
+
 def has_labels(protein: LabeledProtein, tasks: Iterable[str]) -> bool:
-  """Whether any of `tasks` labels anything in this protein."""
-  return any(np.any(protein.labels[t] != IGNORE) for t in tasks)
+  """Whether any of `tasks` labels anything in this protein (a task the
+  protein has no labels for at all counts as unlabelled)."""
+  return any(t in protein.labels and np.any(is_labelled(t, protein.labels[t]))
+             for t in tasks)
 
 
 def write_fasta(proteins: Sequence[LabeledProtein], path: str | os.PathLike

@@ -25,7 +25,8 @@ global batch and contributes the rows its devices hold.
 
 Evaluation on the validation set every `eval_period` steps: Q3/Q8 per
 residue or Q10/Q2 per protein (downstream/metrics.py, the same scores as
-the frozen-embedding heads).
+the frozen-embedding heads); Spearman's rho for a regression head (one real
+output per protein, trained on the mean squared error).
 """
 
 import dataclasses
@@ -135,12 +136,25 @@ def trainable_count_formula(model: finetune_lib.FinetuneModel,
 
 def task_losses(logits: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Sum over tasks of each task's mean cross-entropy over its labelled
-  items (IGNORE excluded), and per-task correct/labelled counts."""
+  """Sum over tasks of each task's mean loss over its labelled items
+  (IGNORE or NaN excluded): cross-entropy, with per-task correct/labelled
+  counts; for a regression task, the squared error, with its sum and the
+  labelled count."""
   total, sums = 0.0, {}
   for task, task_logits in logits.items():
     labels = batch[task]
-    weight = (labels != readers.IGNORE).astype(jnp.float32)
+    labelled = readers.is_labelled(task, labels)
+    weight = labelled.astype(jnp.float32)
+    if task in readers.REGRESSION_TASKS:
+      # NaN (no target) is replaced before the subtraction so no NaN can
+      # reach the loss or its gradient.
+      error = jnp.where(labelled, task_logits.astype(jnp.float32)
+                        - jnp.where(labelled, labels, 0.0), 0.0)
+      count = jnp.sum(weight)
+      sums[f"{task}_squared_error"] = jnp.sum(error * error)
+      sums[f"{task}_labelled"] = count
+      total = total + sums[f"{task}_squared_error"] / jnp.maximum(count, 1.0)
+      continue
     safe = jnp.maximum(labels, 0)
     log_probs = jax.nn.log_softmax(task_logits.astype(jnp.float32))
     nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
@@ -174,8 +188,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
   metrics = {"loss": loss, "learning_rate": learning_rate,
              "grad_norm": optax.global_norm(grads)}
   for task in model.config.head.tasks:
-    metrics[f"{task}_accuracy"] = sums[f"{task}_correct"] / jnp.maximum(
-        sums[f"{task}_labelled"], 1.0)
+    labelled = jnp.maximum(sums[f"{task}_labelled"], 1.0)
+    if task in readers.REGRESSION_TASKS:
+      metrics[f"{task}_mse"] = sums[f"{task}_squared_error"] / labelled
+    else:
+      metrics[f"{task}_accuracy"] = sums[f"{task}_correct"] / labelled
   return TrainState(step=state.step + 1,
                     params=lora_lib.combine(trainable, frozen),
                     opt_state=opt_state), metrics
@@ -231,8 +248,9 @@ def evaluate(forward: Callable, params: Any, model: finetune_lib.FinetuneModel,
              proteins: Sequence[readers.LabeledProtein], max_length: int,
              batch_size: int, mesh: jax.sharding.Mesh,
              rules: partitioning.LogicalRules) -> dict[str, float]:
-  """Accuracy per task over `proteins` (Q3/Q8 per residue, Q10/Q2 per
-  protein), through downstream/metrics.py."""
+  """Score per task over `proteins` (accuracy: Q3/Q8 per residue, Q10/Q2
+  per protein; Spearman's rho for a regression task), through
+  downstream/metrics.py."""
   head = model.config.head
   predictions, labels = [], []
   for start in range(0, len(proteins), batch_size):
@@ -326,11 +344,12 @@ def read_proteins(path: str, label_format: str, limit: int | None,
 
 def make_config(encoder_config: Any, head: str = "ss_cnn",
                 lora: lora_lib.LoraConfig | None = lora_lib.LoraConfig(),
-                head_dropout: float = 0.25, freeze_encoder: bool = False
-                ) -> finetune_lib.FinetuneConfig:
+                head_dropout: float = 0.25, freeze_encoder: bool = False,
+                regression: bool = False) -> finetune_lib.FinetuneConfig:
   """The fine-tuning network of a model gin file's config (its family's
   encoder; ProtElectra's joint network: its discriminator), a head kind of
-  downstream/models.py, and adapters (None: full fine-tuning;
+  downstream/models.py (`regression`: a per-protein head's one real
+  output, task "target"), and adapters (None: full fine-tuning;
   `freeze_encoder` with None: the head alone)."""
   if isinstance(encoder_config, electra.ElectraPretrainingConfig):
     encoder_config = encoder_config.discriminator
@@ -338,7 +357,8 @@ def make_config(encoder_config: Any, head: str = "ss_cnn",
   return finetune_lib.FinetuneConfig(
       family.name, encoder_config,
       heads.HeadConfig(head, finetune_lib.encoder_width(encoder_config),
-                       dropout=head_dropout), lora, freeze_encoder)
+                       dropout=head_dropout, regression=regression), lora,
+      freeze_encoder)
 
 
 def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
@@ -364,8 +384,8 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
     model_dir: MODEL_DIR (local or a URL); resumed from its latest step.
     config: encoder, head and adapters (`make_config`).
     train_file, label_format, train_limit: the labelled training set
-      (`readers.read_labels` formats: netsurfp, deeploc, sample; the
-      bundled sample when None); or pass `train_proteins`.
+      (`readers.read_labels` formats: netsurfp, deeploc, sample,
+      tsv_regression; the bundled sample when None); or pass `train_proteins`.
     validation_file, validation_limit: the validation set; without one,
       the `validation_fraction` of the training file's proteins that
       `data.splits` assigns by id (kept out of training).
@@ -379,8 +399,8 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
     The others as `trainer.train`.
 
   Returns:
-    The last logged training metrics, `eval/<task>` accuracies if
-    evaluated, and the trainable and total parameter counts.
+    The last logged training metrics, `eval/<task>` scores (accuracy, or
+    Spearman's rho for "target") if evaluated, and the trainable and total parameter counts.
   """
   for name, value in (("batch_size", batch_size),
                       ("checkpoint_period", checkpoint_period),
