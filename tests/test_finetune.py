@@ -229,9 +229,9 @@ def test_regression_run_reports_spearman_of_its_predictions(tmp_path):
   metrics = finetune_training.train(
       model_dir=str(tmp_path / "run"), config=config,
       train_proteins=proteins[:16], validation_proteins=validation,
-      max_length=48, batch_size=8, train_steps=3,
+      max_length=48, batch_size=8, train_steps=2,
       learning_rate=optimizers.constant_schedule(3e-3),
-      checkpoint_period=3, log_period=3, eval_period=3)
+      checkpoint_period=2, log_period=2, eval_period=2)
   assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["target_mse"])
   rho = metrics["eval/target"]
   assert np.isfinite(rho) and -1.0 <= rho <= 1.0
