@@ -61,6 +61,37 @@ def _split_microbatches(batch: Batch, num_microbatches: int) -> Batch:
   return {k: split(v) for k, v in batch.items()}
 
 
+def accumulate_gradients(grad_fn: Callable[[Any, Batch, jax.Array], Any],
+                         params: Any, batch: Batch, rng: jax.Array,
+                         num_microbatches: int) -> Any:
+  """`grad_fn(params, batch, rng)` (gradients and auxiliary sums), summed
+  over `num_microbatches` microbatches of `batch` (`_split_microbatches`),
+  one after another so that only a microbatch's activations are live.
+
+  Equal to the whole batch's when `grad_fn`'s loss is a sum over rows
+  divided by a constant of the whole batch (a normalizing factor computed
+  before the split), as both the pre-training and the fine-tuning losses
+  are. Microbatch i draws its dropout from `fold_in(rng, i)`; one
+  microbatch uses `rng` itself.
+  """
+  if num_microbatches == 1:
+    return grad_fn(params, batch, rng)
+  microbatches = _split_microbatches(batch, num_microbatches)
+
+  def accumulate(carry, index):
+    microbatch = jax.tree_util.tree_map(lambda x: x[index], microbatches)
+    out = grad_fn(params, microbatch, jax.random.fold_in(rng, index))
+    return jax.tree_util.tree_map(jnp.add, carry, out), None
+
+  zeros = jax.tree_util.tree_map(
+      jnp.zeros_like,
+      jax.eval_shape(grad_fn, params,
+                     jax.tree_util.tree_map(lambda x: x[0], microbatches),
+                     rng))
+  total, _ = jax.lax.scan(accumulate, zeros, jnp.arange(num_microbatches))
+  return total
+
+
 def train_step(state: train_state_lib.TrainState, batch: Batch, *,
                model: nn.Module, tx: optax.GradientTransformation,
                schedule: optimizers.Schedule, loss_config: LossConfig,
@@ -79,26 +110,9 @@ def train_step(state: train_state_lib.TrainState, batch: Batch, *,
                                loss_config.z_loss)
     return sums["loss"] / factor, sums
 
-  grad_fn = jax.grad(loss_fn, has_aux=True)
-  if num_microbatches == 1:
-    grads, sums = grad_fn(state.params, batch, step_rng)
-  else:
-    microbatches = _split_microbatches(batch, num_microbatches)
-
-    def accumulate(carry, index):
-      microbatch = jax.tree_util.tree_map(lambda x: x[index], microbatches)
-      grads, sums = grad_fn(state.params, microbatch,
-                            jax.random.fold_in(step_rng, index))
-      return jax.tree_util.tree_map(jnp.add, carry, (grads, sums)), None
-
-    zeros = jax.tree_util.tree_map(
-        jnp.zeros_like,
-        jax.eval_shape(grad_fn, state.params,
-                       jax.tree_util.tree_map(lambda x: x[0], microbatches),
-                       step_rng))
-    (grads, sums), _ = jax.lax.scan(accumulate, zeros,
-                                    jnp.arange(num_microbatches))
-
+  grads, sums = accumulate_gradients(jax.grad(loss_fn, has_aux=True),
+                                     state.params, batch, step_rng,
+                                     num_microbatches)
   learning_rate = schedule(state.step)
   opt_state = optimizers.with_learning_rate(state.opt_state, learning_rate)
   updates, opt_state = tx.update(grads, opt_state, state.params)

@@ -17,18 +17,16 @@ latest step (checkpoints.DamagedCheckpointError) is moved aside to
 it; a step without optimizer state is resumed only as an explicit
 params-only start (`initial_checkpoint`); a step whose loss or gradient norm
 is not finite stops the run (`NonFiniteError`) before that state is saved,
-so keep-N never drops a good checkpoint for a bad one.
+so keep-N never drops a good checkpoint for a bad one. These pieces live in
+training/loop.py, which the fine-tuning loop (training/finetune.py) uses too.
 """
 
 import dataclasses
 import functools
-import signal
-import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from absl import logging
-from etils import epath
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -40,6 +38,7 @@ from prottrans_jax import fs
 from prottrans_jax import partitioning
 from prottrans_jax import run_lock
 from prottrans_jax.training import inputs
+from prottrans_jax.training import loop
 from prottrans_jax.training import mfu
 from prottrans_jax.training import objectives
 from prottrans_jax.training import optimizers
@@ -47,14 +46,12 @@ from prottrans_jax.training import steps
 from prottrans_jax.training import summaries
 from prottrans_jax.training import train_state as train_state_lib
 
-CONFIG_FILE = "config.gin"
-LOCK_FILE = "run.lock"
-DAMAGED_SUFFIX = ".damaged"
-
-
-class NonFiniteError(RuntimeError):
-  """The loss or gradient norm of a step was not finite: the run stopped
-  without saving that state."""
+# Shared with fine-tuning (training/loop.py), under the names scripts and
+# tests use.
+CONFIG_FILE = loop.CONFIG_FILE
+LOCK_FILE = loop.LOCK_FILE
+prepare_model_dir = loop.prepare_model_dir
+NonFiniteError = loop.NonFiniteError
 
 
 def init_fn(family: families.ModelFamily, model: nn.Module) -> Callable[[jax.Array], Any]:
@@ -171,10 +168,6 @@ def run_eval(eval_step: Callable, params: Any,
   return steps.eval_metrics(jax.device_get(totals), objective)
 
 
-def _format(metrics: Mapping[str, float]) -> str:
-  return " ".join(f"{k} {v:.6g}" for k, v in metrics.items())
-
-
 def _restore_or_init(*, manager, layout, init, tx, seed: int,
                      initial_checkpoint: str | None, config: Any,
                      train_input: inputs.TrainInput
@@ -189,27 +182,12 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
   newest. Checkpoints hold the canonical layout; restores come back in
   `config`'s (the run's model config: scanned or not), whichever wrote them.
   """
-  damaged = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    step_dir = fs.path(manager.directory) / str(step)
-    try:
-      restored = _restore_step(
-          manager=manager, step=step, layout=layout, tx=tx,
-          initial_checkpoint=initial_checkpoint, config=config,
-          train_input=train_input)
-    except checkpoints.DamagedCheckpointError as e:
-      if not (step_dir / checkpoints.INTEGRITY).exists():
-        raise  # Written before integrity records: cannot tell damage apart.
-      logging.warning("%s; trying the step before it", e)
-      damaged.append(e)
-      continue
-    _move_aside(manager, damaged)
+  restored = loop.restore_newest_intact(manager, functools.partial(
+      _restore_step, manager=manager, layout=layout, tx=tx,
+      initial_checkpoint=initial_checkpoint, config=config,
+      train_input=train_input))
+  if restored is not None:
     return restored
-  if damaged:
-    raise checkpoints.DamagedCheckpointError(
-        damaged[0].step_dir,
-        f"{damaged[0].reason}; and no older step of {manager.directory} is "
-        f"intact (damaged: {', '.join(e.step_dir.name for e in damaged)})")
   if initial_checkpoint:
     _, _, params = checkpoints.restore_params(
         initial_checkpoint, shardings=layout.shardings.params,
@@ -221,29 +199,7 @@ def _restore_or_init(*, manager, layout, init, tx, seed: int,
                                     jax.random.key(seed)), 0
 
 
-def _move_aside(manager, damaged: Sequence[Any]) -> None:
-  """Renames each damaged step directory to `<step>.damaged` (kept for
-  inspection, no longer a step: the run saves that step number again)."""
-  if not damaged:
-    return
-  if jax.process_index() == 0:
-    for error in damaged:
-      target = error.step_dir.with_name(error.step_dir.name + DAMAGED_SUFFIX)
-      suffix = 1
-      while target.exists():
-        suffix += 1
-        target = error.step_dir.with_name(
-            f"{error.step_dir.name}{DAMAGED_SUFFIX}-{suffix}")
-      error.step_dir.rename(target)
-      logging.warning("moved damaged checkpoint step %s aside to %s",
-                      error.step_dir.name, target)
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices("prottrans_jax damaged steps moved")
-  manager.reload()
-
-
-def _restore_step(*, manager, step: int, layout, tx,
+def _restore_step(step: int, *, manager, layout, tx,
                   initial_checkpoint: str | None, config: Any,
                   train_input: inputs.TrainInput
                   ) -> tuple[train_state_lib.TrainState, int]:
@@ -302,150 +258,6 @@ def _restore_step(*, manager, step: int, layout, tx,
       "initial_checkpoint; optimizer state initialised fresh, data read from "
       "its first batch", step, manager.directory)
   return train_state_lib.state_from_params(params, tx, layout, step), 0
-
-
-class _PreemptionWatch:
-  """Whether the run has been asked to stop (SIGTERM, as schedulers and TPU
-  maintenance events send) and should save and exit.
-
-  One process: a SIGTERM handler sets a flag, checked after every step.
-  Several: JAX's preemption service (started by `jax.distributed`) catches
-  the signal on any host and agrees on one step at which every process
-  stops (`reached_preemption_sync_point`, through Orbax), so they all save
-  the same step.
-  """
-
-  def __init__(self):
-    self._signalled = False
-    self._previous = None
-
-  def __enter__(self) -> "_PreemptionWatch":
-    if (jax.process_count() == 1
-        and threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-    return self
-
-  def __exit__(self, *exc_info) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-  def _on_sigterm(self, signum, frame) -> None:
-    del signum, frame
-    logging.warning("SIGTERM received: saving at the end of this step")
-    self._signalled = True
-
-  def reached(self, manager, step: int) -> bool:
-    if jax.process_count() > 1:
-      return manager.reached_preemption(step)
-    return self._signalled
-
-
-@dataclasses.dataclass
-class _ProfileWindow:
-  """Traces steps `first_step` .. `first_step + num_steps - 1` (counted from
-  1, as logged) into `directory` (TensorBoard's profile plugin reads
-  `directory/plugins/profile/`)."""
-  directory: str
-  first_step: int | None
-  num_steps: int
-  active: bool = False
-
-  def before(self, step: int) -> None:
-    if self.first_step is not None and step == self.first_step:
-      jax.profiler.start_trace(self.directory)
-      self.active = True
-
-  def after(self, step: int, state: Any) -> None:
-    if self.active and step == self.first_step + self.num_steps - 1:
-      jax.block_until_ready(state)
-      jax.profiler.stop_trace()
-      self.active = False
-      logging.info("profiled steps %d-%d into %s/plugins/profile",
-                   self.first_step, step, self.directory)
-
-  def close(self) -> None:
-    if self.active:
-      jax.profiler.stop_trace()
-      self.active = False
-
-
-def use_compilation_cache(directory: fs.PathLike) -> None:
-  """Keeps every compiled program in `directory` (JAX's persistent cache),
-  so a restarted or resumed run skips compiling the same step again."""
-  jax.config.update("jax_compilation_cache_dir", str(fs.path(directory)))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def prepare_model_dir(model_dir: fs.PathLike,
-                      describe_config: Callable[[], str] | None
-                      ) -> epath.Path:
-  """MODEL_DIR created (by process 0) with config.gin written in it."""
-  model_dir = fs.path(model_dir)
-  if jax.process_index() == 0:
-    model_dir.mkdir(parents=True, exist_ok=True)
-    if describe_config is not None:
-      (model_dir / CONFIG_FILE).write_text(describe_config())
-  return model_dir
-
-
-def check_positive(minimum: int = 1, **values: Any) -> None:
-  """Raises ValueError naming each setting (its gin name) that is not an
-  integer >= `minimum`: settings that would otherwise do nothing, or fail
-  deep in TensorFlow or XLA."""
-  bad = [f"{name} must be an integer >= {minimum}, got {value!r}"
-         for name, value in values.items()
-         if not isinstance(value, int) or isinstance(value, bool)
-         or value < minimum]
-  if bad:
-    raise ValueError("; ".join(bad))
-
-
-@jax.jit
-def _first_nonfinite(first: tuple[jax.Array, jax.Array], step: jax.Array,
-                     metrics: Mapping[str, jax.Array]
-                     ) -> tuple[jax.Array, jax.Array]:
-  """(step, [loss, grad_norm]) of the first step whose loss or gradient norm
-  was not finite (step -1 while none): kept on the device, so checking every
-  step costs no host round trip."""
-  finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
-  record = (first[0] < 0) & ~finite
-  values = jnp.stack([metrics["loss"], metrics["grad_norm"]]).astype(
-      jnp.float32)
-  return (jnp.where(record, step, first[0]),
-          jnp.where(record, values, first[1]))
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x))
-                            for x in jax.tree_util.tree_leaves(tree)]))
-
-
-def _stop_if_nonfinite(first: jax.Array, manager, model_dir: epath.Path,
-                       params: Any = None, step: int = 0) -> None:
-  """Raises NonFiniteError (after the saves in flight, all of earlier good
-  steps, have finished) if a step's loss or gradient norm was not finite,
-  or `params` (about to be saved after `step`) are not: an update can
-  overflow where the loss and gradients were still finite."""
-  bad_step, (loss, grad_norm) = jax.device_get(first)
-  if bad_step >= 0:
-    what = (f"step {int(bad_step)}: the loss ({float(loss)}) or gradient "
-            f"norm ({float(grad_norm)}) is not finite")
-  elif params is not None and not bool(_all_finite(params)):
-    what = f"step {step}: the parameters after the update are not finite"
-  else:
-    return
-  manager.wait_until_finished()
-  latest = manager.latest_step()
-  manager.close()
-  raise NonFiniteError(
-      f"{what}; training stopped without saving that state. The last "
-      f"checkpoint is "
-      + (f"step {latest} in {model_dir}" if latest is not None
-         else f"none (nothing saved in {model_dir})")
-      + "; every earlier checkpoint is kept. Look for damaged inputs or "
-      "parameters, or lower the learning rate, before resuming")
 
 
 def train(*, model_dir: str, model_config: Any, task_name: str,
@@ -514,22 +326,22 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
   arguments = dict(locals())
   # TRAIN_STEPS=0 sets MODEL_DIR up, compiles the step and stops (logged:
   # "nothing to train"), a check of a configuration before a long run.
-  check_positive(0, **{"TRAIN_STEPS (trainer.train.train_steps)": train_steps})
-  check_positive(**{"BATCH_SIZE (trainer.train.batch_size)": batch_size,
+  loop.check_positive(0, **{"TRAIN_STEPS (trainer.train.train_steps)": train_steps})
+  loop.check_positive(**{"BATCH_SIZE (trainer.train.batch_size)": batch_size,
                     "trainer.train.num_microbatches": num_microbatches,
                     "trainer.train.checkpoint_period": checkpoint_period,
                     "trainer.train.log_period": log_period})
   if keep_checkpoints is not None:
-    check_positive(**{"trainer.train.keep_checkpoints": keep_checkpoints})
+    loop.check_positive(**{"trainer.train.keep_checkpoints": keep_checkpoints})
   if eval_period is not None:
-    check_positive(**{"trainer.train.eval_period": eval_period})
+    loop.check_positive(**{"trainer.train.eval_period": eval_period})
   if profile_first_step is not None and (profile_first_step < 1
                                          or profile_steps < 1):
     raise ValueError(
         f"profile_first_step ({profile_first_step}) and profile_steps "
         f"({profile_steps}) must be >= 1: steps are counted from 1")
   if compilation_cache_dir:
-    use_compilation_cache(compilation_cache_dir)
+    loop.use_compilation_cache(compilation_cache_dir)
   model_dir = fs.path(model_dir)
   if jax.process_index() == 0:
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -603,18 +415,18 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
         model_config, task_feature_lengths) * batch_size
     train_summaries = summaries.SummaryWriter(model_dir / "train")
     eval_summaries = summaries.SummaryWriter(model_dir / "eval")
-    profile = _ProfileWindow(str(model_dir), profile_first_step, profile_steps)
+    profile = loop.ProfileWindow(str(model_dir), profile_first_step, profile_steps)
     last = {}
     timer, timed_steps = time.perf_counter(), 0
     nonfinite = (jnp.int32(-1), jnp.zeros((2,), jnp.float32))
-    with _PreemptionWatch() as preemption:
+    with loop.PreemptionWatch() as preemption:
       for step in range(first_step, train_steps):
         done = step + 1
         profile.before(done)
         batch = partitioning.global_batch_from_process_rows(
             next(train_input), batch_sharding, batch_size)
         state, metrics = step_fn(state, batch)
-        nonfinite = _first_nonfinite(nonfinite, jnp.int32(done), metrics)
+        nonfinite = loop.first_nonfinite(nonfinite, jnp.int32(done), metrics)
         batches_consumed += 1
         timed_steps += 1
         profile.after(done, state)
@@ -622,7 +434,7 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
         saving = (done % checkpoint_period == 0 or done == train_steps
                   or preempted)
         if saving or done % log_period == 0:
-          _stop_if_nonfinite(nonfinite, manager, model_dir,
+          loop.stop_if_nonfinite(nonfinite, manager, model_dir,
                              state.params if saving else None, done)
         if done % log_period == 0 or done == train_steps or preempted:
           metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -638,7 +450,7 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
               "step %d loss %.6g learning_rate %.4g tokens/s %.1f "
               "TFLOP/s/device %.4g MFU %.2f%% (%s)", done, metrics["loss"],
               metrics["learning_rate"], metrics["tokens_per_second"], tflops,
-              100 * metrics["mfu"], _format(metrics))
+              100 * metrics["mfu"], loop.format_metrics(metrics))
           train_summaries.write(done, metrics)
           last = metrics
         if saving:
@@ -661,7 +473,7 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
                   max_batches=eval_batches,
                   feature_converter=objective.feature_converter),
               batch_sharding, batch_size, objective)
-          logging.info("eval step %d %s", done, _format(evaluated))
+          logging.info("eval step %d %s", done, loop.format_metrics(evaluated))
           eval_summaries.write(done, evaluated)
           last.update({f"eval/{k}": v for k, v in evaluated.items()})
         if done % log_period == 0:
@@ -708,7 +520,7 @@ def evaluate(*, model_dir: str, task_name: str,
                             split=split, max_batches=eval_batches,
                             feature_converter=objective.feature_converter),
         batch_sharding, batch_size, objective)
-  logging.info("eval %s of %s: %s", split, step_dir, _format(metrics))
+  logging.info("eval %s of %s: %s", split, step_dir, loop.format_metrics(metrics))
   writer = summaries.SummaryWriter(model_dir / f"eval_{split}")
   writer.write(int(step_dir.name), metrics)
   writer.close()
