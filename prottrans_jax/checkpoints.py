@@ -255,8 +255,16 @@ def _read_error(step_dir: fs.PathLike, item: str, error: Exception
   return DamagedCheckpointError(step_dir, f"reading {item}/ failed: {error!r}")
 
 
+def _own_name(config: Any) -> str | None:
+  """The model name a config that is not one family's records for itself
+  (`checkpoint_model_name`: fine-tuning's encoder + head); its trees are
+  saved in the layout they train in."""
+  return getattr(config, "checkpoint_model_name", None)
+
+
 def _config_record(config: Any) -> dict[str, Any]:
-  return {"model_name": families.of(config).name, "config": config.to_dict()}
+  return {"model_name": _own_name(config) or families.of(config).name,
+          "config": config.to_dict()}
 
 
 def _config_from_record(record: dict[str, Any], source: str) -> tuple[str, Any]:
@@ -300,8 +308,10 @@ def _abstract(tree: Any) -> Any:
 def _to_canonical(config: Any, tree: Any) -> Any:
   """`tree` (params or optimizer state in `config`'s layout) in the on-disk
   layout, computed under jit where its shards are (no host gather)."""
+  if tree is None or _own_name(config):
+    return tree
   family = families.of(config)
-  if tree is None or not family.scanned_stacks(config):
+  if not family.scanned_stacks(config):
     return tree
   tree = jax.tree_util.tree_map(
       lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x), tree)
@@ -314,6 +324,8 @@ def _to_layout(config: Any, tree: Any, target: Any) -> Any:
   """Canonical `tree` in `config`'s layout, placed as the abstract `target`
   says (shardings), under jit. (Donating the canonical buffers would not
   help: stacked outputs cannot reuse per-layer inputs.)"""
+  if _own_name(config):
+    return tree
   family = families.of(config)
   if not family.scanned_stacks(config):
     return tree
@@ -470,8 +482,8 @@ def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
   with is missing, a read fails or an array's checksum differs; ValueError
   when the step holds other arrays than `abstract_*` (another config).
   """
-  family = families.of(config)
-  on_disk = functools.partial(family.to_canonical, config)
+  on_disk = ((lambda tree: tree) if _own_name(config) else
+             functools.partial(families.of(config).to_canonical, config))
   step_dir = fs.path(manager.directory) / str(step)
   record = read_integrity(step_dir)
   items = {PARAMS: ocp.args.StandardRestore(on_disk(abstract_params))}

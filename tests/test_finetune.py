@@ -9,13 +9,17 @@ hundreds of steps per model: bench/finetune.py prints it.
 """
 
 import dataclasses
+import logging
+import os
 import re
 import shutil
+import signal
 
 import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -133,10 +137,12 @@ def _train(model_dir, initial_checkpoint, proteins, **overrides):
 
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory, tiny_prott5_model_dir, cb513):
-  """MODEL_DIR of a 4-step LoRA run on 8 devices (data 4 x model 2)."""
+  """MODEL_DIR of a 4-step LoRA run on 8 devices (data 4 x model 2), every
+  step saved."""
   assert jax.device_count() == 8  # conftest's host device count
   model_dir = tmp_path_factory.mktemp("lora_run")
-  metrics = _train(model_dir, tiny_prott5_model_dir, cb513)
+  metrics = _train(model_dir, tiny_prott5_model_dir, cb513,
+                   checkpoint_period=1)
   assert set(metrics) >= {"eval/q3", "eval/q8", "loss", "mfu"}
   return model_dir
 
@@ -160,22 +166,123 @@ def test_frozen_weights_stay_bit_identical(lora_run, tiny_prott5_model_dir):
              if k.endswith(lora.B))
 
 
-def test_resumed_run_equals_the_uninterrupted_one(lora_run, tmp_path,
-                                                  tiny_prott5_model_dir,
-                                                  cb513):
-  """Stopped after step 2 (its checkpoint is all that is left) and run again
-  to step 4: every parameter and optimizer moment bit-identical."""
-  resumed = tmp_path / "resumed"
-  shutil.copytree(lora_run, resumed)
-  shutil.rmtree(resumed / "checkpoints" / str(STEPS))
-  (resumed / "run.lock").unlink(missing_ok=True)
-  _train(resumed, tiny_prott5_model_dir, cb513, eval_period=None)
-  for item in (checkpoints.PARAMS, checkpoints.OPT_STATE):
-    read = lambda d: jax.tree_util.tree_leaves(
-        ocp.PyTreeCheckpointer().restore(
-            d / "checkpoints" / str(STEPS) / item))
-    for a, b in zip(read(lora_run), read(resumed), strict=True):
+def _step_trees(model_dir, step):
+  return {item: jax.tree_util.tree_leaves(ocp.PyTreeCheckpointer().restore(
+      model_dir / "checkpoints" / str(step) / item))
+          for item in (checkpoints.PARAMS, checkpoints.OPT_STATE)}
+
+
+class _SigtermAfter(logging.Handler):
+  """Sends this process SIGTERM once, when the log line `line` appears:
+  a preemption at a known step, in-process (the loop's handler only sets a
+  flag; the run saves at the end of the next step and returns)."""
+
+  def __init__(self, line):
+    super().__init__()
+    self.line, self.sent = line, False
+
+  def emit(self, record):
+    if not self.sent and record.getMessage().startswith(self.line):
+      self.sent = True
+      os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_and_the_restart_equals_the_uninterrupted_run(
+    lora_run, tmp_path, tiny_prott5_model_dir, cb513, caplog):
+  """The run stopped after step 2 (steps 3 and 4 removed) and started
+  again; SIGTERM arrives while it restores: it trains step 3, saves it
+  although no checkpoint is due (period 2) and returns before step 4.
+  Step 3 equals the uninterrupted run's: every parameter and optimizer
+  moment bit-identical."""
+  run_dir = tmp_path / "preempted"
+  shutil.copytree(lora_run, run_dir)
+  for step in (3, STEPS):
+    shutil.rmtree(run_dir / "checkpoints" / str(step))
+  absl_logger = logging.getLogger("absl")
+  sigterm = _SigtermAfter("restored fine-tuning step 2 ")
+  absl_logger.addHandler(sigterm)
+  try:
+    with caplog.at_level("INFO"):
+      _train(run_dir, tiny_prott5_model_dir, cb513, eval_period=None)
+  finally:
+    absl_logger.removeHandler(sigterm)
+  assert sigterm.sent
+  assert "preempted: saved fine-tuning step 3" in caplog.text
+  assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+      "1", "2", "3"]
+  assert not (run_dir / "run.lock").exists()
+  expected, resumed = _step_trees(lora_run, 3), _step_trees(run_dir, 3)
+  for item, leaves in expected.items():
+    for a, b in zip(leaves, resumed[item], strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_damaged_latest_step_is_moved_aside(lora_run, tmp_path,
+                                            tiny_prott5_model_dir, cb513,
+                                            caplog):
+  """Bytes of step 4 overwritten: its checksum fails, the run warns naming
+  it, moves it to 4.damaged and restores step 3 (train_steps 3: nothing
+  left to train, so nothing compiles); the merge refuses it."""
+  run_dir = tmp_path / "damaged"
+  shutil.copytree(lora_run, run_dir)
+  step_4 = run_dir / "checkpoints" / str(STEPS)
+  target = max((p for p in (step_4 / "params").rglob("*") if p.is_file()),
+               key=lambda p: p.stat().st_size)
+  with open(target, "r+b") as f:
+    f.seek(target.stat().st_size // 2)
+    f.write(np.random.default_rng(0).bytes(2048))
+  with pytest.raises(checkpoints.DamagedCheckpointError,
+                     match=f"step {STEPS} is damaged"):
+    finetune.merge_checkpoint(str(step_4), str(tmp_path / "merged"))
+  with caplog.at_level("INFO"):
+    _train(run_dir, tiny_prott5_model_dir, cb513, train_steps=3,
+           eval_period=None)
+  assert f"checkpoint step {STEPS} is damaged" in caplog.text
+  assert f"moved damaged checkpoint step {STEPS} aside" in caplog.text
+  assert "restored fine-tuning step 3" in caplog.text
+  assert (run_dir / "checkpoints" / f"{STEPS}.damaged").is_dir()
+  assert not step_4.exists()
+
+
+def test_microbatches_give_the_whole_batch_update(cb513):
+  """num_microbatches=2 and 1: the same loss, metrics and update (SGD at
+  learning rate 1, so the update is the gradient), < 1e-6; dropout off."""
+  encoder = dataclasses.replace(T5_TINY, dropout_rate=0.0,
+                                num_encoder_layers=1)
+  config = finetune.FinetuneConfig(
+      "t5", encoder, heads.HeadConfig("ss_cnn", encoder.d_model, dropout=0.0))
+  model = finetune.FinetuneModel(config)
+  tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.0)
+  mesh = partitioning.PartitionConfig(mesh_shape=(1, 1)).mesh()
+  rules = partitioning.logical_axis_rules()
+  with partitioning.activate(mesh, rules):
+    layout = finetune_training.plan(model, tx, mesh, rules)
+    params = jax.jit(lambda k: finetune_training._unbox(model.init(k)))(  # pylint: disable=protected-access
+        jax.random.key(0))
+    arrays = finetune.encode_batch(model.family, cb513[:8], config.head.tasks,
+                                   48, per_residue=True)
+    batch = finetune_training._put(arrays, mesh, rules)  # pylint: disable=protected-access
+    results = []
+    for num_microbatches in (1, 2):
+      step = finetune_training.make_step(
+          model, layout, tx, optimizers.constant_schedule(1.0), 0, mesh,
+          num_microbatches=num_microbatches)
+      state = finetune_training.TrainState(
+          step=jnp.int32(0), params=jax.tree_util.tree_map(jnp.copy, params),
+          opt_state=tx.init(lora.split(params, layout.mask)[0]))
+      results.append(jax.device_get(step(state, batch)))
+  (one, one_metrics), (two, two_metrics) = results
+  assert one_metrics.keys() == two_metrics.keys()
+  for name in one_metrics:
+    np.testing.assert_allclose(two_metrics[name], one_metrics[name],
+                               atol=1e-6, rtol=1e-6, err_msg=name)
+  moved = 0
+  for a, b, before in zip(jax.tree_util.tree_leaves(one.params),
+                          jax.tree_util.tree_leaves(two.params),
+                          jax.tree_util.tree_leaves(params), strict=True):
+    np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+    moved += int(np.any(np.asarray(a) != np.asarray(before)))
+  assert moved > 0
 
 
 def test_merged_checkpoint_embeds_as_the_adapter_model(lora_run, tmp_path,

@@ -8,7 +8,8 @@ directory (prottrans_jax/training/finetune.py writes them). The output is a
 params-only checkpoint of the encoder's own family (ProtT5 encoder, ProtBert,
 ...) with W + (alpha / rank) A B in every adapted kernel: embed, predict and
 the Hugging Face converter read it as any other checkpoint. A run without
-adapters (full fine-tuning) is written the same way.
+adapters (full fine-tuning) is written the same way. An --output_dir that
+holds checkpoints already is refused unless --overwrite.
 """
 
 import sys
@@ -22,7 +23,9 @@ _CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir", None, "Fine-tuning MODEL_DIR or step directory.")
 _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "MODEL_DIR to write the merged encoder into (local "
-    "or gs://); must hold no checkpoint yet.")
+    "or gs://); must hold no checkpoint yet (see --overwrite).")
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace the checkpoints --output_dir holds.")
 flags.mark_flags_as_required(["checkpoint_dir", "output_dir"])
 
 
@@ -30,8 +33,9 @@ def main(argv):
   del argv
   try:
     step_dir = finetune.merge_checkpoint(_CHECKPOINT_DIR.value,
-                                         _OUTPUT_DIR.value)
-  except (ValueError, FileNotFoundError) as e:
+                                         _OUTPUT_DIR.value,
+                                         overwrite=_OVERWRITE.value)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:
     sys.exit(f"prottrans-merge-lora: error: {e}")
   print(f"wrote {step_dir}")
 

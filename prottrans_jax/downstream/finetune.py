@@ -21,7 +21,7 @@ is prottrans_jax/training/finetune.py.
 """
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +50,9 @@ class FinetuneConfig(configs.DictConfig):
   head: heads.HeadConfig
   lora: lora_lib.LoraConfig | None = None
   freeze_encoder: bool = False
+  # Not one family's network: checkpoints record this name and keep the
+  # trees in the layout they train in (checkpoints.save).
+  checkpoint_model_name: ClassVar[str] = MODEL_NAME
 
   def __post_init__(self):
     family = families.get(self.encoder_family)
@@ -206,7 +209,9 @@ def encode_batch(family: families.ModelFamily,
 
 def load_checkpoint(path: str) -> tuple[FinetuneConfig, Any]:
   """(config, params as host arrays) of a fine-tuning checkpoint: a
-  MODEL_DIR (its latest step) or a step directory."""
+  MODEL_DIR (its latest step) or a step directory. Its arrays are checked
+  against the step's integrity record (checkpoints.DamagedCheckpointError
+  naming the step otherwise)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from prottrans_jax import checkpoints  # pylint: disable=g-import-not-at-top
   step_dir = checkpoints.step_directory(path)
@@ -214,22 +219,47 @@ def load_checkpoint(path: str) -> tuple[FinetuneConfig, Any]:
       step_dir / checkpoints.MODEL_CONFIG)
   if record.get("model_name") != MODEL_NAME:
     raise ValueError(f"{step_dir} holds a {record.get('model_name')!r} model, "
-                     f"not a fine-tuning ({MODEL_NAME}) checkpoint")
-  params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-      step_dir / checkpoints.PARAMS)
-  return FinetuneConfig.from_dict(record["config"]), params
+                     f"not a fine-tuning ({MODEL_NAME}) checkpoint "
+                     f"(prottrans-finetune writes those)")
+  integrity = checkpoints.read_integrity(step_dir)
+  checkpoints.check_items(step_dir, integrity, (checkpoints.PARAMS,))
+  try:
+    params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
+        step_dir / checkpoints.PARAMS)
+  except Exception as e:  # pylint: disable=broad-except
+    raise checkpoints.DamagedCheckpointError(
+        step_dir, f"reading {checkpoints.PARAMS}/ failed: {e!r}") from e
+  checkpoints.verify_arrays(step_dir, checkpoints.PARAMS, params, integrity)
+  config = FinetuneConfig.from_dict(record["config"])
+  if (config.lora is None) != (LORA not in params):
+    raise checkpoints.DamagedCheckpointError(
+        step_dir, f"its config {'has no' if config.lora is None else 'has'} "
+        f"LoRA adapters but its {checkpoints.PARAMS}/ "
+        f"{'holds' if LORA in params else 'lacks'} a {LORA!r} tree")
+  return config, params
 
 
 def merge_checkpoint(finetune_checkpoint: str, output_dir: str,
-                     step: int = 0) -> Any:
+                     step: int = 0, overwrite: bool = False) -> Any:
   """Writes the fine-tuned encoder (adapters folded into their kernels) as a
   params-only checkpoint of its own family in `output_dir` (a MODEL_DIR),
   what prottrans-embed --checkpoint_dir, prottrans-predict and
   prottrans-convert read like any converted checkpoint. Encoder only: the
   pre-training heads (T5's decoder, the MLM head) are not part of a
-  fine-tuned network. Returns the step directory."""
+  fine-tuned network. A full fine-tuning run (no adapters) is written the
+  same way. `output_dir` must hold no checkpoint unless `overwrite` (then
+  its checkpoints are replaced). Returns the step directory."""
   from prottrans_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from prottrans_jax import fs  # pylint: disable=g-import-not-at-top
   config, params = load_checkpoint(finetune_checkpoint)
+  existing = fs.path(output_dir) / checkpoints.CHECKPOINTS_SUBDIR
+  if existing.exists() and any(existing.iterdir()):
+    if not overwrite:
+      raise FileExistsError(
+          f"--output_dir {output_dir} already holds checkpoints "
+          f"({existing}); pass --overwrite to replace them, or choose "
+          f"another directory")
+    existing.rmtree()
   encoder = jax.tree_util.tree_map(
       np.asarray, merged_encoder(config, jax.tree_util.tree_map(
           jnp.asarray, params)))

@@ -3,9 +3,12 @@
 The network is `downstream.finetune.FinetuneModel`; this is its training
 run, on the pre-training machinery: the device mesh and logical-axis rules
 (`partitioning`: adapters shard with their kernels), `train_state`'s
-TrainState, `optimizers` (schedules, learning-rate injection), the run lock
-and Orbax MODEL_DIR of `checkpoints` (params, opt_state, train_info,
-model_config items), TensorBoard summaries, and the trainer's logged
+TrainState, `optimizers` (schedules, learning-rate injection), gradient
+accumulation over microbatches (`steps.accumulate_gradients`), the run lock
+and MODEL_DIR of `checkpoints.save` (params, opt_state, train_info,
+model_config and integrity items), and the loop pieces of training/loop.py:
+save on SIGTERM, damaged steps moved aside, the non-finite stop, the
+compilation cache, profiler window, TensorBoard summaries and logged
 metrics (tokens/s, MFU).
 
 What is trained: with LoRA, the adapters, the head and the layer norms;
@@ -40,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from prottrans_jax import checkpoints
 from prottrans_jax import families
@@ -55,8 +57,10 @@ from prottrans_jax.downstream import models as heads
 from prottrans_jax.downstream import readers
 from prottrans_jax.models import electra
 from prottrans_jax.models import lora as lora_lib
+from prottrans_jax.training import loop
 from prottrans_jax.training import mfu
 from prottrans_jax.training import optimizers
+from prottrans_jax.training import steps
 from prottrans_jax.training import summaries
 from prottrans_jax.training import train_state as train_state_lib
 
@@ -134,58 +138,81 @@ def trainable_count_formula(model: finetune_lib.FinetuneModel,
           "base_trainable": sum(x.size for x in jax.tree_util.tree_leaves(base))}
 
 
-def task_losses(logits: Mapping[str, jax.Array], batch: Mapping[str, jax.Array]
+def labelled_counts(batch: Mapping[str, jax.Array], tasks: Sequence[str]
+                    ) -> dict[str, jax.Array]:
+  """Per task, the labelled items of `batch` (IGNORE or NaN excluded): the
+  denominators of `task_losses`. Counted over the whole batch before any
+  microbatch split, so that microbatch gradients sum to the batch's."""
+  return {task: jnp.sum(readers.is_labelled(task, batch[task]).astype(
+      jnp.float32)) for task in tasks}
+
+
+def task_losses(logits: Mapping[str, jax.Array], batch: Mapping[str, jax.Array],
+                counts: Mapping[str, jax.Array] | None = None
                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Sum over tasks of each task's mean loss over its labelled items
-  (IGNORE or NaN excluded): cross-entropy, with per-task correct/labelled
-  counts; for a regression task, the squared error, with its sum and the
-  labelled count."""
+  """Sum over tasks of each task's loss summed over `batch`'s labelled
+  items and divided by `counts[task]` (default: `batch`'s own labelled
+  count, so a mean): cross-entropy, with per-task correct/labelled sums;
+  for a regression task, the squared error, with its sum and the labelled
+  count."""
+  if counts is None:
+    counts = labelled_counts(batch, list(logits))
   total, sums = 0.0, {}
   for task, task_logits in logits.items():
     labels = batch[task]
     labelled = readers.is_labelled(task, labels)
     weight = labelled.astype(jnp.float32)
+    denominator = jnp.maximum(counts[task], 1.0)
+    sums[f"{task}_labelled"] = jnp.sum(weight)
     if task in readers.REGRESSION_TASKS:
       # NaN (no target) is replaced before the subtraction so no NaN can
       # reach the loss or its gradient.
       error = jnp.where(labelled, task_logits.astype(jnp.float32)
                         - jnp.where(labelled, labels, 0.0), 0.0)
-      count = jnp.sum(weight)
       sums[f"{task}_squared_error"] = jnp.sum(error * error)
-      sums[f"{task}_labelled"] = count
-      total = total + sums[f"{task}_squared_error"] / jnp.maximum(count, 1.0)
+      total = total + sums[f"{task}_squared_error"] / denominator
       continue
     safe = jnp.maximum(labels, 0)
     log_probs = jax.nn.log_softmax(task_logits.astype(jnp.float32))
     nll = -jnp.take_along_axis(log_probs, safe[..., None], axis=-1)[..., 0]
-    count = jnp.sum(weight)
-    total = total + jnp.sum(nll * weight) / jnp.maximum(count, 1.0)
+    total = total + jnp.sum(nll * weight) / denominator
     sums[f"{task}_correct"] = jnp.sum(
         (jnp.argmax(task_logits, -1) == labels) * weight)
-    sums[f"{task}_labelled"] = count
   return total, sums
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *,
                model: finetune_lib.FinetuneModel, mask: Any,
                tx: optax.GradientTransformation,
-               schedule: optimizers.Schedule, dropout_seed: int
+               schedule: optimizers.Schedule, dropout_seed: int,
+               num_microbatches: int = 1
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One update of the trainable tree; the frozen one is passed through."""
+  """One update of the trainable tree; the frozen one is passed through.
+
+  With `num_microbatches` > 1 the gradients are accumulated over
+  microbatches (`steps.accumulate_gradients`, as pre-training does): the
+  losses are divided by the whole batch's labelled counts, so the update
+  is the whole batch's (dropout masks aside: one per microbatch).
+  """
   trainable, frozen = lora_lib.split(state.params, mask)
   rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+  counts = labelled_counts(batch, model.config.head.tasks)
 
-  def loss_fn(trainable):
+  def loss_fn(trainable, microbatch, rng):
     params = lora_lib.combine(trainable, frozen)
-    return task_losses(model(params, batch["tokens"], batch["mask"], rng),
-                       batch)
+    loss, sums = task_losses(
+        model(params, microbatch["tokens"], microbatch["mask"], rng),
+        microbatch, counts)
+    return loss, {**sums, "loss": loss}
 
-  (loss, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+  grads, sums = steps.accumulate_gradients(
+      jax.grad(loss_fn, has_aux=True), trainable, batch, rng,
+      num_microbatches)
   learning_rate = schedule(state.step)
   opt_state = optimizers.with_learning_rate(state.opt_state, learning_rate)
   updates, opt_state = tx.update(grads, opt_state, trainable)
   trainable = optax.apply_updates(trainable, updates)
-  metrics = {"loss": loss, "learning_rate": learning_rate,
+  metrics = {"loss": sums["loss"], "learning_rate": learning_rate,
              "grad_norm": optax.global_norm(grads)}
   for task in model.config.head.tasks:
     labelled = jnp.maximum(sums[f"{task}_labelled"], 1.0)
@@ -302,29 +329,19 @@ def _initial_params(model: finetune_lib.FinetuneModel, layout: Layout,
   return {**params, finetune_lib.ENCODER: encoder}
 
 
-def _save(manager, step: int, state: TrainState,
-          config: finetune_lib.FinetuneConfig) -> None:
-  manager.save(step, force=True, args=ocp.args.Composite(**{
-      checkpoints.PARAMS: ocp.args.StandardSave(state.params),
-      checkpoints.OPT_STATE: ocp.args.StandardSave(state.opt_state),
-      checkpoints.TRAIN_INFO: ocp.args.JsonSave({"step": step}),
-      checkpoints.MODEL_CONFIG: ocp.args.JsonSave(config_record(config))}))
-
-
-def config_record(config: finetune_lib.FinetuneConfig) -> dict[str, Any]:
-  return {"model_name": finetune_lib.MODEL_NAME, "config": config.to_dict()}
-
-
-def _restore(manager, step: int, layout: Layout) -> TrainState:
+def _restore_step(step: int, *, manager, layout: Layout,
+                  config: finetune_lib.FinetuneConfig) -> TrainState:
+  """One step of MODEL_DIR, checked against its integrity record
+  (checkpoints.DamagedCheckpointError naming the step otherwise)."""
   abstract = jax.tree_util.tree_map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
       (layout.state.params, layout.state.opt_state),
       (layout.shardings.params, layout.shardings.opt_state))
-  restored = manager.restore(step, args=ocp.args.Composite(**{
-      checkpoints.PARAMS: ocp.args.StandardRestore(abstract[0]),
-      checkpoints.OPT_STATE: ocp.args.StandardRestore(abstract[1]),
-      checkpoints.TRAIN_INFO: ocp.args.JsonRestore()}))
+  restored = checkpoints.restore_train_items(
+      manager, step, config=config, abstract_params=abstract[0],
+      abstract_opt_state=abstract[1])
   info = restored[checkpoints.TRAIN_INFO]
+  logging.info("restored fine-tuning step %d from %s", step, manager.directory)
   return TrainState(
       step=jax.device_put(jnp.int32(info["step"]), layout.shardings.step),
       params=restored[checkpoints.PARAMS],
@@ -332,13 +349,17 @@ def _restore(manager, step: int, layout: Layout) -> TrainState:
 
 
 def read_proteins(path: str, label_format: str, limit: int | None,
-                  tasks: Sequence[str]) -> list[readers.LabeledProtein]:
-  """The proteins of `path` that carry a label for one of `tasks`."""
+                  tasks: Sequence[str], setting: str = "TRAIN_FILE"
+                  ) -> list[readers.LabeledProtein]:
+  """The proteins of `path` that carry a label for one of `tasks`; errors
+  name `setting` (the gin macro that gave `path`), the file and the line."""
+  if not fs.path(path).is_file():
+    raise FileNotFoundError(f"{setting} {path}: no such file")
   proteins = [p for p in readers.read_labels(path, label_format, limit)
               if readers.has_labels(p, tasks)]
   if not proteins:
-    raise ValueError(f"{path} ({label_format}) has no protein labelled for "
-                     f"{list(tasks)}")
+    raise ValueError(f"{setting} {path} ({label_format}) has no protein "
+                     f"labelled for {list(tasks)}")
   return proteins
 
 
@@ -371,14 +392,24 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
           optimizer: optax.GradientTransformation | None = None,
           partition: partitioning.PartitionConfig = (
               partitioning.PartitionConfig()),
+          num_microbatches: int = 1,
           seed: int = 0, initial_checkpoint: str | None = None,
           checkpoint_period: int = 500, keep_checkpoints: int | None = None,
           log_period: int = 50, eval_period: int | None = None,
           peak_tflops_per_device: float | None = None,
+          compilation_cache_dir: str | None = None,
+          profile_first_step: int | None = None, profile_steps: int = 5,
+          describe_config: Callable[[], str] | None = None,
           train_proteins: Sequence[readers.LabeledProtein] | None = None,
           validation_proteins: Sequence[readers.LabeledProtein] | None = None
           ) -> dict[str, float]:
   """Fine-tunes to `train_steps` (a total: a resumed run trains the rest).
+
+  The loop is pre-training's (training/loop.py): SIGTERM saves the current
+  step and returns; a damaged newest checkpoint step is moved aside to
+  `<step>.damaged` and the newest intact one resumed; a non-finite loss,
+  gradient norm or update stops the run (`loop.NonFiniteError`) without
+  saving it; checkpoints carry integrity records (checkpoints.save).
 
   Args:
     model_dir: MODEL_DIR (local or a URL); resumed from its latest step.
@@ -391,25 +422,38 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
       `data.splits` assigns by id (kept out of training).
     max_length: tokens per protein (longer ones are cut, labels with them).
     batch_size: global batch size (proteins).
+    num_microbatches: gradient accumulation steps per batch (the update is
+      the whole batch's).
     initial_checkpoint: the pre-trained encoder (a MODEL_DIR or step of its
       family) for a run that has no checkpoint yet.
     optimizer: default `optimizers.adamw()`.
     eval_period: evaluate every this many steps and at the end (None: no
       evaluation).
+    describe_config: returns the text written to MODEL_DIR/config.gin
+      (prottrans-finetune passes gin's operative config).
     The others as `trainer.train`.
 
   Returns:
     The last logged training metrics, `eval/<task>` scores (accuracy, or
-    Spearman's rho for "target") if evaluated, and the trainable and total parameter counts.
+    Spearman's rho for "target") if evaluated, and the trainable and total
+    parameter counts.
   """
-  for name, value in (("batch_size", batch_size),
-                      ("checkpoint_period", checkpoint_period),
-                      ("log_period", log_period), ("max_length", max_length)):
-    if value < 1:
-      raise ValueError(f"finetune.train.{name} must be >= 1, got {value}")
-  if train_steps < 0:
-    raise ValueError(f"finetune.train.train_steps must be >= 0, got "
-                     f"{train_steps}")
+  loop.check_positive(0, **{"finetune.train.train_steps": train_steps})
+  loop.check_positive(**{f"finetune.train.{name}": value for name, value in (
+      ("batch_size", batch_size), ("num_microbatches", num_microbatches),
+      ("checkpoint_period", checkpoint_period), ("log_period", log_period),
+      ("max_length", max_length))})
+  if keep_checkpoints is not None:
+    loop.check_positive(**{"finetune.train.keep_checkpoints": keep_checkpoints})
+  if eval_period is not None:
+    loop.check_positive(**{"finetune.train.eval_period": eval_period})
+  if batch_size % num_microbatches:
+    raise ValueError(f"finetune.train.batch_size {batch_size} is not "
+                     f"divisible by num_microbatches={num_microbatches}")
+  if profile_first_step is not None:
+    loop.check_positive(**{"finetune.train.profile_first_step":
+                           profile_first_step,
+                           "finetune.train.profile_steps": profile_steps})
   tasks = config.head.tasks
   if train_proteins is None:
     train_proteins = read_proteins(
@@ -422,37 +466,53 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
           p.id, validation_fraction) == splits.TRAIN]
   if validation_proteins is None and validation_file and eval_period:
     validation_proteins = read_proteins(validation_file, label_format,
-                                        validation_limit, tasks)
+                                        validation_limit, tasks,
+                                        "VALIDATION_FILE")
+  if compilation_cache_dir:
+    loop.use_compilation_cache(compilation_cache_dir)
   optimizer = optimizer or optimizers.adamw()
   model = finetune_lib.FinetuneModel(config)
   model_dir = fs.path(model_dir)
   if jax.process_index() == 0:
     model_dir.mkdir(parents=True, exist_ok=True)
   peak = mfu.peak_tflops_per_device(peak_tflops_per_device)
-  with run_lock.hold_on_process_zero(model_dir / "run.lock",
+  with run_lock.hold_on_process_zero(model_dir / loop.LOCK_FILE,
                                     f"fine-tuning run on {model_dir}"):
+    model_dir = loop.prepare_model_dir(model_dir, describe_config)
     mesh, rules = partition.mesh(), partition.rules()
-    if batch_size % mesh.shape[partitioning.DATA_AXIS]:
-      raise ValueError(f"batch_size {batch_size} is not divisible by the "
-                       f"mesh's data shards ({dict(mesh.shape)})")
-    with partitioning.activate(mesh, rules):
+    data_shards = mesh.shape[partitioning.DATA_AXIS]
+    if (batch_size // num_microbatches) % data_shards:
+      raise ValueError(
+          f"finetune.train.batch_size {batch_size} / num_microbatches "
+          f"{num_microbatches} is not divisible by the mesh's {data_shards} "
+          f"data shards ({dict(mesh.shape)})")
+    # Watched from here on: a SIGTERM while restoring or compiling saves
+    # the first step trained.
+    with partitioning.activate(mesh, rules), \
+        loop.PreemptionWatch() as preemption:
       return _train(model=model, model_dir=model_dir, config=config,
                     train_proteins=train_proteins,
                     validation_proteins=validation_proteins,
                     max_length=max_length, batch_size=batch_size,
                     train_steps=train_steps, schedule=learning_rate,
-                    tx=optimizer, mesh=mesh, rules=rules, seed=seed,
+                    tx=optimizer, mesh=mesh, rules=rules,
+                    num_microbatches=num_microbatches, seed=seed,
                     initial_checkpoint=initial_checkpoint,
                     checkpoint_period=checkpoint_period,
                     keep_checkpoints=keep_checkpoints, log_period=log_period,
-                    eval_period=eval_period, peak=peak)
+                    eval_period=eval_period, peak=peak,
+                    profile=loop.ProfileWindow(str(model_dir),
+                                               profile_first_step,
+                                               profile_steps),
+                    preemption=preemption)
 
 
 def make_step(model, layout: Layout, tx, schedule, seed: int,
-              mesh: jax.sharding.Mesh) -> Callable:
+              mesh: jax.sharding.Mesh, num_microbatches: int = 1) -> Callable:
   """`train_step` bound and jitted with the layout's shardings."""
   step = functools.partial(train_step, model=model, mask=layout.mask, tx=tx,
-                           schedule=schedule, dropout_seed=seed)
+                           schedule=schedule, dropout_seed=seed,
+                           num_microbatches=num_microbatches)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   return jax.jit(step, in_shardings=(layout.shardings, None),
                  out_shardings=(layout.shardings, replicated),
@@ -461,8 +521,9 @@ def make_step(model, layout: Layout, tx, schedule, seed: int,
 
 def _train(*, model, model_dir, config, train_proteins, validation_proteins,
            max_length, batch_size, train_steps, schedule, tx, mesh, rules,
-           seed, initial_checkpoint, checkpoint_period, keep_checkpoints,
-           log_period, eval_period, peak) -> dict[str, float]:
+           num_microbatches, seed, initial_checkpoint, checkpoint_period,
+           keep_checkpoints, log_period, eval_period, peak, profile,
+           preemption) -> dict[str, float]:
   layout = plan(model, tx, mesh, rules)
   formula = trainable_count_formula(model, layout.abstract_params)
   logging.info("trainable parameters %d of %d (%s = %d); mesh %s",
@@ -474,18 +535,21 @@ def _train(*, model, model_dir, config, train_proteins, validation_proteins,
                          f"from the formula {formula}")
   data = LabelledInput(model, train_proteins, max_length, batch_size, seed)
   manager = checkpoints.checkpoint_manager(model_dir, keep=keep_checkpoints)
-  latest = manager.latest_step()
-  if latest is not None:
-    state = _restore(manager, latest, layout)
-    logging.info("restored fine-tuning step %d from %s", latest, model_dir)
-  else:
+  state = loop.restore_newest_intact(manager, functools.partial(
+      _restore_step, manager=manager, layout=layout, config=config))
+  if state is None:
     params = _initial_params(model, layout, seed, initial_checkpoint)
     state = jax.jit(
         lambda p: TrainState(step=jnp.int32(0), params=p,
                              opt_state=tx.init(lora_lib.split(
                                  p, layout.mask)[0])),
         out_shardings=layout.shardings)(params)
-  step_fn = make_step(model, layout, tx, schedule, seed, mesh)
+  first_step = int(state.step)
+  if first_step >= train_steps:
+    logging.warning("%s is at step %d already, and train_steps is %d: "
+                    "nothing to train", model_dir, first_step, train_steps)
+  step_fn = make_step(model, layout, tx, schedule, seed, mesh,
+                      num_microbatches)
   forward = jax.jit(lambda p, b: model(p, b["tokens"], b["mask"]))
   encoder_flops = model.family.encoder_flops(config.encoder, max_length)
   # Forward + backward; LoRA's backward skips the frozen weight gradients
@@ -496,40 +560,50 @@ def _train(*, model, model_dir, config, train_proteins, validation_proteins,
   last = {"trainable_params": float(layout.num_trainable),
           "total_params": float(layout.num_params)}
   timer, timed = time.perf_counter(), 0
-  for step in range(int(state.step), train_steps):
+  nonfinite = (jnp.int32(-1), jnp.zeros((2,), jnp.float32))
+  for step in range(first_step, train_steps):
     done = step + 1
+    profile.before(done)
     state, metrics = step_fn(state, _put(data.batch(step), mesh, rules))
+    nonfinite = loop.first_nonfinite(nonfinite, jnp.int32(done), metrics)
     timed += 1
-    saving = done % checkpoint_period == 0 or done == train_steps
+    profile.after(done, state)
+    preempted = preemption.reached(manager, done)
+    saving = (done % checkpoint_period == 0 or done == train_steps
+              or preempted)
     if saving or done % log_period == 0:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       # Checked before any save, so a checkpoint never holds a bad step.
-      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])):
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"fine-tuning step {done}: the loss ({metrics['loss']}) or "
-            f"gradient norm ({metrics['grad_norm']}) is not finite; stopped "
-            f"without saving it (last checkpoint: step "
-            f"{manager.latest_step()} in {model_dir})")
-    if done % log_period == 0 or done == train_steps:
+      loop.stop_if_nonfinite(nonfinite, manager, model_dir,
+                             state.params if saving else None, done)
+    if done % log_period == 0 or done == train_steps or preempted:
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       seconds = time.perf_counter() - timer
       tflops = flops_per_step * timed / seconds / 1e12 / jax.device_count()
-      metrics.update(tokens_per_second=batch_size * max_length * timed / seconds,
-                     tflops_per_device=tflops, mfu=tflops / peak)
-      logging.info("finetune step %d %s", done,
-                   " ".join(f"{k} {v:.5g}" for k, v in metrics.items()))
+      metrics.update(
+          tokens_per_second=batch_size * max_length * timed / seconds,
+          tflops_per_device=tflops, mfu=tflops / peak)
+      logging.info("finetune step %d %s", done, loop.format_metrics(metrics))
       train_writer.write(done, metrics)
       last.update(metrics)
       timer, timed = time.perf_counter(), 0
     if saving:
-      _save(manager, done, state, config)
+      checkpoints.save(manager, done, params=state.params,
+                       opt_state=state.opt_state, train_info={"step": done},
+                       config=config)
+    if preempted:
+      manager.wait_until_finished()
+      logging.warning("preempted: saved fine-tuning step %d in %s; run the "
+                      "same command again to continue", done, model_dir)
+      break
     if validation_proteins and eval_period and (
         done % eval_period == 0 or done == train_steps):
       scores = evaluate(forward, state.params, model, validation_proteins,
                         max_length, batch_size, mesh, rules)
-      logging.info("finetune eval step %d %s", done, scores)
+      logging.info("finetune eval step %d %s", done,
+                   loop.format_metrics(scores))
       eval_writer.write(done, scores)
       last.update({f"eval/{k}": v for k, v in scores.items()})
+  profile.close()
   train_writer.close()
   eval_writer.close()
   manager.wait_until_finished()
