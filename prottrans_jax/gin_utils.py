@@ -174,3 +174,36 @@ def run_gin_main(run: Callable[[], None], gin_flags: GinFlags,
     run()
 
   app.run(main, argv=argv)
+
+
+def gin_command(name: str, module_name: str, run: Callable[[], None],
+                errors: tuple[type[BaseException], ...] = ()
+                ) -> Callable[[], None]:
+  """The `start()` of a gin-configured command (prottrans-train, -finetune,
+  -eval), one start-up for all of them.
+
+  Call it once, when the command's module (`module_name`, its `__name__`)
+  is imported: it defines --gin_file, --tfds_data_dir and the distributed
+  flags (listed by that module's --help). The returned function parses the
+  command line, the gin files and --gin.NAME=VALUE bindings, and calls
+  `run`; an exception of `errors` (ones whose message names the step, file
+  or setting) ends the process with "NAME: error: MESSAGE" and status 1
+  instead of a traceback.
+  """
+  gin_flags = define_gin_flags()
+  distributed = cli.define_distributed_flags()
+  for flag in flags.FLAGS.get_key_flags_for_module(cli.__name__):
+    flags.FLAGS.register_key_flag_for_module(module_name, flag)
+
+  def guarded() -> None:
+    try:
+      run()
+    except errors as e:
+      sys.exit(f"{name}: error: {e}")
+
+  def start() -> None:
+    """Parses the command line and runs the command."""
+    run_gin_main(guarded, gin_flags, distributed)
+
+  return start
+

@@ -13,13 +13,13 @@ the run continues exactly from its latest checkpoint.
 
 import sys
 
-from absl import flags
 import gin
 
-from prottrans_jax import cli
+from prottrans_jax import checkpoints
 from prottrans_jax import gin_utils
 from prottrans_jax import run_lock
 from prottrans_jax.training import finetune
+from prottrans_jax.training import loop
 from prottrans_jax.training import trainer
 
 
@@ -28,17 +28,14 @@ def run():
   if encoder is None:
     sys.exit("prottrans-finetune: error: no encoder: pass a model gin file "
              "(e.g. --gin_file=models/prott5_xl.gin) before the run file")
-  try:
-    config = gin.get_configurable(finetune.make_config)(encoder_config=encoder)
-    gin.get_configurable(finetune.train)(config=config)
-  except (ValueError, FloatingPointError, run_lock.LockHeldError) as e:
-    sys.exit(f"prottrans-finetune: error: {e}")
+  config = gin.get_configurable(finetune.make_config)(encoder_config=encoder)
+  gin.get_configurable(finetune.train)(
+      config=config, describe_config=gin.operative_config_str)
 
 
-_GIN_FLAGS = gin_utils.define_gin_flags()
-_DISTRIBUTED = cli.define_distributed_flags()
-flags.adopt_module_key_flags(cli)  # --help lists them.
-
-
-def start() -> None:
-  gin_utils.run_gin_main(run, _GIN_FLAGS, _DISTRIBUTED)
+# Bad settings, labelled files (LabelError: file and line) and checkpoints,
+# a held run lock, a non-finite step: each message names what to fix.
+start = gin_utils.gin_command(
+    "prottrans-finetune", __name__, run,
+    (ValueError, FileNotFoundError, loop.NonFiniteError,
+     run_lock.LockHeldError, checkpoints.DamagedCheckpointError))

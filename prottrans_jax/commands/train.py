@@ -15,36 +15,25 @@ jax.distributed.initialize()); elsewhere add, per process,
 Each process reads only its shard of the data.
 """
 
-import sys
-
-from absl import flags
 import gin
 
 from prottrans_jax import checkpoints
-from prottrans_jax import cli
 from prottrans_jax import gin_utils
 from prottrans_jax import run_lock
 from prottrans_jax.training import trainer
 
 
 def train():
-  try:
-    gin.get_configurable(trainer.train)(
-        describe_config=gin.operative_config_str)
-  except (trainer.NonFiniteError, run_lock.LockHeldError,
-          checkpoints.DamagedCheckpointError) as e:
-    # The run cannot go on; the message names the step, holder or file.
-    sys.exit(f"prottrans-train: error: {e}")
+  gin.get_configurable(trainer.train)(
+      describe_config=gin.operative_config_str)
 
 
-_GIN_FLAGS = gin_utils.define_gin_flags()
-_DISTRIBUTED = cli.define_distributed_flags()
-flags.adopt_module_key_flags(cli)  # --help lists them.
-
-
-def start() -> None:
-  """Parses the command line and runs the command."""
-  gin_utils.run_gin_main(train, _GIN_FLAGS, _DISTRIBUTED)
+# The run cannot go on after these; their messages name the step, holder or
+# file.
+start = gin_utils.gin_command(
+    "prottrans-train", __name__, train,
+    (trainer.NonFiniteError, run_lock.LockHeldError,
+     checkpoints.DamagedCheckpointError))
 
 
 if __name__ == "__main__":
