@@ -25,6 +25,7 @@ import pytest
 
 from prottrans_jax import checkpoints
 from prottrans_jax import partitioning
+from prottrans_jax.convert import formats
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
 from prottrans_jax.downstream import finetune
@@ -288,7 +289,8 @@ def test_microbatches_give_the_whole_batch_update(cb513):
 def test_merged_checkpoint_embeds_as_the_adapter_model(lora_run, tmp_path,
                                                       cb513):
   """prottrans-merge-lora's checkpoint, loaded as any ProtT5 encoder by the
-  embedding engine, gives the adapter model's hidden states."""
+  embedding engine and converted to Hugging Face, gives the adapter
+  model's hidden states."""
   config, params = finetune.load_checkpoint(str(lora_run))
   finetune.merge_checkpoint(str(lora_run), str(tmp_path / "merged"))
   loaded = loading.from_checkpoint(str(tmp_path / "merged"))
@@ -301,11 +303,24 @@ def test_merged_checkpoint_embeds_as_the_adapter_model(lora_run, tmp_path,
                   for r, e in batch)
   model = finetune.FinetuneModel(config)
   hidden = jax.jit(model.hidden)
+  # The same checkpoint through the Hugging Face converter: transformers'
+  # T5EncoderModel computes the adapter model's hidden states.
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  formats.convert_checkpoint("native", "hf", tmp_path / "merged",
+                             tmp_path / "hf", progress=False)
+  hf_encoder = transformers.T5EncoderModel.from_pretrained(
+      tmp_path / "hf").eval()
   for record in records:
     tokens = jnp.asarray([model.family.tokenize(record.sequence)])
     expected = hidden(params, tokens)[0, :len(record.sequence)]
     np.testing.assert_allclose(embedded[record.id], expected, atol=1e-5,
                                rtol=1e-5)
+    with torch.no_grad():
+      hf_hidden = hf_encoder(torch.tensor(np.asarray(tokens))
+                             ).last_hidden_state[0].numpy()
+    np.testing.assert_allclose(hf_hidden, hidden(params, tokens)[0],
+                               atol=1e-5, rtol=1e-5)
 
 
 HYDROPHOBIC = set("AILMFVWC")
@@ -380,3 +395,61 @@ def test_regression_tsv_header_is_checked(tmp_path):
   tsv.write_text("id\tsequence\tvalue\nP1\tMKV\t0.5\n")
   with pytest.raises(readers.LabelError, match=f"{re.escape(str(tsv))}:1: header"):
     readers.read_labels(tsv, "tsv_regression")
+
+
+# --- bad input of prottrans-finetune and prottrans-merge-lora ---------------
+
+
+def test_missing_or_empty_labelled_file_names_the_setting(tmp_path):
+  missing = tmp_path / "missing.csv"
+  with pytest.raises(FileNotFoundError,
+                     match=f"TRAIN_FILE {re.escape(str(missing))}: no such"):
+    finetune_training.read_proteins(str(missing), "netsurfp", None, ("q3",))
+  empty = tmp_path / "empty.csv"
+  empty.write_text("")
+  with pytest.raises(readers.LabelError,
+                     match=f"{re.escape(str(empty))}:1: not a NetSurfP"):
+    finetune_training.read_proteins(str(empty), "netsurfp", None, ("q3",))
+  header_only = tmp_path / "header.csv"
+  header_only.write_text("input,dssp3,dssp8,disorder,cb513_mask\n")
+  with pytest.raises(ValueError, match=re.escape(
+      f"VALIDATION_FILE {header_only} (netsurfp) has no protein labelled")):
+    finetune_training.read_proteins(str(header_only), "netsurfp", None,
+                                    ("q3",), "VALIDATION_FILE")
+
+
+def test_labels_of_another_length_than_the_sequence_name_the_line(tmp_path):
+  path = tmp_path / "bad.csv"
+  path.write_text("input,dssp3,dssp8,disorder,cb513_mask\n"
+                  "M K V,C H,C H E,1 1 1,1 1 1\n")
+  with pytest.raises(readers.LabelError,
+                     match=f"{re.escape(str(path))}:2: .*dssp3 has 2 entries "
+                     "but the sequence has 3 residues"):
+    finetune_training.read_proteins(str(path), "netsurfp", None, ("q3",))
+
+
+def test_merge_refuses_what_it_cannot_merge(lora_run, tmp_path,
+                                            tiny_prott5_model_dir):
+  empty = tmp_path / "empty_run"
+  empty.mkdir()
+  with pytest.raises(FileNotFoundError, match=f"no checkpoint at {empty}"):
+    finetune.merge_checkpoint(str(empty), str(tmp_path / "out"))
+  # A pre-trained checkpoint has no head or adapters to merge.
+  with pytest.raises(ValueError, match="holds a 't5' model, not a "
+                     "fine-tuning"):
+    finetune.merge_checkpoint(str(tiny_prott5_model_dir), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_merge_refuses_an_output_dir_with_checkpoints(lora_run, tmp_path):
+  output = tmp_path / "merged"
+  first = finetune.merge_checkpoint(str(lora_run), str(output))
+  before = sorted(p.name for p in first.iterdir())
+  with pytest.raises(FileExistsError,
+                     match=f"--output_dir {output} already holds checkpoints.*"
+                     "--overwrite"):
+    finetune.merge_checkpoint(str(lora_run), str(output))
+  assert sorted(p.name for p in first.iterdir()) == before
+  again = finetune.merge_checkpoint(str(lora_run), str(output), overwrite=True)
+  assert checkpoints.verify_params(again) == again
+
