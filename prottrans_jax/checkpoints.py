@@ -23,7 +23,9 @@ target config wants (families.ModelFamily.to_layout / to_canonical), on the
 devices, under jit, into the target shardings. A checkpoint written with one
 setting therefore resumes, embeds and converts with the other.
 
-Every step directory records its model family and config, so a step
+Every step directory records its model family (a fine-tuning network,
+whose config names its own `checkpoint_model_name`, records that name and
+is saved in the layout it trains in) and config, so a step
 directory copied elsewhere restores on its own, and embedding, conversion and
 evaluation need nothing but the path. A step without `opt_state` is a
 params-only checkpoint (written by a converter or `write_params_checkpoint`):
