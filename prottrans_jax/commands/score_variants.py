@@ -42,9 +42,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from prottrans_jax import cli
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
-from prottrans_jax.inference import loading
 from prottrans_jax.inference import variants
 
 _INPUT = flags.DEFINE_string("input", None, "FASTA file of the proteins "
@@ -54,13 +54,9 @@ _VARIANTS = flags.DEFINE_string(
     "A23G:K40R; 1-based). Required unless --scan.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Scores TSV to write; with --scan, the HDF5 file.")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint_dir", None, "This project's checkpoint: a MODEL_DIR (latest "
-    "step) or a step dir, local or gs://.")
-_HF = flags.DEFINE_string(
-    "hf_model_dir", None, "Hugging Face ProtT5 (T5ForConditionalGeneration) "
-    "or ProtBert/ProtAlbert/ELECTRA generator (*ForMaskedLM): a directory, "
-    "gs:// URL or Hub model id.")
+_MODEL = cli.define_model_source_flags(
+    "ProtT5 (T5ForConditionalGeneration) or ProtBert/ProtAlbert/ELECTRA "
+    "generator (*ForMaskedLM)", "a directory, gs:// URL or Hub model id.")
 _METHOD = flags.DEFINE_enum(
     "method", variants.MASKED_MARGINAL, list(variants.METHODS),
     "masked_marginal: mask the variant's positions; wildtype_marginal: read "
@@ -82,8 +78,7 @@ _NUM_PARTITIONS = flags.DEFINE_integer(
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 flags.mark_flags_as_required(["input", "output"])
-flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
-                                     required=True)
+flags.adopt_module_key_flags(cli)  # --help lists --checkpoint_dir, ...
 
 
 def main(argv):
@@ -99,9 +94,7 @@ def main(argv):
     settings = engine.EmbedSettings(dtype=_DTYPE.value,
                                     max_tokens=_MAX_TOKENS.value,
                                     num_partitions=_NUM_PARTITIONS.value)
-    model = (loading.from_checkpoint(_CHECKPOINT.value, settings,
-                                     whole_model=True) if _CHECKPOINT.value
-             else loading.from_hf(_HF.value, settings, whole_model=True))
+    model = _MODEL.load(settings, whole_model=True)
     scorer = variants.Scorer(model.config, model.params, settings)
     if _SCAN.value:
       proteins = variants.write_scan(
