@@ -22,7 +22,6 @@ training set. ± is the standard error
 
 import dataclasses
 import os
-import platform
 import random
 import tempfile
 import time
@@ -40,6 +39,8 @@ from prottrans_jax.downstream import trainer
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
+
+import _machine
 
 _MODEL = cli.define_model_source_flags("ProtT5", "a directory or Hub model id.")
 _DATA = flags.DEFINE_string(
@@ -178,7 +179,7 @@ def main(argv):
   print(_table(columns, sizes,
                f"Downstream evaluation of {model.source} (d={d_model}); "
                f"{device.platform}:{device.device_kind} x{jax.device_count()},"
-               f" {platform.machine()} {os.cpu_count()} CPUs"))
+               f" {_machine.describe()}"))
   for experiment in experiments:
     print(f"{experiment.test_name}: {experiment.kind} head trained on "
           f"{len(experiment.train)} {experiment.train_name} proteins, tested "
