@@ -21,6 +21,8 @@ import tempfile
 from absl import app
 from absl import flags
 
+import _machine
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _MODEL = flags.DEFINE_string("model", "models/prott5_xl.gin",
@@ -35,14 +37,6 @@ _LENGTH = flags.DEFINE_integer("length", 128, "inputs and targets length.")
 _BATCH = flags.DEFINE_integer("batch_size", 4, "Global batch size.")
 
 _COMPILED = re.compile(r"train step compiled in ([0-9.]+)s")
-
-
-def _cpu_name() -> str:
-  with open("/proc/cpuinfo") as f:
-    for line in f:
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  return "unknown CPU"
 
 
 def compile_seconds(model_dir: pathlib.Path, cache_dir: pathlib.Path) -> float:
@@ -66,7 +60,7 @@ def compile_seconds(model_dir: pathlib.Path, cache_dir: pathlib.Path) -> float:
 
 def main(argv):
   del argv
-  print(f"machine: {_cpu_name()}, {len(os.sched_getaffinity(0))} CPUs; "
+  print(f"machine: {_machine.describe()}; "
         f"{_MODEL.value} {' '.join(_BINDINGS.value)}, batch {_BATCH.value} "
         f"x length {_LENGTH.value}, 1 device")
   with tempfile.TemporaryDirectory() as tmp:

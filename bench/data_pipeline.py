@@ -7,8 +7,6 @@ trainer on this host could be fed at.
   python bench/data_pipeline.py [--task swissprot_sample_prott5_denoise]
 """
 
-import os
-import platform
 import time
 
 from absl import app
@@ -17,6 +15,8 @@ import numpy as np
 import seqio
 
 import prottrans_jax.tasks  # pylint: disable=unused-import  (registers the tasks)
+
+import _machine
 
 _TASK = flags.DEFINE_string("task", "swissprot_sample_prott5_denoise",
                             "Registered seqio task.")
@@ -49,8 +49,7 @@ def _measure(pack: bool) -> tuple[float, float, float]:
 
 def main(argv):
   del argv
-  print(f"machine: {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs; task {_TASK.value}, length {_LENGTH.value}, "
+  print(f"machine: {_machine.describe()}; task {_TASK.value}, length {_LENGTH.value}, "
         f"batch {_BATCH.value}, {_EPOCHS.value} epochs")
   for pack in (False, True):
     eps, rps, bps = _measure(pack)

@@ -22,7 +22,6 @@ training set. ± is the standard error
 
 import dataclasses
 import os
-import platform
 import random
 import tempfile
 import time
@@ -41,10 +40,9 @@ from prottrans_jax.inference import engine
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 
-_CHECKPOINT = flags.DEFINE_string("checkpoint_dir", None,
-                                  "This project's checkpoint (MODEL_DIR).")
-_HF = flags.DEFINE_string("hf_model_dir", None,
-                          "Hugging Face ProtT5 directory or Hub model id.")
+import _machine
+
+_MODEL = cli.define_model_source_flags("ProtT5", "a directory or Hub model id.")
 _DATA = flags.DEFINE_string(
     "data_dir", os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                              "data"), "The shared data directory.")
@@ -66,10 +64,7 @@ _EPOCHS = flags.DEFINE_integer("max_epochs", 40, "Upper bound on epochs.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "Encoder compute dtype.")
 _MAX_TOKENS = cli.define_max_tokens_flag(16384)  # And --max_residues (old).
-flags.adopt_module_key_flags(cli)  # --help lists --max_tokens.
-
-flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
-                                     required=True)
+flags.adopt_module_key_flags(cli)  # --help lists --max_tokens, the model flags.
 
 PAPER = {("q3", "CASP12"): 81, ("q3", "TS115"): 87, ("q3", "CB513"): 86,
          ("q8", "CASP12"): 70, ("q8", "TS115"): 77, ("q8", "CB513"): 74,
@@ -152,8 +147,7 @@ def _table(columns: dict[str, dict], sizes: dict, title: str) -> str:
 def main(argv):
   del argv
   start = time.perf_counter()
-  model = (loading.from_checkpoint(_CHECKPOINT.value) if _CHECKPOINT.value
-           else loading.from_hf(_HF.value))
+  model = _MODEL.load()
   work_dir = _WORK.value or tempfile.mkdtemp(prefix="downstream_eval_")
   os.makedirs(work_dir, exist_ok=True)
   experiments = _experiments(_DATA.value)
@@ -185,7 +179,7 @@ def main(argv):
   print(_table(columns, sizes,
                f"Downstream evaluation of {model.source} (d={d_model}); "
                f"{device.platform}:{device.device_kind} x{jax.device_count()},"
-               f" {platform.machine()} {os.cpu_count()} CPUs"))
+               f" {_machine.describe()}"))
   for experiment in experiments:
     print(f"{experiment.test_name}: {experiment.kind} head trained on "
           f"{len(experiment.train)} {experiment.train_name} proteins, tested "

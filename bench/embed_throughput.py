@@ -48,7 +48,6 @@ padding the batches carry.
 
 import dataclasses
 import os
-import platform
 import time
 
 # JAX takes 75% of a GPU's memory at start-up by default; transformers runs
@@ -74,6 +73,8 @@ from prottrans_jax.models import bert  # pylint: disable=g-import-not-at-top,wro
 from prottrans_jax.models import t5  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prottrans_jax.models import transfo_xl  # pylint: disable=g-import-not-at-top,wrong-import-position
 from prottrans_jax.models import xlnet  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import _machine  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                               "data", "sequences", "globins45.fasta")
@@ -120,27 +121,6 @@ _MAX_TOKENS = cli.define_max_tokens_flag(
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed passes of each engine, "
                                "taken in turns.", lower_bound=1)
 flags.adopt_module_key_flags(cli)  # --help lists --max_tokens.
-
-
-def cpu_description() -> str:
-  """The CPU's model name and which of the vector extensions that matter
-  for bfloat16 it has (from /proc/cpuinfo)."""
-  name, flags_line = platform.processor() or platform.machine(), ""
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name") and name in ("", platform.machine()):
-          name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-          flags_line = line
-        if flags_line and name:
-          break
-  except OSError:
-    pass
-  present = set(flags_line.split(":", 1)[-1].split())
-  marks = ", ".join(f"{flag} {'yes' if flag in present else 'no'}"
-                    for flag in _CPU_FLAGS)
-  return f"{name}; {len(os.sched_getaffinity(0))} CPUs; {marks}"
 
 
 def matmul_peak_flops(dtype: str, size: int, repeats: int = 10
@@ -285,7 +265,7 @@ def main(argv):
   records = spread(list(fasta.read_fasta(_FASTA.value)), _MAX_PROTEINS.value)
   size = 8192 if on_gpu else 1024
   peaks = {}
-  print(f"CPU: {cpu_description()}")
+  print(f"CPU: {_machine.describe(_CPU_FLAGS)}")
   print(f"JAX {jax.__version__} on {device.platform}: {device.device_kind} "
         f"({len(jax.devices())} device(s)); torch {torch.__version__} on "
         f"{torch_device}; transformers {transformers.__version__}")

@@ -24,7 +24,6 @@ proteins cut to --xl_length residues (--xl_proteins).
 
 import dataclasses
 import os
-import platform
 import statistics
 import time
 
@@ -40,6 +39,8 @@ from prottrans_jax.inference import engine
 from prottrans_jax.inference import variants
 from prottrans_jax.models import bert
 from prottrans_jax.models import t5
+
+import _machine
 
 _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                               "data", "sequences", "globins45.fasta")
@@ -60,22 +61,6 @@ _MAX_TOKENS = flags.DEFINE_integer("max_tokens", 4096, "Padded tokens per "
                                    "batch per device.", lower_bound=1)
 _ROUNDS = flags.DEFINE_integer("rounds", 3, "Timed runs of each measurement.",
                                lower_bound=1)
-
-
-def _cpu_name() -> str:
-  """/proc/cpuinfo's model name and whether it has AVX2 / AVX-512."""
-  name, present = platform.processor() or platform.machine(), set()
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          name = line.split(":", 1)[1].strip()
-        elif line.startswith("flags"):
-          present = set(line.split(":", 1)[1].split())
-          break
-  except OSError:
-    pass
-  return f"{name} ({', '.join(f for f in ('avx2', 'avx512f') if f in present) or 'no AVX2'})"
 
 
 def _config(name: str):
@@ -130,7 +115,7 @@ def _median_seconds(run) -> float:
 
 def main(argv):
   del argv
-  print(f"machine: {_cpu_name()}, {len(os.sched_getaffinity(0))} CPUs; "
+  print(f"machine: {_machine.describe(('avx2', 'avx512f'))}; "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind} x "
         f"{jax.local_device_count()}; --max_tokens={_MAX_TOKENS.value}, "
         f"{_ROUNDS.value} rounds (medians)")

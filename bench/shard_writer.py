@@ -42,6 +42,8 @@ from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import shards
 
+import _machine
+
 _DEFAULT_FASTA = os.path.join(os.path.dirname(__file__), "..", "..", "shared",
                               "data", "localization",
                               "deeploc_test_set.fasta")
@@ -66,13 +68,6 @@ _DIR = flags.DEFINE_string("dir", None, "Where to write (default: the "
                            "system's temporary directory).")
 
 SPECIAL_TOKENS = 1  # ProtT5 appends </s>: a batch's token lengths are L + 1.
-
-
-def _cpu() -> str:
-  with open("/proc/cpuinfo") as f:
-    model = next((line.split(":", 1)[1].strip() for line in f
-                  if line.startswith("model name")), platform.processor())
-  return f"{model}, {len(os.sched_getaffinity(0))} CPUs, {platform.machine()}"
 
 
 def _plan(lengths: np.ndarray, max_tokens: int) -> list[batching.Batch]:
@@ -151,7 +146,8 @@ def main(argv):
   records = list(fasta.read_fasta(_FASTA.value))
   real_lengths = np.array([len(r.sequence) for r in records])
   d = _WIDTH.value
-  print(f"machine: {_cpu()}; {platform.system()} {platform.release()}; "
+  print(f"machine: {_machine.describe()}, {platform.machine()}; "
+        f"{platform.system()} {platform.release()}; "
         f"h5py {h5py.version.version}, HDF5 {h5py.version.hdf5_version}")
   print(f"lengths drawn from {os.path.normpath(_FASTA.value)} ({len(records)} "
         f"proteins, mean {real_lengths.mean():.0f}, max {real_lengths.max()})"

@@ -22,7 +22,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import train_state as train_state_lib
 from prottrans_jax.training import trainer
+
+import _machine
 
 GIB = 2**30
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -186,7 +187,7 @@ def main(argv):
   if _MEASURE_CPU.value:
     peak = mfu.measure_matmul_tflops(size=2048)
     device = jax.local_devices()[0]
-    print(f"machine: {_cpu_name()}, {len(os.sched_getaffinity(0))} CPUs; "
+    print(f"machine: {_machine.describe()}; "
           f"device {device.device_kind} ({jax.device_count()} devices); "
           f"measured dense float32 matmul peak {peak:.4f} TFLOP/s")
     for name, batch_size, length in THROUGHPUT_RUNS:
@@ -205,17 +206,6 @@ def main(argv):
     for pod in pods:
       rows.append(pod_figures(pod, pathlib.Path(workdir)))
   print_pod_table(rows)
-
-
-def _cpu_name() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

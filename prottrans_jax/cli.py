@@ -1,5 +1,5 @@
-"""Shared command-line plumbing for the commands: multi-process start-up
-and the embedding batch budget. Scripts stay a few lines: flags in, one
+"""Shared command-line plumbing for the commands: multi-process start-up,
+the model a command reads and the embedding batch budget. Scripts stay a few lines: flags in, one
 library call. No TensorFlow, seqio or gin here: the embedding and conversion
 commands import this module (the gin entry point of training is
 `gin_utils.run_gin_main`)."""
@@ -8,6 +8,8 @@ import dataclasses
 from absl import flags
 from absl import logging
 from prottrans_jax import partitioning
+from prottrans_jax.inference import engine
+from prottrans_jax.inference import loading
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +53,43 @@ def define_distributed_flags() -> DistributedFlags:
           "TPU VM of a pod slice, where jax.distributed finds the "
           "coordinator itself. --noauto_distributed runs each process "
           "alone."))
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSourceFlags:
+  """--checkpoint_dir or --hf_model_dir: the model a command reads."""
+  checkpoint_dir: flags.FlagHolder
+  hf_model_dir: flags.FlagHolder
+
+  def load(self, settings: engine.EmbedSettings | None = None, *,
+           whole_model: bool = False) -> loading.LoadedModel:
+    """The model the flags name (`loading.from_checkpoint` / `from_hf`)."""
+    if self.checkpoint_dir.value:
+      return loading.from_checkpoint(self.checkpoint_dir.value, settings,
+                                     whole_model=whole_model)
+    return loading.from_hf(self.hf_model_dir.value, settings,
+                           whole_model=whole_model)
+
+
+def define_model_source_flags(hf_models: str, hf_where: str,
+                              checkpoint_note: str = "") -> ModelSourceFlags:
+  """--checkpoint_dir and --hf_model_dir, exactly one of them required.
+
+  Args:
+    hf_models: which Hugging Face models the command reads (help text).
+    hf_where: where such a model may be (help text).
+    checkpoint_note: what the command reads of a checkpoint (help text).
+  """
+  holders = ModelSourceFlags(
+      flags.DEFINE_string(
+          "checkpoint_dir", None, "This project's checkpoint: a MODEL_DIR "
+          "(latest step) or a step dir, local or gs://."
+          + (f" {checkpoint_note}" if checkpoint_note else "")),
+      flags.DEFINE_string("hf_model_dir", None,
+                          f"Hugging Face {hf_models}: {hf_where}"))
+  flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
+                                       required=True)
+  return holders
 
 
 MAX_TOKENS_HELP = (

@@ -177,58 +177,19 @@ class ProtT5Vocabulary(CharacterVocabulary):
     return super().piece(token_id)
 
 
-class ProtBertVocabulary(CharacterVocabulary):
-  """ProtBert / ProtBert-BFD `vocab.txt`: `[PAD]` 0, `[UNK]` 1, `[CLS]` 2,
-  `[SEP]` 3, `[MASK]` 4, residues 5..29.
-
-  `[SEP]` plays seqio's end-of-sequence role, so `add_eos=True` closes an
-  example the way BERT does; `[CLS]` is added by the MLM preprocessor.
+class _FramedVocabulary(CharacterVocabulary):
+  """A vocabulary with BERT-style framing: a class-level table of named
+  special ids (`PAD_ID`, `UNK_ID`, `CLS_ID`, `SEP_ID`, `MASK_ID`), whose
+  class and separator tokens decode to nothing (they frame a protein, they
+  are not part of it). ProtBert and ProtXLNet differ only in the table, the
+  residue offset and which token ends a sequence.
   """
 
-  PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
-
-  def __init__(self):
-    super().__init__(
-        residue_offset=5, residues=_PROTBERT_RESIDUES,
-        special_tokens=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
-        unk_id=self.UNK_ID, eos_id=self.SEP_ID)
-
-  @property
-  def mask_id(self) -> int:
-    return self.MASK_ID
-
-  @property
-  def cls_id(self) -> int:
-    return self.CLS_ID
-
-  def piece(self, token_id: int) -> str:
-    if token_id in (self.CLS_ID, self.SEP_ID):
-      return ""
-    return super().piece(token_id)
-
-
-class ProtXLNetVocabulary(CharacterVocabulary):
-  """ProtXLNet's ids as this project writes them: XLNet's special tokens
-  `<unk>` 0, `<s>` 1, `</s>` 2, `<cls>` 3, `<sep>` 4, `<pad>` 5, `<mask>` 6,
-  `<eod>` 7, `<eop>` 8, then residues `LAGVESIKRDTPNQFYMHCWXUBZO` at 9..33.
-
-  The released `Rostlab/prot_xlnet` sentencepiece ids were not available
-  offline (../shared/data/hf_configs/README.md), so this table is the order
-  for checkpoints made here; a model directory's `spiece.model` tokenizes
-  for released weights. As the released pipeline, X and the rare residues
-  (U, Z, O, B, J) become `<unk>`, and an input ends with `<sep><cls>`
-  (XLNetTokenizer's framing: the family's `tokenize` adds it, `encode` does
-  not).
-  """
-
-  UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = 0, 1, 2, 3, 4, 5, 6
-
-  def __init__(self):
-    super().__init__(
-        residue_offset=9, residues=_PROTBERT_RESIDUES,
-        special_tokens=("<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>",
-                        "<eod>", "<eop>"),
-        unk_id=self.UNK_ID, eos_id=self.EOS_ID, unknown_residues="X" + RARE_RESIDUES)
+  PAD_ID: int
+  UNK_ID: int
+  CLS_ID: int
+  SEP_ID: int
+  MASK_ID: int
 
   @property
   def pad_id(self) -> int:
@@ -250,3 +211,44 @@ class ProtXLNetVocabulary(CharacterVocabulary):
     if token_id in (self.CLS_ID, self.SEP_ID):
       return ""
     return super().piece(token_id)
+
+
+class ProtBertVocabulary(_FramedVocabulary):
+  """ProtBert / ProtBert-BFD `vocab.txt`: `[PAD]` 0, `[UNK]` 1, `[CLS]` 2,
+  `[SEP]` 3, `[MASK]` 4, residues 5..29.
+
+  `[SEP]` plays seqio's end-of-sequence role, so `add_eos=True` closes an
+  example the way BERT does; `[CLS]` is added by the MLM preprocessor.
+  """
+
+  PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
+
+  def __init__(self):
+    super().__init__(
+        residue_offset=5, residues=_PROTBERT_RESIDUES,
+        special_tokens=("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"),
+        unk_id=self.UNK_ID, eos_id=self.SEP_ID)
+
+
+class ProtXLNetVocabulary(_FramedVocabulary):
+  """ProtXLNet's ids as this project writes them: XLNet's special tokens
+  `<unk>` 0, `<s>` 1, `</s>` 2, `<cls>` 3, `<sep>` 4, `<pad>` 5, `<mask>` 6,
+  `<eod>` 7, `<eop>` 8, then residues `LAGVESIKRDTPNQFYMHCWXUBZO` at 9..33.
+
+  The released `Rostlab/prot_xlnet` sentencepiece ids were not available
+  offline (../shared/data/hf_configs/README.md), so this table is the order
+  for checkpoints made here; a model directory's `spiece.model` tokenizes
+  for released weights. As the released pipeline, X and the rare residues
+  (U, Z, O, B, J) become `<unk>`, and an input ends with `<sep><cls>`
+  (XLNetTokenizer's framing: the family's `tokenize` adds it, `encode` does
+  not).
+  """
+
+  UNK_ID, BOS_ID, EOS_ID, CLS_ID, SEP_ID, PAD_ID, MASK_ID = 0, 1, 2, 3, 4, 5, 6
+
+  def __init__(self):
+    super().__init__(
+        residue_offset=9, residues=_PROTBERT_RESIDUES,
+        special_tokens=("<unk>", "<s>", "</s>", "<cls>", "<sep>", "<pad>", "<mask>",
+                        "<eod>", "<eop>"),
+        unk_id=self.UNK_ID, eos_id=self.EOS_ID, unknown_residues="X" + RARE_RESIDUES)

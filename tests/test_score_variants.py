@@ -22,6 +22,7 @@ from prottrans_jax.convert import formats
 from prottrans_jax.convert import mapping
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
+from prottrans_jax.inference import h5_writer
 from prottrans_jax.inference import loading
 from prottrans_jax.inference import variants
 from prottrans_jax.models import bert
@@ -253,3 +254,88 @@ def test_a_model_without_its_prediction_head_is_a_clear_error(tmp_path):
       discriminator=electra.ELECTRA_CONFIGS["tiny_discriminator"])
   with pytest.raises(ValueError, match="score with its generator"):
     variants.Scorer(pretraining, {})
+
+
+# Bad input for prottrans-score-variants: each refused before the model is
+# loaded (or, for a protein too long, before any forward pass), naming the
+# file, line, protein or flag.
+
+
+def _fasta_file(path, proteins=PROTEINS):
+  path.write_text("".join(f">{k}\n{v}\n" for k, v in proteins.items()))
+  return path
+
+
+def test_an_empty_fasta_file_is_an_error_naming_it(tmp_path):
+  proteins = tmp_path / "empty.fasta"
+  proteins.write_text("")
+  with pytest.raises(fasta.FastaError, match=f"{proteins}: no FASTA records"):
+    variants.read_inputs(str(proteins), None, scan=True)
+
+
+def test_a_variants_file_without_variants_is_an_error_naming_it(tmp_path):
+  """An empty table of scores is never what was asked for: a header and
+  empty lines alone are refused, not written as a header-only TSV."""
+  path = tmp_path / "variants.tsv"
+  path.write_text("protein_id\tvariant\n\n")
+  with pytest.raises(variants.VariantError, match=f"{path}: no variants"):
+    variants.read_inputs(str(_fasta_file(tmp_path / "p.fasta")), str(path), scan=False)
+
+
+def test_a_variant_of_a_protein_missing_from_the_fasta_names_both_files(tmp_path):
+  proteins = _fasta_file(tmp_path / "p.fasta")
+  path = tmp_path / "variants.tsv"
+  path.write_text("short\tM1W\nabsent\tM1W\n")
+  with pytest.raises(variants.VariantError,
+                     match=f"{path}, line 2: unknown protein id 'absent' "
+                     rf"\(not in {proteins}\)"):
+    variants.read_inputs(str(proteins), str(path), scan=False)
+
+
+def test_scan_and_variants_together_or_neither_name_the_flags(tmp_path):
+  proteins = str(_fasta_file(tmp_path / "p.fasta"))
+  with pytest.raises(ValueError, match="give --variants .* or --scan .*, not both"):
+    variants.read_inputs(proteins, str(tmp_path / "variants.tsv"), scan=True)
+  with pytest.raises(ValueError, match="give --variants .* or --scan .*one of them$"):
+    variants.read_inputs(proteins, None, scan=False)
+
+
+def test_an_existing_output_is_refused_without_overwrite(tmp_path):
+  """As prottrans-embed: an existing --output is replaced only when asked;
+  a scan that fails part way leaves no file that would then be refused."""
+  output = tmp_path / "scores.tsv"
+  variants.check_output(output, overwrite=False)  # Nothing there yet.
+  output.write_text("earlier scores\n")
+  with pytest.raises(h5_writer.OutputError,
+                     match=f"--output {output} exists: pass --overwrite"):
+    variants.check_output(output, overwrite=False)
+  variants.check_output(output, overwrite=True)
+  with pytest.raises(h5_writer.OutputError, match="is a directory"):
+    variants.check_output(tmp_path, overwrite=True)
+
+  def failing_scan():
+    yield RECORDS[0], np.zeros((len(RECORDS[0].sequence), 20), np.float32)
+    raise RuntimeError("device out of memory")
+  scan = tmp_path / "scan.h5"
+  with pytest.raises(RuntimeError, match="out of memory"):
+    variants.write_scan(scan, failing_scan(), variants.MASKED_MARGINAL)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.tsv"]
+  variants.check_output(scan, overwrite=False)
+
+
+def test_a_protein_longer_than_learned_positions_is_named_before_any_pass(built):
+  """ProtBert's learned positions end (here at the tiny config's 1024 tokens,
+  [CLS] and [SEP] included): the protein is named and nothing is computed,
+  by `score` and by `scan` before its output is opened. ProtT5's relative
+  positions have no end: the same protein is planned."""
+  scorer, _, _ = built("bert")
+  limit = scorer.config.max_position_embeddings
+  long = fasta.FastaRecord("long", "long", "M" * (limit - 1), 1)
+  variant = variants.Variant("long", "M1A", (variants.Substitution(0, "M", "A"),), 1)
+  with pytest.raises(engine.ProteinTooLongError,
+                     match=r"'long' \(1023 residues\). Nothing was scored"):
+    scorer.score(RECORDS + [long], [variant])
+  with pytest.raises(engine.ProteinTooLongError, match="'long'.*Nothing was scanned"):
+    scorer.scan(RECORDS + [long])
+  t5_scorer, _, _ = built("t5")
+  assert t5_scorer.plan([variants.Pass(long, ())])

@@ -43,7 +43,6 @@ from prottrans_jax import run_lock
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
 from prottrans_jax.inference import h5_writer
-from prottrans_jax.inference import loading
 from prottrans_jax.inference import run
 
 _INPUT = flags.DEFINE_string(
@@ -52,19 +51,15 @@ _INPUT = flags.DEFINE_string(
 _OUTPUT = flags.DEFINE_string(
     "output", None, "HDF5 file to write (local or gs://); sharded runs write "
     "OUTPUT.parts/ and prottrans-merge-embeddings makes OUTPUT.")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint_dir", None,
-    "This project's checkpoint: a MODEL_DIR (latest step) or a step dir, "
-    "local or gs://. Only the encoder is read, straight into the devices' "
-    "shards.")
-_HF = flags.DEFINE_string(
-    "hf_model_dir", None,
-    "Hugging Face ProtT5, ProtBert, ProtAlbert or ProtElectra model: a "
-    "directory (config.json + safetensors), local or gs:// (copied locally "
+_MODEL = cli.define_model_source_flags(
+    "ProtT5, ProtBert, ProtAlbert or ProtElectra model",
+    "a directory (config.json + safetensors), local or gs:// (copied locally "
     "first), or a Hub model id such as "
     "Rostlab/prot_t5_xl_half_uniref50-enc[@revision], found in or "
     "downloaded to the Hugging Face cache (HF_HUB_CACHE / HF_HOME; "
-    "HF_HUB_OFFLINE=1 reads the cache only).")
+    "HF_HUB_OFFLINE=1 reads the cache only).",
+    checkpoint_note="Only the encoder is read, straight into the devices' "
+    "shards.")
 _PER_RESIDUE = flags.DEFINE_bool(
     "per_residue", None, "Write (L, d) per protein, one row per residue "
     "(default: yes, unless --per_protein alone is given).")
@@ -107,8 +102,6 @@ _DISTRIBUTED = cli.define_distributed_flags()  # Gives the shard defaults.
 flags.adopt_module_key_flags(cli)  # --help lists them.
 
 flags.mark_flags_as_required(["input", "output"])
-flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
-                                     required=True)
 
 
 def _layers() -> tuple[int, ...]:
@@ -135,8 +128,7 @@ def main(argv):
         per_protein=_PER_PROTEIN.value, per_residue=_PER_RESIDUE.value,
         layers=_layers(), dtype=_DTYPE.value, max_tokens=max_tokens,
         num_partitions=_NUM_PARTITIONS.value)
-    model = (loading.from_checkpoint(_CHECKPOINT.value, settings)
-             if _CHECKPOINT.value else loading.from_hf(_HF.value, settings))
+    model = _MODEL.load(settings)
     summary = run.embed_fasta(
         _INPUT.value, _OUTPUT.value, model, settings,
         fasta.FastaPolicy(empty_records=_EMPTY.value,

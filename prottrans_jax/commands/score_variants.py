@@ -12,7 +12,9 @@ to the first whitespace) and a variant per line, separated by a tab:
 `protein_id<tab>variant` is a header. A wrong wild-type residue, a position
 past the end, an unknown residue letter or protein id, a malformed line and
 a repeated line are each an error naming the file and line; nothing is
-skipped.
+skipped. A variants file without any variant, a FASTA file without
+records, --variants with --scan (or neither) and an existing --output
+(without --overwrite) are errors before the model is loaded.
 
 A variant's score is the sum over its positions of log p(mutant) - log p(wild
 type) (natural log; > 0: the model prefers the mutant):
@@ -32,7 +34,10 @@ position (L per protein), wildtype_marginal one per protein.
 
 The model needs its prediction head: a ProtT5 with its decoder (not the
 encoder-only `-enc` releases), a *ForMaskedLM BERT/ALBERT/ELECTRA
-generator. Forward passes are batched by padded tokens (--max_tokens per
+generator. ProtT5's relative positions take a protein of any length;
+the BERT family's learned positions end at max_position_embeddings
+(special tokens included): longer proteins are all named, and nothing is
+scored. Forward passes are batched by padded tokens (--max_tokens per
 device) over this process's devices (--num_partitions ways model-parallel).
 """
 
@@ -42,9 +47,9 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from prottrans_jax import cli
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import engine
-from prottrans_jax.inference import loading
 from prottrans_jax.inference import variants
 
 _INPUT = flags.DEFINE_string("input", None, "FASTA file of the proteins "
@@ -54,13 +59,9 @@ _VARIANTS = flags.DEFINE_string(
     "A23G:K40R; 1-based). Required unless --scan.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "Scores TSV to write; with --scan, the HDF5 file.")
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint_dir", None, "This project's checkpoint: a MODEL_DIR (latest "
-    "step) or a step dir, local or gs://.")
-_HF = flags.DEFINE_string(
-    "hf_model_dir", None, "Hugging Face ProtT5 (T5ForConditionalGeneration) "
-    "or ProtBert/ProtAlbert/ELECTRA generator (*ForMaskedLM): a directory, "
-    "gs:// URL or Hub model id.")
+_MODEL = cli.define_model_source_flags(
+    "ProtT5 (T5ForConditionalGeneration) or ProtBert/ProtAlbert/ELECTRA "
+    "generator (*ForMaskedLM)", "a directory, gs:// URL or Hub model id.")
 _METHOD = flags.DEFINE_enum(
     "method", variants.MASKED_MARGINAL, list(variants.METHODS),
     "masked_marginal: mask the variant's positions; wildtype_marginal: read "
@@ -79,29 +80,25 @@ _MAX_TOKENS = flags.DEFINE_integer(
 _NUM_PARTITIONS = flags.DEFINE_integer(
     "num_partitions", 1, "Model-parallel ways within this process's devices; "
     "the other devices split the batch.", lower_bound=1)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing --output (refused otherwise).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 flags.mark_flags_as_required(["input", "output"])
-flags.mark_flags_as_mutual_exclusive(["checkpoint_dir", "hf_model_dir"],
-                                     required=True)
+flags.adopt_module_key_flags(cli)  # --help lists --checkpoint_dir, ...
 
 
 def main(argv):
   del argv
   try:
-    if _SCAN.value == (_VARIANTS.value is not None):
-      raise ValueError("give --variants (score those variants) or --scan "
-                       "(score every substitution), one of them")
-    records = list(fasta.read_fasta(_INPUT.value))
-    # Checked before the model is loaded: a bad line costs nothing.
-    to_score = (None if _SCAN.value else variants.read_variants(
-        _VARIANTS.value, {r.id: r.sequence for r in records}))
+    # Checked before the model is loaded: bad input costs nothing.
+    variants.check_output(_OUTPUT.value, _OVERWRITE.value)
+    records, to_score = variants.read_inputs(_INPUT.value, _VARIANTS.value,
+                                             _SCAN.value)
     settings = engine.EmbedSettings(dtype=_DTYPE.value,
                                     max_tokens=_MAX_TOKENS.value,
                                     num_partitions=_NUM_PARTITIONS.value)
-    model = (loading.from_checkpoint(_CHECKPOINT.value, settings,
-                                     whole_model=True) if _CHECKPOINT.value
-             else loading.from_hf(_HF.value, settings, whole_model=True))
+    model = _MODEL.load(settings, whole_model=True)
     scorer = variants.Scorer(model.config, model.params, settings)
     if _SCAN.value:
       proteins = variants.write_scan(

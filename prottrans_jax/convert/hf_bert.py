@@ -31,14 +31,14 @@ ConversionError = mapping.ConversionError
 TensorMapping = mapping.TensorMapping
 
 HEADS = ("pooler", "mlm_head", "discriminator_head")
-# Every BERT-family config.json field our configs share.
-_CONFIG_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "hidden_act", "max_position_embeddings",
-                  "type_vocab_size", "layer_norm_eps", "hidden_dropout_prob",
-                  "attention_probs_dropout_prob", "initializer_range")
-# Hugging Face's BertConfig defaults for fields a config.json may omit.
-_BERT_DEFAULTS = {"vocab_size": 30522, "hidden_act": "gelu", "max_position_embeddings": 512,
-                  "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
+# Every BERT-family config.json field our configs share, with Hugging Face's
+# BertConfig defaults for those a config.json may omit.
+_BERT_DEFAULTS = {"vocab_size": 30522, "hidden_size": mapping.REQUIRED,
+                  "num_hidden_layers": mapping.REQUIRED,
+                  "num_attention_heads": mapping.REQUIRED,
+                  "intermediate_size": mapping.REQUIRED, "hidden_act": "gelu",
+                  "max_position_embeddings": 512, "type_vocab_size": 2,
+                  "layer_norm_eps": 1e-12, "hidden_dropout_prob": 0.1,
                   "attention_probs_dropout_prob": 0.1, "initializer_range": 0.02}
 
 _TOKENIZER_NOTE = "TOKENIZER.md"
@@ -59,28 +59,22 @@ class BertConverter(mapping.HfConverter):
     model_type: config.json's model_type.
     config_class: our config class for it.
     architectures: Hugging Face architecture -> the task head it holds.
-    defaults: Hugging Face's config defaults for fields a config.json may omit.
-    extra_fields: config fields beyond BERT's.
+    fields: the config.json fields the config shares (BERT's and its own).
   """
   parts = HEADS
 
   def __init__(self, model_type: str, config_class: type,
-               architectures: Mapping[str, Optional[str]], defaults: Mapping[str, Any],
-               extra_fields: tuple[str, ...] = ()):
+               architectures: Mapping[str, Optional[str]], fields: mapping.ConfigFields):
     self.model_type = model_type
     self.config_class = config_class
     self.architectures = dict(architectures)
-    self.defaults = dict(defaults)
-    self.extra_fields = extra_fields
+    self.fields = fields
 
   # ------------------------------------------------------------- configs
 
   def architecture(self, hf_config: Mapping[str, Any]) -> str:
-    names = hf_config.get("architectures") or [next(iter(self.architectures))]
-    if len(names) != 1 or names[0] not in self.architectures:
-      raise ConversionError(f"Unknown architecture {names} in config.json; supported: "
-                            f"{', '.join(self.architectures)}")
-    return names[0]
+    return mapping.architecture_of(hf_config, self.architectures,
+                                   next(iter(self.architectures)))
 
   def config_from_hf(self, hf_config: Mapping[str, Any], **overrides: Any) -> bert.BertConfig:
     self.architecture(hf_config)
@@ -90,28 +84,18 @@ class BertConverter(mapping.HfConverter):
           "supported: ProtTrans models use absolute positions")
     if hf_config.get("inner_group_num", 1) != 1:
       raise ConversionError("ALBERT inner_group_num != 1 is not supported (ProtAlbert uses 1)")
-    fields = {}
-    for name in _CONFIG_FIELDS + self.extra_fields:
-      if name in hf_config:
-        fields[name] = hf_config[name]
-      elif name in self.defaults:
-        fields[name] = self.defaults[name]
-      else:
-        raise ConversionError(f"config.json lacks {name!r}")
-    fields.update(overrides)
-    return self.config_class.from_dict(fields)
+    return mapping.config_from_fields(self.config_class,
+                                      {**self.fields.read(hf_config), **overrides})
 
   def hf_config(self, config: bert.BertConfig, architecture: str,
                 torch_dtype: str = "float32") -> dict[str, Any]:
     self._check_config(config)
-    if architecture not in self.architectures:
-      raise ConversionError(f"Unknown {self.model_type} architecture {architecture!r}")
-    out = {"architectures": [architecture], "model_type": self.model_type}
-    out.update({name: getattr(config, name) for name in _CONFIG_FIELDS})
+    out = mapping.hf_config_head(self.model_type, architecture, self.architectures)
+    out.update(self.fields.write(config))
     if self.model_type == "albert":
-      out.update(embedding_size=config.embedding_size,
-                 num_hidden_groups=config.num_hidden_groups, inner_group_num=1)
+      out["inner_group_num"] = 1
     elif self.model_type == "electra":
+      # Ours may leave it None (the hidden size); Hugging Face's is a number.
       out["embedding_size"] = config.embedding_dim
     out.update(position_embedding_type="absolute", pad_token_id=0, torch_dtype=torch_dtype)
     return out
@@ -250,15 +234,15 @@ class BertConverter(mapping.HfConverter):
 
 
 BERT = BertConverter("bert", bert.BertConfig,
-                     {"BertModel": None, "BertForMaskedLM": "mlm_head"}, _BERT_DEFAULTS)
+                     {"BertModel": None, "BertForMaskedLM": "mlm_head"},
+                     mapping.ConfigFields(_BERT_DEFAULTS))
 ALBERT = BertConverter(
     "albert", albert.AlbertConfig, {"AlbertModel": None, "AlbertForMaskedLM": "mlm_head"},
-    {**_BERT_DEFAULTS, "vocab_size": 30000, "hidden_act": "gelu_new",
-     "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
-     "embedding_size": 128, "num_hidden_groups": 1},
-    ("embedding_size", "num_hidden_groups"))
+    mapping.ConfigFields({**_BERT_DEFAULTS, "vocab_size": 30000, "hidden_act": "gelu_new",
+                          "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+                          "embedding_size": 128, "num_hidden_groups": 1}))
 ELECTRA = BertConverter(
     "electra", electra.ElectraConfig,
     {"ElectraModel": None, "ElectraForMaskedLM": "mlm_head",
      "ElectraForPreTraining": "discriminator_head"},
-    {**_BERT_DEFAULTS, "embedding_size": 128}, ("embedding_size",))
+    mapping.ConfigFields({**_BERT_DEFAULTS, "embedding_size": 128}))

@@ -56,6 +56,18 @@ to X first, as the ProtTrans embedder does.
 """
 
 
+# The config.json fields T5Config shares, with Hugging Face's T5Config
+# defaults for those a config.json may omit (`tie_word_embeddings` is read
+# with `scale_decoder_outputs`: ties_word_embeddings).
+_FIELDS = mapping.ConfigFields(
+    {"vocab_size": 32128, "d_model": mapping.REQUIRED, "d_kv": mapping.REQUIRED,
+     "num_heads": mapping.REQUIRED, "d_ff": mapping.REQUIRED, "num_layers": mapping.REQUIRED,
+     "num_decoder_layers": None, "relative_attention_num_buckets": 32,
+     "relative_attention_max_distance": 128, "dropout_rate": 0.1,
+     "layer_norm_epsilon": 1e-6, "feed_forward_proj": "relu", "tie_word_embeddings": True},
+    ours={"num_layers": "num_encoder_layers"})
+
+
 def _mlp_names(config: t5.T5Config) -> tuple[str, ...]:
   return ("wi_0", "wi_1", "wo") if config.is_gated_act else ("wi", "wo")
 
@@ -86,69 +98,31 @@ class T5Converter(mapping.HfConverter):
   parts = (DECODER,)
 
   def architecture(self, hf_config: Mapping[str, Any]) -> str:
-    names = hf_config.get("architectures") or ["T5ForConditionalGeneration"]
-    unknown = [a for a in names if a not in ARCHITECTURES]
-    if unknown or len(names) != 1:
-      raise ConversionError(
-          f"Unknown architecture {names} in config.json; supported: {', '.join(ARCHITECTURES)}")
-    return names[0]
+    return mapping.architecture_of(hf_config, ARCHITECTURES, "T5ForConditionalGeneration")
 
   def config_from_hf(self, hf_config: Mapping[str, Any], **overrides: Any) -> t5.T5Config:
     """T5 1.0 / ProtT5 and the T5 1.1 variants (`feed_forward_proj`
     "gated-ACT", untied output layer)."""
     self.architecture(hf_config)
-    ff = hf_config.get("feed_forward_proj", "relu")
+    fields = _FIELDS.read(hf_config)
     try:
-      t5.parse_feed_forward_proj(ff)
+      t5.parse_feed_forward_proj(fields["feed_forward_proj"])
     except ValueError as e:
       raise ConversionError(f"config.json: {e}") from e
-    fields = {
-        "vocab_size": hf_config.get("vocab_size", 32128),
-        "d_model": hf_config["d_model"],
-        "d_kv": hf_config["d_kv"],
-        "num_heads": hf_config["num_heads"],
-        "d_ff": hf_config["d_ff"],
-        "num_encoder_layers": hf_config["num_layers"],
-        "num_decoder_layers": hf_config.get("num_decoder_layers") or hf_config["num_layers"],
-        "relative_attention_num_buckets": hf_config.get("relative_attention_num_buckets", 32),
-        "relative_attention_max_distance": hf_config.get("relative_attention_max_distance", 128),
-        "dropout_rate": hf_config.get("dropout_rate", 0.1),
-        "layer_norm_epsilon": hf_config.get("layer_norm_epsilon", 1e-6),
-        "feed_forward_proj": ff,
-        "tie_word_embeddings": ties_word_embeddings(hf_config),
-    }
-    fields.update(overrides)
-    return t5.T5Config.from_dict(fields)
+    # Hugging Face's None: as many decoder layers as encoder layers.
+    fields["num_decoder_layers"] = (fields["num_decoder_layers"] or
+                                    fields["num_encoder_layers"])
+    fields["tie_word_embeddings"] = ties_word_embeddings(hf_config)
+    return mapping.config_from_fields(t5.T5Config, {**fields, **overrides})
 
   def hf_config(self, config: t5.T5Config, architecture: str,
                 torch_dtype: str = "float32") -> dict[str, Any]:
     """An untied output layer is written as `tie_word_embeddings: false`,
     which every transformers version reads as untied and not rescaled."""
-    if architecture not in ARCHITECTURES:
-      raise ConversionError(f"Unknown architecture {architecture!r}")
-    return {
-        "architectures": [architecture],
-        "model_type": "t5",
-        "vocab_size": config.vocab_size,
-        "d_model": config.d_model,
-        "d_kv": config.d_kv,
-        "num_heads": config.num_heads,
-        "d_ff": config.d_ff,
-        "num_layers": config.num_encoder_layers,
-        "num_decoder_layers": config.num_decoder_layers,
-        "relative_attention_num_buckets": config.relative_attention_num_buckets,
-        "relative_attention_max_distance": config.relative_attention_max_distance,
-        "dropout_rate": config.dropout_rate,
-        "layer_norm_epsilon": config.layer_norm_epsilon,
-        "feed_forward_proj": config.feed_forward_proj,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "is_encoder_decoder": True,
-        "initializer_factor": 1.0,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-        "torch_dtype": torch_dtype,
-    }
+    return {**mapping.hf_config_head(self.model_type, architecture, ARCHITECTURES),
+            **_FIELDS.write(config), "is_encoder_decoder": True, "initializer_factor": 1.0,
+            "pad_token_id": 0, "eos_token_id": 1, "decoder_start_token_id": 0,
+            "torch_dtype": torch_dtype}
 
   def parts_in_checkpoint(self, names: set[str], config: t5.T5Config,
                           architecture: str) -> tuple[str, ...]:

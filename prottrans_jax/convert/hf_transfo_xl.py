@@ -27,11 +27,12 @@ TensorMapping = mapping.TensorMapping
 LM_HEAD = "lm_head"
 _ARCHITECTURES = {"TransfoXLModel": None, "TransfoXLLMHeadModel": LM_HEAD}
 # config.json fields our config shares, and transformers' defaults for them.
-_DEFAULTS = {"vocab_size": 267735, "d_model": 1024, "d_embed": 1024, "n_head": 16,
-             "d_head": 64, "d_inner": 4096, "n_layer": 18, "mem_len": 1600,
-             "clamp_len": 1000, "same_length": True, "untie_r": True, "pre_lnorm": False,
-             "div_val": 4, "cutoffs": [20000, 40000, 200000], "layer_norm_epsilon": 1e-5,
-             "dropout": 0.1, "dropatt": 0.0, "init_std": 0.02, "proj_init_std": 0.01}
+_FIELDS = mapping.ConfigFields(
+    {"vocab_size": 267735, "d_model": 1024, "d_embed": 1024, "n_head": 16, "d_head": 64,
+     "d_inner": 4096, "n_layer": 18, "mem_len": 1600, "clamp_len": 1000,
+     "same_length": True, "untie_r": True, "pre_lnorm": False, "div_val": 4,
+     "cutoffs": [20000, 40000, 200000], "layer_norm_epsilon": 1e-5, "dropout": 0.1,
+     "dropatt": 0.0, "init_std": 0.02, "proj_init_std": 0.01})
 
 # Ours, not transformers' (which keeps unknown fields as attributes): the
 # segment length embedding and training use.
@@ -53,11 +54,7 @@ class TransfoXLConverter(mapping.HfConverter):
   parts = (LM_HEAD,)
 
   def architecture(self, hf_config: Mapping[str, Any]) -> str:
-    names = hf_config.get("architectures") or ["TransfoXLLMHeadModel"]
-    if len(names) != 1 or names[0] not in _ARCHITECTURES:
-      raise ConversionError(f"Unknown architecture {names} in config.json; supported: "
-                            f"{', '.join(_ARCHITECTURES)}")
-    return names[0]
+    return mapping.architecture_of(hf_config, _ARCHITECTURES, "TransfoXLLMHeadModel")
 
   def config_from_hf(self, hf_config: Mapping[str, Any],
                      **overrides: Any) -> transfo_xl.TransfoXLConfig:
@@ -70,28 +67,22 @@ class TransfoXLConverter(mapping.HfConverter):
     if not hf_config.get("untie_r", True):
       raise ConversionError("config.json untie_r=false (r biases shared by all layers) "
                             "is not supported")
-    fields = {name: hf_config.get(name, default) for name, default in _DEFAULTS.items()}
+    fields = _FIELDS.read(hf_config)
     if _SEGMENT_LENGTH in hf_config:
       fields[_SEGMENT_LENGTH] = hf_config[_SEGMENT_LENGTH]
     if fields["d_embed"] != fields["d_model"] and any(hf_config.get("tie_projs", [False])):
       raise ConversionError("config.json tie_projs=true with d_embed != d_model (the "
                             "output projection tied to the input's) is not supported")
-    fields.update(overrides)
-    try:
-      return transfo_xl.TransfoXLConfig.from_dict(fields)
-    except ValueError as e:
-      raise ConversionError(f"config.json: {e}") from None
+    return mapping.config_from_fields(transfo_xl.TransfoXLConfig, {**fields, **overrides})
 
   def hf_config(self, config: transfo_xl.TransfoXLConfig, architecture: str,
                 torch_dtype: str = "float32") -> dict[str, Any]:
     if not isinstance(config, transfo_xl.TransfoXLConfig):
       raise ConversionError(f"A {type(config).__name__} is not a transfo-xl model")
-    if architecture not in _ARCHITECTURES:
-      raise ConversionError(f"Unknown transfo-xl architecture {architecture!r}")
+    out = mapping.hf_config_head(self.model_type, architecture, _ARCHITECTURES)
     if not config.untie_r:
       raise ConversionError("untie_r=False has no supported Hugging Face layout")
-    out = {"architectures": [architecture], "model_type": self.model_type}
-    out.update({name: getattr(config, name) for name in _DEFAULTS})
+    out.update(_FIELDS.write(config))
     out["cutoffs"] = list(config.cutoffs)
     # What transformers 4.46 writes for a plain softmax and relative
     # attention; eos is ProtBert's [SEP].

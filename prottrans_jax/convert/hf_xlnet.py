@@ -30,13 +30,14 @@ HEADS = ("lm_loss",)
 _ARCHITECTURES = {"XLNetModel": None, "XLNetLMHeadModel": "lm_loss"}
 # Every config.json field our config shares, with Hugging Face's XLNetConfig
 # default for a config.json that omits it (`untie_r`: XLNet's original
-# default; transformers no longer reads it).
-_FIELDS = {"vocab_size": 32000, "d_model": 1024, "n_layer": 24, "n_head": 16,
-           "d_head": None, "d_inner": 4096, "ff_activation": "gelu", "untie_r": True,
-           "attn_type": "bi", "bi_data": False, "clamp_len": -1, "layer_norm_eps": 1e-12,
-           "dropout": 0.1, "initializer_range": 0.02, "pad_token_id": 5}
-# The pre-2020 name of vocab_size (transformers still maps it).
-_OLD_NAMES = {"n_token": "vocab_size"}
+# default; transformers no longer reads it), and the pre-2020 name of
+# vocab_size (transformers still maps it).
+_FIELDS = mapping.ConfigFields(
+    {"vocab_size": 32000, "d_model": 1024, "n_layer": 24, "n_head": 16, "d_head": None,
+     "d_inner": 4096, "ff_activation": "gelu", "untie_r": True, "attn_type": "bi",
+     "bi_data": False, "clamp_len": -1, "layer_norm_eps": 1e-12, "dropout": 0.1,
+     "initializer_range": 0.02, "pad_token_id": 5},
+    old_names={"n_token": "vocab_size"})
 
 _TOKENIZER_NOTE = "TOKENIZER.md"
 
@@ -63,32 +64,19 @@ class XLNetConverter(mapping.HfConverter):
   parts = HEADS
 
   def architecture(self, hf_config: Mapping[str, Any]) -> str:
-    names = hf_config.get("architectures") or ["XLNetLMHeadModel"]
-    if len(names) != 1 or names[0] not in _ARCHITECTURES:
-      raise ConversionError(f"Unknown architecture {names} in config.json; supported: "
-                            f"{', '.join(_ARCHITECTURES)}")
-    return names[0]
+    return mapping.architecture_of(hf_config, _ARCHITECTURES, "XLNetLMHeadModel")
 
   def config_from_hf(self, hf_config: Mapping[str, Any], **overrides: Any) -> xlnet.XLNetConfig:
     self.architecture(hf_config)
-    hf_config = {_OLD_NAMES.get(k, k): v for k, v in hf_config.items()}
-    fields = {name: hf_config.get(name, default) for name, default in _FIELDS.items()}
-    fields.update(overrides)
-    try:
-      return xlnet.XLNetConfig.from_dict(fields)
-    except ValueError as e:
-      raise ConversionError(f"config.json: {e}") from None
+    return mapping.config_from_fields(xlnet.XLNetConfig,
+                                      {**_FIELDS.read(hf_config), **overrides})
 
   def hf_config(self, config: xlnet.XLNetConfig, architecture: str,
                 torch_dtype: str = "float32") -> dict[str, Any]:
     if not isinstance(config, xlnet.XLNetConfig):
       raise ConversionError(f"A {type(config).__name__} is not an xlnet model")
-    if architecture not in _ARCHITECTURES:
-      raise ConversionError(f"Unknown xlnet architecture {architecture!r}")
-    out = {"architectures": [architecture], "model_type": self.model_type}
-    out.update({name: getattr(config, name) for name in _FIELDS})
-    out["torch_dtype"] = torch_dtype
-    return out
+    return {**mapping.hf_config_head(self.model_type, architecture, _ARCHITECTURES),
+            **_FIELDS.write(config), "torch_dtype": torch_dtype}
 
   def parts_in_checkpoint(self, names: set[str], config: xlnet.XLNetConfig,
                           architecture: str) -> tuple[str, ...]:

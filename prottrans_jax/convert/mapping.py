@@ -103,6 +103,70 @@ def check_names(found: Iterable[str], expected: Iterable[str], what: str) -> Non
     raise ConversionError("; ".join(problems))
 
 
+# A `ConfigFields` default for a field config.json must give.
+REQUIRED = object()
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigFields:
+  """The fields a config shares with a Hugging Face `config.json`, one
+  table for both directions.
+
+  Attributes:
+    defaults: Hugging Face's field name -> its default for a config.json that
+      omits the field, or `REQUIRED`; the order config.json is written in.
+    ours: Hugging Face's name -> our config's field, where they differ.
+    old_names: a former Hugging Face name -> the current one (read, never
+      written).
+  """
+  defaults: Mapping[str, Any]
+  ours: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  old_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+  def read(self, hf_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Our field -> value, from `hf_config` or the defaults."""
+    hf_config = {self.old_names.get(k, k): v for k, v in hf_config.items()}
+    fields = {}
+    for name, default in self.defaults.items():
+      if name not in hf_config and default is REQUIRED:
+        raise ConversionError(f"config.json lacks {name!r}")
+      fields[self.ours.get(name, name)] = hf_config.get(name, default)
+    return fields
+
+  def write(self, config: Any) -> dict[str, Any]:
+    """Hugging Face's field -> the value of `config`."""
+    return {name: getattr(config, self.ours.get(name, name)) for name in self.defaults}
+
+
+def architecture_of(hf_config: Mapping[str, Any], supported: Iterable[str],
+                    default: str) -> str:
+  """The one architecture config.json names (`default` when it names none);
+  raises for several or one not `supported`."""
+  supported = tuple(supported)
+  names = hf_config.get("architectures") or [default]
+  if len(names) != 1 or names[0] not in supported:
+    raise ConversionError(f"Unknown architecture {names} in config.json; supported: "
+                          f"{', '.join(supported)}")
+  return names[0]
+
+
+def hf_config_head(model_type: str, architecture: str,
+                   supported: Iterable[str]) -> dict[str, Any]:
+  """config.json's first fields, for an `architecture` this model type has."""
+  if architecture not in tuple(supported):
+    raise ConversionError(f"Unknown {model_type} architecture {architecture!r}")
+  return {"architectures": [architecture], "model_type": model_type}
+
+
+def config_from_fields(config_class: type, fields: Mapping[str, Any]) -> Any:
+  """`config_class.from_dict(fields)`, its refusal a `ConversionError`
+  naming config.json."""
+  try:
+    return config_class.from_dict(dict(fields))
+  except ValueError as e:
+    raise ConversionError(f"config.json: {e}") from None
+
+
 class HfConverter(abc.ABC):
   """One Hugging Face model type <-> the parameters of one of our families.
 

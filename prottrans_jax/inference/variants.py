@@ -61,6 +61,8 @@ from prottrans_jax import vocab as vocab_lib
 from prottrans_jax.data import fasta
 from prottrans_jax.inference import batching
 from prottrans_jax.inference import engine
+from prottrans_jax.inference import h5_writer
+from prottrans_jax.inference import shards
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ OUTPUT_COLUMNS = ("protein_id", "variant", "score", "num_substitutions",
 
 
 class VariantError(ValueError):
-  """A variants file line that cannot be scored, named by file and line."""
+  """A variants file (or a line of it, named by file and line) that cannot
+  be scored."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,8 +133,8 @@ def parse_variant(text: str, sequence: str) -> tuple[Substitution, ...]:
   return tuple(substitutions)
 
 
-def read_variants(path: str | os.PathLike, sequences: Mapping[str, str]
-                  ) -> list[Variant]:
+def read_variants(path: str | os.PathLike, sequences: Mapping[str, str],
+                  sequences_from: str = "the FASTA input") -> list[Variant]:
   """Every variant of a file of `protein_id <tab> variant` lines, checked
   against `sequences` (protein id -> sequence).
 
@@ -139,9 +142,11 @@ def read_variants(path: str | os.PathLike, sequences: Mapping[str, str]
   lines hold nothing. Anything else that is not a variant of a known
   protein is a VariantError naming the file and line: a malformed line or
   substitution, an unknown residue letter, a position past the end, a
-  wild-type residue the protein does not have, an unknown protein id, and a
-  line that repeats an earlier one (the same substitutions of the same
-  protein). Nothing is skipped.
+  wild-type residue the protein does not have, an unknown protein id (not
+  in `sequences`, read from `sequences_from`), and a line that repeats an
+  earlier one (the same substitutions of the same protein). Nothing is
+  skipped. A file without any variant line is a VariantError too: an empty
+  table of scores is never what was asked for.
   """
   variants = []
   seen: dict[tuple[str, frozenset], int] = {}
@@ -157,7 +162,7 @@ def read_variants(path: str | os.PathLike, sequences: Mapping[str, str]
       protein_id, name = fields
       if protein_id not in sequences:
         raise VariantError(f"{where}: unknown protein id {protein_id!r} (not in "
-                           "the FASTA input)")
+                           f"{sequences_from})")
       try:
         substitutions = parse_variant(name, sequences[protein_id])
       except ValueError as e:
@@ -168,7 +173,51 @@ def read_variants(path: str | os.PathLike, sequences: Mapping[str, str]
                            f"({protein_id} {name})")
       seen[key] = number
       variants.append(Variant(protein_id, name, substitutions, number))
+  if not variants:
+    raise VariantError(f"{path}: no variants (expected lines 'protein_id<tab>"
+                       "variant', e.g. 'P1<tab>A23G'; a header and empty "
+                       "lines hold none): nothing to score")
   return variants
+
+
+def read_inputs(fasta_path: str, variants_path: str | None, scan: bool
+                ) -> tuple[list[fasta.FastaRecord], list[Variant] | None]:
+  """The proteins of `fasta_path` and the variants of `variants_path` (None
+  with `scan`, which scores every substitution instead), every line
+  checked: what the command reads before it loads a model, so that bad
+  input costs nothing.
+
+  Raises:
+    ValueError: `--variants` and `--scan` both given, or neither.
+    FileNotFoundError, fasta.FastaError: no such FASTA file, or one without
+      records or with a bad record.
+    VariantError: a bad variants file or line (`read_variants`).
+  """
+  if scan == (variants_path is not None):
+    raise ValueError("give --variants (score those variants) or --scan "
+                     "(score every substitution), one of them"
+                     + (", not both" if scan else ""))
+  records = list(fasta.read_fasta(fasta_path))
+  if scan:
+    return records, None
+  return records, read_variants(variants_path, {r.id: r.sequence for r in records},
+                                str(fasta_path))
+
+
+def check_output(path: str | os.PathLike, overwrite: bool) -> None:
+  """Refuses an `--output` that exists (unless `overwrite`), is a directory
+  or cannot be created, before any work.
+
+  Raises:
+    h5_writer.OutputError: naming the path and why.
+  """
+  shards.check_output_location(path)
+  output = fs.path(path)
+  if output.is_dir():
+    raise h5_writer.OutputError(f"--output {path} is a directory, not a file")
+  if output.exists() and not overwrite:
+    raise h5_writer.OutputError(f"--output {path} exists: pass --overwrite to "
+                                "replace it, or another --output")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,9 +379,16 @@ class Scorer:
            method: str = MASKED_MARGINAL, progress: bool = False
            ) -> Iterator[tuple[fasta.FastaRecord, np.ndarray]]:
     """(record, [L, 20] float32 scores over RESIDUES) of every protein, as
-    each is complete: every single substitution of every position."""
+    each is complete: every single substitution of every position. A bad
+    method or a protein the model cannot take is refused here, before the
+    caller opens its output."""
     if method not in METHODS:
       raise ValueError(f"method {method!r} is not one of {', '.join(METHODS)}")
+    engine.check_lengths(self.config, records, "scanned")
+    return self._scan(records, method, progress)
+
+  def _scan(self, records: Sequence[fasta.FastaRecord], method: str,
+            progress: bool) -> Iterator[tuple[fasta.FastaRecord, np.ndarray]]:
     passes = [Pass(r, (i,) if method == MASKED_MARGINAL else ())
               for r in records
               for i in (range(len(r.sequence)) if method == MASKED_MARGINAL
@@ -372,16 +428,23 @@ def write_scan(path: str | os.PathLike,
   """One [L, 20] dataset per protein (named by its id, '/' as '_'), with the
   wild type (`wild_type`), the column order (`residues`) and the method as
   attributes; the file's attributes repeat the last two. Returns the number
-  of proteins written."""
+  of proteins written. The file appears whole or not at all: a scan that
+  fails part way leaves nothing that `check_output` would refuse."""
   count = 0
-  with fs.staged_output(path) as local, h5py.File(local, "w") as h5:
-    h5.attrs["residues"] = RESIDUES
-    h5.attrs["method"] = method
-    for record, table in tables:
-      dataset = h5.create_dataset(record.id.replace("/", "_"), data=table)
-      dataset.attrs["wild_type"] = record.sequence
-      dataset.attrs["residues"] = RESIDUES
-      dataset.attrs["method"] = method
-      dataset.attrs["original_id"] = record.description
-      count += 1
+  with fs.staged_output(path) as local:
+    partial = local.with_name(local.name + ".partial")
+    try:
+      with h5py.File(partial, "w") as h5:
+        h5.attrs["residues"] = RESIDUES
+        h5.attrs["method"] = method
+        for record, table in tables:
+          dataset = h5.create_dataset(record.id.replace("/", "_"), data=table)
+          dataset.attrs["wild_type"] = record.sequence
+          dataset.attrs["residues"] = RESIDUES
+          dataset.attrs["method"] = method
+          dataset.attrs["original_id"] = record.description
+          count += 1
+      os.replace(partial, local)
+    finally:
+      partial.unlink(missing_ok=True)
   return count
