@@ -31,7 +31,6 @@ from typing import Any, Mapping, Sequence
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from prottrans_jax import families
