@@ -116,7 +116,14 @@ def test_protelectra_eval_reports_replaced_token_auc(half_split_task, tmp_path):
   # from the residues' own frequencies, so an interval above 0.5 does not
   # by itself show learning. The generator's masked-residue accuracy is
   # 0.070-0.098, never above the baseline (0.098: always L, the most frequent
-  # residue of the training half and of these positions).
+  # residue of the training half and of these positions). Why (README,
+  # "ProtElectra: is the discriminator learning?"): the exact AUC from raw
+  # logits is no better than the binned one; the generator learns the
+  # residue frequencies within ~20 steps, leaving only context to detect,
+  # and the discriminator learns only the replaced share: with higher LAMB
+  # rates or AdamW (up to 150 steps) its output stops depending on the
+  # residue; with its output bias started at the share's log-odds it
+  # varies but still ranks at chance after 200 AdamW steps.
 
 
 def test_lamb_adapts_kernels_but_not_biases_or_layer_norms():
