@@ -29,12 +29,11 @@ from prottrans_jax.data import sample_corpus
 from prottrans_jax.downstream import finetune
 from prottrans_jax.downstream import readers
 from prottrans_jax.models import t5
+from prottrans_jax.tasks import protein
 from prottrans_jax.training import finetune as finetune_training
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import trainer
-from prottrans_jax import tasks  # pylint: disable=unused-import
-from prottrans_jax.tasks import protein
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 _SHARED = os.path.join(_ROOT, "..", "shared", "data")
