@@ -4,8 +4,8 @@ exact resume on a 2-way model-parallel mesh, and the merged checkpoint.
 One LoRA run (tiny ProtT5 encoder from the conftest's params-only
 checkpoint, CB513 proteins, 8 CPU devices as data 4 x model 2) is shared by
 the tests of this module. The CB513 -> TS115 comparison of LoRA, full
-fine-tuning and the frozen-embedding CNN needs a pre-trained ProtT5 and
-hundreds of steps per model: bench/finetune.py prints it.
+fine-tuning and the frozen-embedding CNN, on a committed pre-trained
+fixture, is tests/test_finetune_q3.py.
 """
 
 import dataclasses
