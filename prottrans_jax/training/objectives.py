@@ -331,11 +331,10 @@ def causal_lm_carried_sums(model, params, batch, dropout_rng, z_loss, memory):
   hidden = jnp.where(start[None, :, None, None], jnp.zeros_like(memory["hidden"]),
                      memory["hidden"])
   ids = jnp.where(start[:, None], -1, memory["ids"])
-  rngs = {} if dropout_rng is None else {"dropout": dropout_rng}
-  log_probs, hidden, ids = model.apply(
-      {"params": params}, segment(batch["decoder_target_tokens"]),
-      segment(batch["decoder_segment_ids"]), hidden, ids, enable_dropout=dropout_rng is not None,
-      rngs=rngs, method="lm_segment")
+  features = ("decoder_target_tokens", "decoder_segment_ids")
+  log_probs, hidden, ids = _apply(model, params, {k: segment(batch[k]) for k in features},
+                                  dropout_rng, features, memory=hidden, memory_ids=ids,
+                                  method="lm_segment")
   sums = losses.cross_entropy_sums(log_probs, segment(targets), segment(weights), z_loss)
   return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}, {"hidden": hidden, "ids": ids}
 

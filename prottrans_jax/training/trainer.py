@@ -289,7 +289,10 @@ def _restore_step(*, manager, step: int, layout, tx,
               checkpoints.OPT_STATE, checkpoints.TRAIN_INFO,
               checkpoints.DATASET)))
   if written_by_training:
-    carried = checkpoints.has_item(manager, step, checkpoints.MEMORY)
+    # From the record where there is one: a carried step that lost its
+    # memory/ is damaged, not a step of the other mode.
+    carried = (checkpoints.MEMORY in record["items"] if record is not None
+               else checkpoints.has_item(manager, step, checkpoints.MEMORY))
     if carried != (abstract.memory is not None):
       # Not damage: the other mode's data position counts other batches.
       raise ValueError(
