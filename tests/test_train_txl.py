@@ -56,7 +56,10 @@ def _saved_memory(model_dir, step):
 def test_loss_falls_and_a_run_resumed_inside_a_row_ends_where_an_uninterrupted_one_does(
     tmp_path):
   straight = tmp_path / "straight"
-  _train(straight, 12)
+  # Evaluation runs whole rows in one step (the in-step path).
+  metrics = _train(straight, 12, "trainer.train.eval_period = 12",
+                   "trainer.train.eval_batches = 1")
+  assert 0 < metrics["eval/loss"] < np.log(30) + 0.5 and metrics["eval/accuracy"] > 0
   loss = _logged(straight)["loss"]
   assert len(loss) == 12
   # From uniform over 30 tokens (3.4) towards the residue frequencies.
