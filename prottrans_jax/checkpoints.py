@@ -8,6 +8,9 @@ Layout of a MODEL_DIR:
     train_info/              json: step, batches consumed (training only)
     dataset/                 each process's input iterator state (training
                              only; training/inputs.py writes and reads it)
+    memory/                  what the model carries between train steps
+                             (Transformer-XL's memory; only training runs
+                             with carry_memory_between_steps)
     model_config/            json: {"model_name": family, "config": {...}}
     integrity/               json: each saved array's shape, dtype and
                              checksum, and the items written (see below)
@@ -73,10 +76,11 @@ OPT_STATE = "opt_state"
 TRAIN_INFO = "train_info"
 MODEL_CONFIG = "model_config"
 DATASET = "dataset"
+MEMORY = "memory"
 INTEGRITY = "integrity"
-ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG, DATASET, INTEGRITY)
+ITEM_NAMES = (PARAMS, OPT_STATE, TRAIN_INFO, MODEL_CONFIG, DATASET, MEMORY, INTEGRITY)
 # Checksummed items: (restored trees are checked against the record).
-CHECKED_ITEMS = (PARAMS, OPT_STATE)
+CHECKED_ITEMS = (PARAMS, OPT_STATE, MEMORY)
 
 
 class DamagedCheckpointError(ValueError):
@@ -338,14 +342,16 @@ def _to_layout(config: Any, tree: Any, target: Any) -> Any:
 def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
          config: Any, opt_state: Any = None,
          train_info: dict[str, Any] | None = None,
-         data_state: ocp.args.CheckpointArgs | None = None) -> None:
+         data_state: ocp.args.CheckpointArgs | None = None,
+         memory: Any = None) -> None:
   """Saves one step (in the background if the manager is asynchronous).
 
   `config` is the model's config (its family is recorded with it); `params`
   and `opt_state` are in its layout and are written canonical (scanned
   stacks unstacked into `layers_<i>`). Without `opt_state` and `train_info`
   this writes a params-only checkpoint. `data_state` saves the input
-  position as the `dataset` item (its handler is the trainer's).
+  position as the `dataset` item (its handler is the trainer's); `memory`
+  (the train state's, in the model's own layout) the `memory` item.
   """
   params, opt_state = _to_canonical(config, params), _to_canonical(config, opt_state)
   items = {PARAMS: ocp.args.StandardSave(params),
@@ -356,9 +362,13 @@ def save(manager: ocp.CheckpointManager, step: int, *, params: Any,
     items[TRAIN_INFO] = ocp.args.JsonSave(train_info)
   if data_state is not None:
     items[DATASET] = data_state
+  if memory is not None:
+    items[MEMORY] = ocp.args.StandardSave(memory)
   arrays = {PARAMS: tree_checksums(params)}
   if opt_state is not None:
     arrays[OPT_STATE] = tree_checksums(opt_state)
+  if memory is not None:
+    arrays[MEMORY] = tree_checksums(memory)
   kind = "train" if train_info is not None else "params"
   items[INTEGRITY] = ocp.args.JsonSave(
       _integrity_record(kind, list(items), arrays))
@@ -469,8 +479,8 @@ def has_optimizer_state(manager: ocp.CheckpointManager, step: int) -> bool:
 def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
                         config: Any, abstract_params: Any,
                         abstract_opt_state: Any = None,
-                        data_state: ocp.args.CheckpointArgs | None = None
-                        ) -> dict[str, Any]:
+                        data_state: ocp.args.CheckpointArgs | None = None,
+                        abstract_memory: Any = None) -> dict[str, Any]:
   """Restores a step's items onto the given abstract (sharded) targets.
 
   `abstract_*` are trees of `jax.ShapeDtypeStruct` with shardings, in the
@@ -478,7 +488,7 @@ def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
   disk are read shard by shard onto the same devices and converted there.
   Pass `abstract_opt_state=None` for a params-only checkpoint, and
   `data_state` (the restore args of the `dataset` item) to restore the
-  input position too.
+  input position too, and `abstract_memory` for the `memory` item.
 
   Raises DamagedCheckpointError naming the step when an item it was written
   with is missing, a read fails or an array's checksum differs; ValueError
@@ -494,6 +504,8 @@ def restore_train_items(manager: ocp.CheckpointManager, step: int, *,
     items[TRAIN_INFO] = ocp.args.JsonRestore()
   if data_state is not None:
     items[DATASET] = data_state
+  if abstract_memory is not None:
+    items[MEMORY] = ocp.args.StandardRestore(abstract_memory)
   check_items(step_dir, record, items)
   for item in CHECKED_ITEMS:
     if item in items:

@@ -17,6 +17,7 @@ import gin
 from gin import config as gin_config
 import pytest
 
+from prottrans_jax import families
 from prottrans_jax import gin_utils
 from prottrans_jax.models import albert
 from prottrans_jax.models import bert
@@ -254,6 +255,11 @@ def test_combination_parses_and_builds_its_configuration(files):
     # What a training run cannot do without (the rest have defaults).
     assert {"model_dir", "task_name", "task_feature_lengths", "batch_size",
             "train_steps", "learning_rate", "optimizer"} <= set(bound)
+    if bound.get("carry_memory_between_steps"):
+      # Each row must train as whole segments, one per step (else the run
+      # fails when its step is built).
+      objective = families.of(config).objective().between_steps
+      objective.step_feature_lengths(bound["task_feature_lengths"], config)
   else:
     bound = _bound_arguments(trainer.evaluate)
     assert _arguments_of(trainer.evaluate, bound) == []

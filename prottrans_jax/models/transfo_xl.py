@@ -442,6 +442,26 @@ class TransfoXL(nn.Module):
     return self.segments(encoder_input_tokens, jnp.zeros_like(encoder_input_tokens),
                          enable_dropout, output_hidden_states)
 
+  def fixed_memory(self, batch: int, ids_dtype=jnp.int32) -> tuple[jax.Array, jax.Array]:
+    """A fixed-size memory before any segment: `mem_len` zero entries
+    [n_layer, B, mem_len, d] and their ids [B, mem_len], all -1 (unfilled:
+    seen by nobody)."""
+    cfg = self.config
+    return (jnp.zeros((cfg.n_layer, batch, cfg.mem_len, cfg.d_model), jnp.dtype(cfg.dtype)),
+            jnp.full((batch, cfg.mem_len), -1, ids_dtype))
+
+  def recurrent_segment(self, tokens: jax.Array, segment_ids: jax.Array, memory: jax.Array,
+                        memory_ids: jax.Array, deterministic: bool = True,
+                        output_hidden_states: bool = False):
+    """One segment [B, q] of packed rows after a fixed-size memory (as
+    `fixed_memory`) -> (hidden states as `segment`, the next memory, its
+    ids): the recurrence `segments` scans and that training with the memory
+    carried between train steps runs once per step (`lm_segment`)."""
+    hidden, memory = self.segment(tokens, memory, memory_ids, segment_ids, deterministic,
+                                  output_hidden_states)
+    memory_ids = jnp.concatenate([memory_ids, segment_ids], axis=1)[:, -self.config.mem_len:]
+    return hidden, memory, nn.with_logical_constraint(memory_ids, ("batch", "length"))
+
   def segments(self, tokens: jax.Array, segment_ids: jax.Array, enable_dropout: bool = False,
                output_hidden_states: bool = False):
     """[B, L] tokens of proteins `segment_ids` [B, L] (a packed row: several
@@ -461,20 +481,15 @@ class TransfoXL(nn.Module):
     pad = ((0, 0), (0, num * seg - length))
     tokens, segment_ids = (jnp.moveaxis(jnp.pad(x, pad).reshape(batch, num, seg), 1, 0)
                            for x in (tokens, segment_ids))
-    memory = jnp.zeros((cfg.n_layer, batch, cfg.mem_len, cfg.d_model), jnp.dtype(cfg.dtype))
-    memory_ids = jnp.full((batch, cfg.mem_len), -1, segment_ids.dtype)
 
     def body(module, carry, xs):
-      memory, memory_ids = carry
-      segment_tokens, ids = xs
-      hidden, memory = module.segment(segment_tokens, memory, memory_ids, ids, deterministic,
-                                      output_hidden_states)
-      memory_ids = jnp.concatenate([memory_ids, ids], axis=1)[:, -cfg.mem_len:]
+      hidden, memory, memory_ids = module.recurrent_segment(
+          *xs, *carry, deterministic, output_hidden_states)
       return (memory, memory_ids), hidden
 
     scan = nn.scan(body, variable_broadcast="params",
                    split_rngs={"params": False, "dropout": True})
-    _, hidden = scan(self, (memory, memory_ids), (tokens, segment_ids))
+    _, hidden = scan(self, self.fixed_memory(batch, segment_ids.dtype), (tokens, segment_ids))
 
     def whole(h):  # [num, B, seg, d] -> [B, L, d]
       return jnp.moveaxis(h, 0, 1).reshape(batch, num * seg, -1)[:, :length]
@@ -487,3 +502,16 @@ class TransfoXL(nn.Module):
     next token, over a packed row run segment by segment (`segments`)."""
     hidden = self.segments(decoder_target_tokens, decoder_segment_ids, enable_dropout)
     return nn.with_logical_constraint(self.log_probs(hidden), ("batch", "length", "vocab"))
+
+  def lm_segment(self, decoder_target_tokens: jax.Array, decoder_segment_ids: jax.Array,
+                 memory: jax.Array, memory_ids: jax.Array, enable_dropout: bool = False
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Training with the memory carried between train steps (Transformer-XL's
+    own): one segment [B, q] of each row after the memory the previous step
+    left -> (log-probabilities [B, q, vocab] float32, the next memory, its
+    ids). Run over a row's consecutive segments it computes what `lm`
+    computes over the whole row."""
+    hidden, memory, memory_ids = self.recurrent_segment(
+        decoder_target_tokens, decoder_segment_ids, memory, memory_ids, not enable_dropout)
+    log_probs = nn.with_logical_constraint(self.log_probs(hidden), ("batch", "length", "vocab"))
+    return log_probs, memory, memory_ids

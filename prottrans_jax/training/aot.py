@@ -586,8 +586,7 @@ def compile_train_step(*, topology: str | None = None,
     flops, optimal_seconds, cost_method = (
         compiled.flops, compiled.optimal_seconds, "as compiled")
   config = arguments["model_config"]
-  model_flops = (step.family.training_flops(config,
-                                            arguments["task_feature_lengths"])
+  model_flops = (step.family.training_flops(config, step.trained_lengths)
                  * arguments["batch_size"] / len(devices))
   hbm = (target.hbm_bytes_per_device if hbm_gib_per_device is None
          else int(hbm_gib_per_device * GIB))

@@ -101,16 +101,23 @@ class TrainInput:
   Iterating gives numpy batches of `shard.batch_size` rows; the position can
   be saved and restored (`save_state` / `restore_state`), which is how a
   resumed run sees exactly the batches an uninterrupted one would have.
+
+  With `segment_length`, each batch of rows is given as its consecutive
+  windows instead (`consecutive_windows`), one per step, so the position
+  counts windows and a run stopped inside a batch of rows resumes inside it.
   """
 
   def __init__(self, task_name: str, feature_lengths: Mapping[str, int],
                shard: InputShard, seed: int,
-               feature_converter: type = seqio.EncDecFeatureConverter):
+               feature_converter: type = seqio.EncDecFeatureConverter,
+               segment_length: int | None = None):
     self.shard = shard
     ds = feature_converter(pack=True)(
         train_examples(task_name, feature_lengths, shard, seed),
         task_feature_lengths=dict(feature_lengths))
     ds = ds.batch(shard.batch_size, drop_remainder=True)
+    if segment_length is not None:
+      ds = ds.map(lambda rows: consecutive_windows(rows, segment_length)).unbatch()
     self._dataset = ds.prefetch(tf.data.AUTOTUNE)
     self._iterator = iter(self._dataset)
 
@@ -146,6 +153,22 @@ class TrainInput:
     with fs.local_copy(fs.path(directory) / self.state_file_name()) as local:
       tf.train.Checkpoint(iterator=self._iterator).read(
           os.fspath(local / "iterator")).assert_consumed()
+
+
+def consecutive_windows(rows: Mapping[str, tf.Tensor], segment_length: int
+                        ) -> dict[str, tf.Tensor]:
+  """A batch of rows [B, L] -> [L / segment_length, B, segment_length + 1]:
+  each row's consecutive segments in order, each followed by the token
+  after it (the next segment's first; zero after the row's last), which
+  the segment's last position predicts. L must be a multiple of
+  `segment_length` (`objectives.Objective.step_feature_lengths` checks)."""
+  windows = {}
+  for name, feature in rows.items():
+    length = feature.shape[1]
+    padded = tf.pad(feature, [[0, 0], [0, 1]])
+    windows[name] = tf.stack([padded[:, start:start + segment_length + 1]
+                              for start in range(0, length, segment_length)])
+  return windows
 
 
 class DataStateHandler(ocp.CheckpointHandler):

@@ -18,7 +18,11 @@ feature converter and loss on the model, this puts them beside it.
   `PermutationLmFeatureConverter`);
 - CAUSAL_LM (transfo_xl): every residue's next residue within its protein,
   a packed row run segment by segment with the memory carried between
-  segments inside the step (models/transfo_xl.py `TransfoXL.lm`).
+  segments inside the step (models/transfo_xl.py `TransfoXL.lm`); evaluation
+  and the in-step training path;
+- CAUSAL_LM_CARRIED (transfo_xl, `trainer.train.carry_memory_between_steps`):
+  the same loss trained as Transformer-XL trains, one segment of every row
+  per step, the memory a part of the train state (`CarriedMemory`).
 """
 import dataclasses
 from typing import Any, Callable, Mapping
@@ -30,9 +34,33 @@ import seqio
 from prottrans_jax.data import feature_converters
 from prottrans_jax.downstream import metrics
 from prottrans_jax.models import electra
+from prottrans_jax.models import transfo_xl
 from prottrans_jax.training import losses
 
 Batch = Mapping[str, jnp.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class CarriedMemory:
+  """A memory the train state carries from one train step to the next.
+
+  A packed row of the task's length trains as consecutive segments, one
+  per step: the trainer's input cuts each batch of rows into windows of
+  `segment_length + 1` tokens, a segment and the token after it (which the
+  segment's last position predicts: Transformer-XL's data iterator gives a
+  segment its targets shifted by one), and feeds them in row order
+  (`inputs.consecutive_windows`).
+
+  Attributes:
+    segment_length: model config -> tokens of each row one step trains on.
+    init: (module, global batch size) -> the memory before the first step
+      (a tree of arrays).
+    axes: the logical axis names of each of its arrays (a tree like
+      `init`'s): the partitioning rules place them as activations.
+  """
+  segment_length: Callable[[Any], int]
+  init: Callable[[Any, int], Any]
+  axes: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +86,13 @@ class Objective:
       these); default: where the encoder input is the mask token.
     eval_metrics: the summed extra_sums of an evaluation -> further
       evaluation metrics (e.g. ELECTRA's discriminator ROC AUC).
+    memory: what the train state carries between steps; with it,
+      loss_sums takes the memory as a sixth argument and returns (sums, the
+      next memory), and a step's batch is one window of every row
+      (`step_feature_lengths`).
+    between_steps: the objective that trains the same loss with the
+      model's memory carried between train steps, where the family has one
+      (`trainer.train.carry_memory_between_steps`).
   """
   loss_sums: Callable[..., dict[str, jnp.ndarray]]
   loss_weights: Callable[[Batch], jnp.ndarray]
@@ -69,6 +104,8 @@ class Objective:
   masked: Callable[[Batch, int], jnp.ndarray] = (
       lambda batch, mask_id: batch["encoder_input_tokens"] == mask_id)
   eval_metrics: Callable[[Mapping[str, Any]], dict[str, float]] = lambda totals: {}
+  memory: CarriedMemory | None = None
+  between_steps: "Objective | None" = None
 
   def _axes(self, name: str) -> tuple[str, ...]:
     axes = self.features[name]
@@ -84,6 +121,21 @@ class Objective:
     """Each batch feature's shape after the batch axis."""
     return {name: tuple(task_feature_lengths[key] for key in self._axes(name))
             for name in self.features}
+
+  def step_feature_lengths(self, task_feature_lengths: Mapping[str, int],
+                           model_config: Any) -> dict[str, int]:
+    """The feature lengths of one train step's batch: the task's, or with a
+    carried memory one window (a segment and the token after it)."""
+    if self.memory is None:
+      return dict(task_feature_lengths)
+    segment = self.memory.segment_length(model_config)
+    odd = {k: v for k, v in task_feature_lengths.items() if v % segment}
+    if odd:
+      raise ValueError(
+          f"TASK_FEATURE_LENGTHS {dict(odd)} is not a multiple of the model's "
+          f"segment_length {segment}: with carry_memory_between_steps each "
+          "packed row trains as whole consecutive segments, one per step")
+    return {k: segment + 1 for k in task_feature_lengths}
 
 
 # Masked-LM batch features (all of the task's aligned length).
@@ -254,6 +306,39 @@ def causal_lm_eval(model, params, batch):
   return (_causal_lm_log_probs(model, params, batch, None), *_next_token(batch), {})
 
 
+def _row_starts(batch: Batch) -> jnp.ndarray:
+  """[B] whether each row's window is the first of its packed row. seqio
+  packs whole proteins, numbering a row's from 1 and each one's positions
+  from 0, the first at the row's start; a later window can begin with
+  protein 1 only inside it (position > 0)."""
+  return (batch["decoder_segment_ids"][:, 0] == 1) & (batch["decoder_positions"][:, 0] == 0)
+
+
+def causal_lm_carried_sums(model, params, batch, dropout_rng, z_loss, memory):
+  """`causal_lm_sums` of one window [B, segment + 1] of every row after the
+  memory the previous step left -> (sums, the next memory).
+
+  The memory is emptied where a new packed row starts. Transformer-XL never
+  resets it, as its stream is one text; here a row's proteins are whole (a
+  protein never continues into the next row) and attention never crosses
+  proteins, so the old row's memory could only be wrongly seen where the
+  new row's protein ids repeat its. Emptying makes a step depend on its own
+  row alone, which is what `TransfoXL.lm` computes in one step.
+  """
+  targets, weights = _next_token(batch)
+  segment = lambda x: x[:, :-1]  # The window's last token is only a target.
+  start = _row_starts(batch)
+  hidden = jnp.where(start[None, :, None, None], jnp.zeros_like(memory["hidden"]),
+                     memory["hidden"])
+  ids = jnp.where(start[:, None], -1, memory["ids"])
+  features = ("decoder_target_tokens", "decoder_segment_ids")
+  log_probs, hidden, ids = _apply(model, params, {k: segment(batch[k]) for k in features},
+                                  dropout_rng, features, memory=hidden, memory_ids=ids,
+                                  method="lm_segment")
+  sums = losses.cross_entropy_sums(log_probs, segment(targets), segment(weights), z_loss)
+  return {**sums, "loss": sums["cross_entropy"] + sums["z_loss"]}, {"hidden": hidden, "ids": ids}
+
+
 ENCODER_DECODER = Objective(
     loss_sums=encoder_decoder_sums,
     loss_weights=lambda batch: batch["decoder_loss_weights"],
@@ -325,11 +410,32 @@ PERMUTATION_LM = Objective(
 _DECODER_FEATURES = ("decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
                      "decoder_segment_ids", "decoder_positions")
 
+# Nothing is masked: a causal LM's inputs are the residues themselves.
+_NOTHING_MASKED = lambda batch, mask_id: jnp.zeros_like(batch["decoder_target_tokens"])
+
+# Transformer-XL's memory in the train state: the last `mem_len` layer
+# inputs of every row [n_layer, B, mem_len, d_model] and the protein ids of
+# those entries [B, mem_len] (-1: not filled), sharded like activations.
+TRANSFO_XL_MEMORY = CarriedMemory(
+    segment_length=lambda config: config.segment_length,
+    init=lambda model, batch: dict(zip(("hidden", "ids"), model.fixed_memory(batch))),
+    axes={"hidden": transfo_xl.MEMORY_AXES, "ids": ("batch", "length")})
+
+# Evaluation runs whole rows (`causal_lm_eval`), as CAUSAL_LM does.
+CAUSAL_LM_CARRIED = Objective(
+    loss_sums=causal_lm_carried_sums,
+    loss_weights=lambda batch: _next_token(batch)[1][:, :-1],
+    eval_outputs=causal_lm_eval,
+    feature_converter=seqio.DecoderFeatureConverter,
+    features={name: "targets" for name in _DECODER_FEATURES},
+    masked=_NOTHING_MASKED,
+    memory=TRANSFO_XL_MEMORY)
+
 CAUSAL_LM = Objective(
     loss_sums=causal_lm_sums,
     loss_weights=lambda batch: _next_token(batch)[1],
     eval_outputs=causal_lm_eval,
     feature_converter=seqio.DecoderFeatureConverter,
     features={name: "targets" for name in _DECODER_FEATURES},
-    # Nothing is masked: a causal LM's inputs are the residues themselves.
-    masked=lambda batch, mask_id: jnp.zeros_like(batch["decoder_target_tokens"]))
+    masked=_NOTHING_MASKED,
+    between_steps=CAUSAL_LM_CARRIED)

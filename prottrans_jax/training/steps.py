@@ -98,7 +98,13 @@ def train_step(state: train_state_lib.TrainState, batch: Batch, *,
                objective: objectives_lib.Objective, dropout_seed: int,
                num_microbatches: int = 1
                ) -> tuple[train_state_lib.TrainState, dict[str, jnp.ndarray]]:
-  """One optimizer update over a global batch, optionally in microbatches."""
+  """One optimizer update over a global batch, optionally in microbatches.
+
+  With an objective that carries a memory (`Objective.memory`), the batch
+  is one window of every row and the state's memory goes in and the next
+  comes out (no gradient flows into it); microbatches are refused where the
+  step is built (`build_train_step`).
+  """
   factor = losses.normalizing_factor(objective.loss_weights(batch),
                                      loss_config.loss_normalizing_factor)
   # A different dropout mask every step, reproducible from the step alone,
@@ -106,19 +112,24 @@ def train_step(state: train_state_lib.TrainState, batch: Batch, *,
   step_rng = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
 
   def loss_fn(params, microbatch, rng):
-    sums = objective.loss_sums(model, params, microbatch, rng,
-                               loss_config.z_loss)
-    return sums["loss"] / factor, sums
+    if objective.memory is None:
+      sums, memory = objective.loss_sums(model, params, microbatch, rng,
+                                         loss_config.z_loss), None
+    else:
+      sums, memory = objective.loss_sums(model, params, microbatch, rng,
+                                         loss_config.z_loss, state.memory)
+    return sums["loss"] / factor, (sums, memory)
 
-  grads, sums = accumulate_gradients(jax.grad(loss_fn, has_aux=True),
-                                     state.params, batch, step_rng,
-                                     num_microbatches)
+  grads, (sums, memory) = accumulate_gradients(
+      jax.grad(loss_fn, has_aux=True), state.params, batch, step_rng,
+      num_microbatches)
   learning_rate = schedule(state.step)
   opt_state = optimizers.with_learning_rate(state.opt_state, learning_rate)
   updates, opt_state = tx.update(grads, opt_state, state.params)
   new_state = state.replace(step=state.step + 1,
                             params=optax.apply_updates(state.params, updates),
-                            opt_state=opt_state)
+                            opt_state=opt_state,
+                            memory=state.memory if memory is None else memory)
   weight = jnp.maximum(sums["weight"], 1.0)
   metrics = {
       "loss": sums["loss"] / factor,

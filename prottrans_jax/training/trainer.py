@@ -82,6 +82,12 @@ class TrainStep:
     step_fn: `steps.make_train_step`'s jitted step.
     abstract_state, abstract_batch: the step's arguments as sharded
       ShapeDtypeStructs (nothing allocated).
+    trained_lengths: the task feature lengths of each row one step trains
+      on (the task's, or one segment where the memory is carried between
+      steps): what tokens per second and model FLOPs count.
+    segment_length: tokens of each row a step trains on where the memory
+      is carried between steps (the input cuts rows into windows); None
+      otherwise.
   """
   family: families.ModelFamily
   objective: Any
@@ -94,6 +100,8 @@ class TrainStep:
   step_fn: Callable
   abstract_state: train_state_lib.TrainState
   abstract_batch: dict[str, jax.ShapeDtypeStruct]
+  trained_lengths: dict[str, int]
+  segment_length: int | None
 
   def lower(self) -> jax.stages.Lowered:
     """The step traced for its abstract arguments, under its mesh and rules."""
@@ -107,6 +115,7 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
                      partition: partitioning.PartitionConfig,
                      batch_size: int, task_feature_lengths: Mapping[str, int],
                      num_microbatches: int, seed: int,
+                     carry_memory_between_steps: bool = False,
                      devices: Sequence[jax.Device] | None = None) -> TrainStep:
   """The train step `train` runs for these arguments (`train`'s own names).
 
@@ -117,6 +126,18 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
   """
   family = families.of(model_config)
   objective = family.objective()
+  if carry_memory_between_steps:
+    if objective.between_steps is None:
+      raise ValueError(
+          f"trainer.train.carry_memory_between_steps: the {family.name} family "
+          "has no memory to carry between steps (Transformer-XL's alone does)")
+    if num_microbatches != 1:
+      raise ValueError(
+          f"trainer.train.num_microbatches={num_microbatches}: microbatches "
+          "are not supported with carry_memory_between_steps (the memory "
+          "would have to be split and joined with the rows)")
+    objective = objective.between_steps
+  feature_lengths = objective.step_feature_lengths(task_feature_lengths, model_config)
   mesh = partition.mesh(devices)
   rules = partition.rules()
   data_shards = mesh.shape[partitioning.DATA_AXIS]
@@ -131,8 +152,14 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
                      f"mesh's {data_shards} data shards ({dict(mesh.shape)})")
   model = family.module(model_config)
   init = init_fn(family, model)
+  memory = objective.memory
+  segment_length = None if memory is None else memory.segment_length(model_config)
   with partitioning.activate(mesh, rules):
-    layout = train_state_lib.state_layout(init, optimizer, mesh, rules)
+    layout = train_state_lib.state_layout(
+        init, optimizer, mesh, rules,
+        init_memory=None if memory is None else functools.partial(
+            memory.init, model, batch_size),
+        memory_axes=None if memory is None else memory.axes)
     batch_sharding = partitioning.batch_sharding(mesh, rules)
   step_fn = steps.make_train_step(
       model=model, objective=objective, tx=optimizer, schedule=learning_rate,
@@ -140,13 +167,16 @@ def build_train_step(*, model_config: Any, optimizer: optax.GradientTransformati
       layout=layout, batch_sharding=batch_sharding)
   abstract_batch = {
       name: jax.ShapeDtypeStruct((batch_size, *shape), jnp.int32, sharding=batch_sharding)
-      for name, shape in objective.batch_shapes(task_feature_lengths).items()}
+      for name, shape in objective.batch_shapes(feature_lengths).items()}
   return TrainStep(
       family=family, objective=objective, model=model, init=init, mesh=mesh,
       rules=rules, layout=layout, batch_sharding=batch_sharding,
       step_fn=step_fn,
       abstract_state=_abstract(layout.abstract_state, layout.shardings),
-      abstract_batch=abstract_batch)
+      abstract_batch=abstract_batch,
+      trained_lengths=dict(task_feature_lengths) if segment_length is None else {
+          k: segment_length for k in task_feature_lengths},
+      segment_length=segment_length)
 
 
 def run_eval(eval_step: Callable, params: Any,
@@ -215,17 +245,31 @@ def _restore_step(step: int, *, manager, layout, tx,
               checkpoints.OPT_STATE, checkpoints.TRAIN_INFO,
               checkpoints.DATASET)))
   if written_by_training:
+    # From the record where there is one: a carried step that lost its
+    # memory/ is damaged, not a step of the other mode.
+    carried = (checkpoints.MEMORY in record["items"] if record is not None
+               else checkpoints.has_item(manager, step, checkpoints.MEMORY))
+    if carried != (abstract.memory is not None):
+      # Not damage: the other mode's data position counts other batches.
+      raise ValueError(
+          f"checkpoint step {step} ({step_dir}) was written by a run "
+          f"{'with' if carried else 'without'} carry_memory_between_steps; "
+          f"resume it with the same trainer.train.carry_memory_between_steps "
+          f"({carried}), or start a new MODEL_DIR from it with "
+          f"initial_checkpoint")
     data_dir = step_dir / checkpoints.DATASET
     with_data = train_input.has_state(data_dir)
     restored = checkpoints.restore_train_items(
         manager, step, config=config, abstract_params=abstract.params,
         abstract_opt_state=abstract.opt_state,
-        data_state=inputs.DataStateRestore(train_input) if with_data else None)
+        data_state=inputs.DataStateRestore(train_input) if with_data else None,
+        abstract_memory=abstract.memory)
     info = restored[checkpoints.TRAIN_INFO]
     state = train_state_lib.TrainState(
         step=jax.device_put(jnp.int32(info["step"]), layout.shardings.step),
         params=restored[checkpoints.PARAMS],
-        opt_state=restored[checkpoints.OPT_STATE])
+        opt_state=restored[checkpoints.OPT_STATE],
+        memory=restored.get(checkpoints.MEMORY))
     batches_consumed = int(info["batches_consumed"])
     if with_data:
       logging.info("restored step %d and its data position from %s", step,
@@ -268,6 +312,7 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
               partitioning.PartitionConfig()),
           loss: steps.LossConfig = steps.LossConfig(),
           num_microbatches: int = 1, seed: int = 0,
+          carry_memory_between_steps: bool = False,
           checkpoint_period: int = 1000, keep_checkpoints: int | None = None,
           log_period: int = 100, eval_period: int | None = None,
           eval_batches: int | None = None,
@@ -295,6 +340,12 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     loss: z-loss and loss normalizing factor.
     num_microbatches: gradient accumulation steps per batch.
     seed: parameter init, data order and dropout all derive from it.
+    carry_memory_between_steps: train as Transformer-XL trains: each packed
+      row is a stream of `segment_length` segments, one step trains on the
+      next segment of every row with the memory the previous step left (a
+      part of the train state, checkpointed with it), the parameters
+      updated every segment (objectives.CarriedMemory). Only families with
+      such a memory (transfo_xl); off, a row trains in one step.
     checkpoint_period: save every this many steps (and at the end, and
       when preempted).
     keep_checkpoints: how many to keep (None: all).
@@ -357,7 +408,8 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
                         optimizer: optax.GradientTransformation,
                         partition: partitioning.PartitionConfig,
                         loss: steps.LossConfig, num_microbatches: int,
-                        seed: int, checkpoint_period: int,
+                        seed: int, carry_memory_between_steps: bool,
+                        checkpoint_period: int,
                         keep_checkpoints: int | None, log_period: int,
                         eval_period: int | None, eval_batches: int | None,
                         peak_tflops_per_device: float | None,
@@ -377,7 +429,8 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
       model_config=model_config, optimizer=optimizer,
       learning_rate=learning_rate, loss=loss, partition=partition,
       batch_size=batch_size, task_feature_lengths=task_feature_lengths,
-      num_microbatches=num_microbatches, seed=seed)
+      num_microbatches=num_microbatches, seed=seed,
+      carry_memory_between_steps=carry_memory_between_steps)
   family, objective = train_step.family, train_step.objective
   model, init = train_step.model, train_step.init
   mesh, rules = train_step.mesh, train_step.rules
@@ -386,7 +439,8 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
     shard = inputs.input_shard(batch_sharding, batch_size)
     inputs.log_shard(shard, batch_size)
     train_input = inputs.TrainInput(task_name, task_feature_lengths, shard,
-                                    seed, objective.feature_converter)
+                                    seed, objective.feature_converter,
+                                    train_step.segment_length)
     manager = checkpoints.checkpoint_manager(model_dir, keep=keep_checkpoints)
     state, batches_consumed = _restore_or_init(
         manager=manager, layout=layout, init=init, tx=optimizer, seed=seed,
@@ -409,10 +463,9 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
         batch_sharding=batch_sharding) if eval_period else None
 
     # Aligned (masked-LM) inputs and targets are one token stream.
-    tokens_per_step = batch_size * sum(
-        task_feature_lengths[k] for k in objective.length_keys)
-    flops_per_step = family.training_flops(
-        model_config, task_feature_lengths) * batch_size
+    trained = train_step.trained_lengths
+    tokens_per_step = batch_size * sum(trained[k] for k in objective.length_keys)
+    flops_per_step = family.training_flops(model_config, trained) * batch_size
     train_summaries = summaries.SummaryWriter(model_dir / "train")
     eval_summaries = summaries.SummaryWriter(model_dir / "eval")
     profile = loop.ProfileWindow(str(model_dir), profile_first_step, profile_steps)
@@ -458,7 +511,8 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
               manager, done, params=state.params, opt_state=state.opt_state,
               train_info={"step": done, "batches_consumed": batches_consumed},
               config=model_config,
-              data_state=inputs.DataStateSave(train_input))
+              data_state=inputs.DataStateSave(train_input),
+              memory=state.memory)
         if preempted:
           manager.wait_until_finished()
           logging.warning("preempted: saved step %d in %s; run the same "
