@@ -432,6 +432,19 @@ def test_merged_head_predicts_as_the_fine_tuned_model(
                                                          abs=1e-5)
 
 
+def test_merge_names_the_regression_head_it_does_not_write(tmp_path, caplog):
+  """prottrans-predict predicts classes: a regression run's head is left out
+  of the merge, with a warning naming the run, not silently."""
+  config = dataclasses.replace(_config(kind="mlp", lora_config=None), head=(
+      heads.HeadConfig("mlp", T5_TINY.d_model, regression=True)))
+  with caplog.at_level(logging.WARNING):
+    assert finetune.write_head(str(tmp_path), config, {}, 0,
+                               "runs/stability/checkpoints/40") is None
+  assert ("runs/stability/checkpoints/40: the regression head is not "
+          "written") in caplog.text
+  assert not (tmp_path / finetune.HEAD_SUBDIR).exists()
+
+
 HYDROPHOBIC = set("AILMFVWC")
 
 
