@@ -13,9 +13,12 @@ import dataclasses
 import json
 import logging
 import os
+import pathlib
 import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import flax
 import jax
@@ -30,6 +33,7 @@ from prottrans_jax import partitioning
 from prottrans_jax.convert import formats
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
+from prottrans_jax.downstream import checkpoints as head_checkpoints
 from prottrans_jax.downstream import features as features_lib
 from prottrans_jax.downstream import finetune
 from prottrans_jax.downstream import metrics as metrics_lib
@@ -430,6 +434,33 @@ def test_merged_head_predicts_as_the_fine_tuned_model(
       assert row[task] == tsv_row[task] == readers.TASK_CLASSES[task][best]
       assert row[f"{task}_probability"] == pytest.approx(protein[task][best],
                                                          abs=1e-5)
+
+
+def test_merge_command_on_one_device_prints_the_route(lora_run, merged_run,
+                                                      tmp_path):
+  """prottrans-merge-lora in a process of one CPU device merges the run
+  saved on 8 (data 4 x model 2) into what the library call wrote, and
+  prints the two commands that give the fine-tuned model's predictions."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # The session's 8 host devices play no part.
+  output = tmp_path / "merged"
+  result = subprocess.run(
+      [sys.executable, "scripts/merge_lora.py", f"--checkpoint_dir={lora_run}",
+       f"--output_dir={output}"], cwd=pathlib.Path(__file__).parents[1],
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  head = output / finetune.HEAD_SUBDIR
+  assert (f"prottrans-embed --checkpoint_dir {output} --input proteins.fasta "
+          "--output proteins.h5") in result.stdout
+  assert (f"prottrans-predict --fasta proteins.fasta --embeddings proteins.h5 "
+          f"--heads {head} ") in result.stdout
+  _, _, encoder = checkpoints.restore_params(str(output))
+  _, _, expected = checkpoints.restore_params(str(merged_run))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, encoder, expected)
+  _, head_params, _ = head_checkpoints.load_head(str(head))
+  _, expected, _ = head_checkpoints.load_head(
+      str(merged_run / finetune.HEAD_SUBDIR))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, head_params, expected)
 
 
 def test_merge_names_the_regression_head_it_does_not_write(tmp_path, caplog):

@@ -227,8 +227,15 @@ def load_checkpoint(path: str) -> tuple[FinetuneConfig, Any]:
   integrity = checkpoints.read_integrity(step_dir)
   checkpoints.check_items(step_dir, integrity, (checkpoints.PARAMS,))
   try:
+    # Host arrays whatever devices wrote it: a run saved on a pod's mesh
+    # merges on one CPU (Orbax would otherwise ask for the saved shardings).
+    metadata = ocp.StandardCheckpointer().metadata(
+        step_dir / checkpoints.PARAMS).item_metadata.tree
     params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-        step_dir / checkpoints.PARAMS)
+        step_dir / checkpoints.PARAMS, args=ocp.args.PyTreeRestore(
+            restore_args=jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                metadata)))
   except Exception as e:  # pylint: disable=broad-except
     raise checkpoints.DamagedCheckpointError(
         step_dir, f"reading {checkpoints.PARAMS}/ failed: {e!r}") from e
