@@ -8,12 +8,17 @@ fine-tuning and the frozen-embedding CNN, on a committed pre-trained
 fixture, is tests/test_finetune_q3.py.
 """
 
+import csv
 import dataclasses
+import json
 import logging
 import os
+import pathlib
 import re
 import shutil
 import signal
+import subprocess
+import sys
 
 import flax
 import jax
@@ -28,12 +33,17 @@ from prottrans_jax import partitioning
 from prottrans_jax.convert import formats
 from prottrans_jax.data import fasta
 from prottrans_jax.data import sample_corpus
+from prottrans_jax.downstream import checkpoints as head_checkpoints
+from prottrans_jax.downstream import features as features_lib
 from prottrans_jax.downstream import finetune
 from prottrans_jax.downstream import metrics as metrics_lib
 from prottrans_jax.downstream import models as heads
+from prottrans_jax.downstream import pipeline
+from prottrans_jax.downstream import predict
 from prottrans_jax.downstream import readers
-from prottrans_jax.inference import engine
+from prottrans_jax.downstream import trainer
 from prottrans_jax.inference import loading
+from prottrans_jax.inference import run
 from prottrans_jax.models import bert
 from prottrans_jax.models import lora
 from prottrans_jax.models import t5
@@ -148,8 +158,15 @@ def lora_run(tmp_path_factory, tiny_prott5_model_dir, cb513):
   return model_dir
 
 
-def test_frozen_weights_stay_bit_identical(lora_run, tiny_prott5_model_dir):
-  _, params = finetune.load_checkpoint(str(lora_run))
+@pytest.fixture(scope="module")
+def lora_trained(lora_run):
+  """(config, params) of the shared LoRA run's latest step."""
+  return finetune.load_checkpoint(str(lora_run))
+
+
+def test_frozen_weights_stay_bit_identical(lora_trained,
+                                           tiny_prott5_model_dir):
+  _, params = lora_trained
   _, _, pretrained = checkpoints.restore_params(str(tiny_prott5_model_dir))
   pretrained = _flat(pretrained)
   trainable = _flat(lora.trainable_mask(params[finetune.ENCODER],
@@ -286,41 +303,177 @@ def test_microbatches_give_the_whole_batch_update(cb513):
   assert moved > 0
 
 
-def test_merged_checkpoint_embeds_as_the_adapter_model(lora_run, tmp_path,
-                                                      cb513):
+@pytest.fixture(scope="module")
+def merged_run(lora_run, tmp_path_factory):
+  """OUTPUT_DIR of prottrans-merge-lora on the shared LoRA run."""
+  output = tmp_path_factory.mktemp("merged") / "ss_merged"
+  merged = finetune.merge_checkpoint(str(lora_run), str(output))
+  assert merged.head == str(output / finetune.HEAD_SUBDIR)
+  return output
+
+
+@pytest.fixture(scope="module")
+def merged_embeddings(merged_run, cb513, tmp_path_factory):
+  """(proteins, FASTA, HDF5): prottrans-embed's library call on the merged
+  checkpoint (per residue, float32 on disk: its defaults) for 3 proteins."""
+  proteins = [readers.LabeledProtein(p.id, p.sequence[:40], {})
+              for p in cb513[:3]]
+  directory = tmp_path_factory.mktemp("merged_embeddings")
+  fasta_path, h5_path = directory / "new.fasta", directory / "new.h5"
+  fasta_path.write_text("".join(f">{p.id}\n{p.sequence}\n" for p in proteins))
+  loaded = loading.from_checkpoint(str(merged_run))
+  assert (loaded.name, loaded.config) == ("t5", T5_TINY)
+  run.embed_fasta(str(fasta_path), str(h5_path), loaded, progress=False)
+  return proteins, str(fasta_path), str(h5_path)
+
+
+def test_merged_checkpoint_embeds_as_the_adapter_model(
+    lora_trained, merged_run, merged_embeddings, tmp_path):
   """prottrans-merge-lora's checkpoint, loaded as any ProtT5 encoder by the
   embedding engine and converted to Hugging Face, gives the adapter
   model's hidden states."""
-  config, params = finetune.load_checkpoint(str(lora_run))
-  finetune.merge_checkpoint(str(lora_run), str(tmp_path / "merged"))
-  loaded = loading.from_checkpoint(str(tmp_path / "merged"))
-  assert (loaded.name, loaded.config) == ("t5", T5_TINY)
-  records = [fasta.FastaRecord(p.id, p.id, p.sequence[:40], i + 1)
-             for i, p in enumerate(cb513[:3])]
-  embedder = engine.Embedder(loaded.config, loaded.params,
-                             engine.EmbedSettings())
-  embedded = dict((r.id, e) for batch in embedder.embed(records)
-                  for r, e in batch)
+  config, params = lora_trained
+  proteins, _, h5_path = merged_embeddings
+  embedded = features_lib.load_features(proteins, h5_path, per_protein=False)
   model = finetune.FinetuneModel(config)
   hidden = jax.jit(model.hidden)
   # The same checkpoint through the Hugging Face converter: transformers'
   # T5EncoderModel computes the adapter model's hidden states.
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")
-  formats.convert_checkpoint("native", "hf", tmp_path / "merged",
-                             tmp_path / "hf", progress=False)
+  formats.convert_checkpoint("native", "hf", merged_run, tmp_path / "hf",
+                             progress=False)
   hf_encoder = transformers.T5EncoderModel.from_pretrained(
       tmp_path / "hf").eval()
-  for record in records:
-    tokens = jnp.asarray([model.family.tokenize(record.sequence)])
-    expected = hidden(params, tokens)[0, :len(record.sequence)]
-    np.testing.assert_allclose(embedded[record.id], expected, atol=1e-5,
-                               rtol=1e-5)
+  for protein, embedding in zip(proteins, embedded):
+    tokens = jnp.asarray([model.family.tokenize(protein.sequence)])
+    expected = hidden(params, tokens)[0, :len(protein.sequence)]
+    np.testing.assert_allclose(embedding, expected, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
       hf_hidden = hf_encoder(torch.tensor(np.asarray(tokens))
                              ).last_hidden_state[0].numpy()
     np.testing.assert_allclose(hf_hidden, hidden(params, tokens)[0],
                                atol=1e-5, rtol=1e-5)
+
+
+def _own_probabilities(config, params, proteins):
+  """{task: probabilities} per protein of the fine-tuned network itself, on
+  one padded batch as in training: (L, classes) on the residue rows, or
+  (classes,)."""
+  model = finetune.FinetuneModel(config)
+  batch = finetune.encode_batch(model.family, proteins, (), 48,
+                                config.head.per_residue_output)
+  logits = jax.jit(model.__call__)(params, jnp.asarray(batch["tokens"]),
+                                   jnp.asarray(batch["mask"]))
+  probs = {t: np.asarray(jax.nn.softmax(v, axis=-1)) for t, v in logits.items()}
+  rows = batch["mask"].astype(bool)
+  return [{t: p[i][rows[i]] if p.ndim == 3 else p[i] for t, p in probs.items()}
+          for i in range(len(proteins))]
+
+
+def test_merged_head_predicts_as_the_fine_tuned_model(
+    lora_run, lora_trained, merged_run, merged_embeddings, tmp_path):
+  """The two-command route of a merged run: prottrans-embed on the merged
+  checkpoint (float32 on disk, its default), then prottrans-predict with
+  OUTPUT_DIR/head, gives the fine-tuned model's own probabilities, for the
+  run's per-residue CNN and, on the same embeddings, per-protein heads
+  (mean-pooled MLP, light attention) written as merge writes them (fresh
+  head parameters: the route, not the training, is under test)."""
+  config, params = lora_trained
+  proteins, fasta_path, h5_path = merged_embeddings
+  width = finetune.encoder_width(config.encoder)
+  head_dirs = {"ss_cnn": str(merged_run / finetune.HEAD_SUBDIR)}
+  configs = {"ss_cnn": (config, params)}
+  rng = np.random.default_rng(5)
+  for kind in ("mlp", "light_attention"):
+    head = heads.HeadConfig(kind, width)
+    # Random values of the head's shapes (op-by-op init took seconds).
+    shapes = jax.eval_shape(lambda h=head: heads.init_params(h))
+    configs[kind] = (dataclasses.replace(config, head=head), {
+        **params, finetune.HEAD: jax.tree_util.tree_map(
+            lambda x: rng.normal(0, 0.3, x.shape).astype(np.float32), shapes)})
+    head_dirs[kind] = finetune.write_head(
+        str(tmp_path / kind), configs[kind][0], configs[kind][1][finetune.HEAD],
+        0, str(lora_run))
+  own = {kind: _own_probabilities(*configs[kind], proteins)
+         for kind in configs}
+  for kind, head_dir in head_dirs.items():
+    head = pipeline.load_trained_head(head_dir)
+    assert head.info["features"] == "embeddings"
+    assert head.info["tasks"] == list(configs[kind][0].head.tasks)
+    # predict_fasta's features and head, probabilities in full.
+    features = features_lib.load_features(
+        proteins, h5_path, per_protein=not head.config.per_residue_input)
+    predicted = trainer.predict(head.config, head.params, features)
+    for probs, expected in zip(predicted, own[kind]):
+      assert set(probs) == set(expected)
+      for task in expected:
+        np.testing.assert_allclose(probs[task], expected[task], atol=1e-5,
+                                   rtol=1e-5, err_msg=f"{kind} {task}")
+  # What prottrans-predict writes for the three heads at once.
+  prefix = tmp_path / "out" / "new"
+  predict.write_predictions(predict.predict_fasta(
+      fasta_path, h5_path, list(head_dirs.values())), str(prefix))
+  rows = json.loads((tmp_path / "out" / "new.json").read_text())
+  with open(tmp_path / "out" / "new.tsv", encoding="utf-8") as handle:
+    tsv_rows = list(csv.DictReader(handle, delimiter="\t"))
+  assert [r["id"] for r in rows] == [r["id"] for r in tsv_rows] == [
+      p.id for p in proteins]
+  for i, (row, tsv_row) in enumerate(zip(rows, tsv_rows)):
+    residues = own["ss_cnn"][i]
+    for task in ("q3", "q8"):
+      classes = readers.TASK_CLASSES[task]
+      assert row[task] == tsv_row[task] == "".join(
+          classes[j] for j in residues[task].argmax(-1))
+      assert row[f"{task}_probability"] == pytest.approx(
+          residues[task].max(-1).mean(), abs=1e-5)
+    # The last per-protein head given (light attention) fills the columns.
+    protein = own["light_attention"][i]
+    for task in ("localization", "membrane"):
+      best = int(protein[task].argmax())
+      assert row[task] == tsv_row[task] == readers.TASK_CLASSES[task][best]
+      assert row[f"{task}_probability"] == pytest.approx(protein[task][best],
+                                                         abs=1e-5)
+
+
+def test_merge_command_on_one_device_prints_the_route(lora_run, merged_run,
+                                                      tmp_path):
+  """prottrans-merge-lora in a process of one CPU device merges the run
+  saved on 8 (data 4 x model 2) into what the library call wrote, and
+  prints the two commands that give the fine-tuned model's predictions."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)  # The session's 8 host devices play no part.
+  output = tmp_path / "merged"
+  result = subprocess.run(
+      [sys.executable, "scripts/merge_lora.py", f"--checkpoint_dir={lora_run}",
+       f"--output_dir={output}"], cwd=pathlib.Path(__file__).parents[1],
+      env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  head = output / finetune.HEAD_SUBDIR
+  assert (f"prottrans-embed --checkpoint_dir {output} --input proteins.fasta "
+          "--output proteins.h5") in result.stdout
+  assert (f"prottrans-predict --fasta proteins.fasta --embeddings proteins.h5 "
+          f"--heads {head} ") in result.stdout
+  _, _, encoder = checkpoints.restore_params(str(output))
+  _, _, expected = checkpoints.restore_params(str(merged_run))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, encoder, expected)
+  _, head_params, _ = head_checkpoints.load_head(str(head))
+  _, expected, _ = head_checkpoints.load_head(
+      str(merged_run / finetune.HEAD_SUBDIR))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, head_params, expected)
+
+
+def test_merge_names_the_regression_head_it_does_not_write(tmp_path, caplog):
+  """prottrans-predict predicts classes: a regression run's head is left out
+  of the merge, with a warning naming the run, not silently."""
+  config = dataclasses.replace(_config(kind="mlp", lora_config=None), head=(
+      heads.HeadConfig("mlp", T5_TINY.d_model, regression=True)))
+  with caplog.at_level(logging.WARNING):
+    assert finetune.write_head(str(tmp_path), config, {}, 0,
+                               "runs/stability/checkpoints/40") is None
+  assert ("runs/stability/checkpoints/40: the regression head is not "
+          "written") in caplog.text
+  assert not (tmp_path / finetune.HEAD_SUBDIR).exists()
 
 
 HYDROPHOBIC = set("AILMFVWC")
@@ -443,13 +596,14 @@ def test_merge_refuses_what_it_cannot_merge(lora_run, tmp_path,
 
 def test_merge_refuses_an_output_dir_with_checkpoints(lora_run, tmp_path):
   output = tmp_path / "merged"
-  first = finetune.merge_checkpoint(str(lora_run), str(output))
+  first = finetune.merge_checkpoint(str(lora_run), str(output)).checkpoint
   before = sorted(p.name for p in first.iterdir())
   with pytest.raises(FileExistsError,
                      match=f"--output_dir {output} already holds checkpoints.*"
                      "--overwrite"):
     finetune.merge_checkpoint(str(lora_run), str(output))
   assert sorted(p.name for p in first.iterdir()) == before
-  again = finetune.merge_checkpoint(str(lora_run), str(output), overwrite=True)
+  again = finetune.merge_checkpoint(str(lora_run), str(output),
+                                    overwrite=True).checkpoint
   assert checkpoints.verify_params(again) == again
 

@@ -21,7 +21,8 @@ is prottrans_jax/training/finetune.py.
 """
 
 import dataclasses
-from typing import Any, ClassVar, Mapping, Sequence
+import logging
+from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,8 @@ from prottrans_jax.downstream import models as heads
 from prottrans_jax.downstream import readers
 from prottrans_jax.models import configs
 from prottrans_jax.models import lora as lora_lib
+
+logger = logging.getLogger(__name__)
 
 MODEL_NAME = "finetune"  # The model_name its checkpoints record.
 ENCODER, HEAD, LORA = "encoder", "head", "lora"
@@ -224,8 +227,15 @@ def load_checkpoint(path: str) -> tuple[FinetuneConfig, Any]:
   integrity = checkpoints.read_integrity(step_dir)
   checkpoints.check_items(step_dir, integrity, (checkpoints.PARAMS,))
   try:
+    # Host arrays whatever devices wrote it: a run saved on a pod's mesh
+    # merges on one CPU (Orbax would otherwise ask for the saved shardings).
+    metadata = ocp.StandardCheckpointer().metadata(
+        step_dir / checkpoints.PARAMS).item_metadata.tree
     params = ocp.Checkpointer(ocp.PyTreeCheckpointHandler()).restore(
-        step_dir / checkpoints.PARAMS)
+        step_dir / checkpoints.PARAMS, args=ocp.args.PyTreeRestore(
+            restore_args=jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                metadata)))
   except Exception as e:  # pylint: disable=broad-except
     raise checkpoints.DamagedCheckpointError(
         step_dir, f"reading {checkpoints.PARAMS}/ failed: {e!r}") from e
@@ -239,31 +249,77 @@ def load_checkpoint(path: str) -> tuple[FinetuneConfig, Any]:
   return config, params
 
 
+# Where a merged checkpoint's MODEL_DIR keeps the fine-tuned head.
+HEAD_SUBDIR = "head"
+
+
+class Merged(NamedTuple):
+  """What `merge_checkpoint` wrote: the encoder's step directory and the
+  head directory (None for a regression head, which prottrans-predict cannot
+  run: it predicts classes)."""
+  checkpoint: Any
+  head: str | None
+
+
 def merge_checkpoint(finetune_checkpoint: str, output_dir: str,
-                     step: int = 0, overwrite: bool = False) -> Any:
+                     step: int = 0, overwrite: bool = False) -> Merged:
   """Writes the fine-tuned encoder (adapters folded into their kernels) as a
   params-only checkpoint of its own family in `output_dir` (a MODEL_DIR),
-  what prottrans-embed --checkpoint_dir, prottrans-predict and
-  prottrans-convert read like any converted checkpoint. Encoder only: the
-  pre-training heads (T5's decoder, the MLM head) are not part of a
-  fine-tuned network. A full fine-tuning run (no adapters) is written the
-  same way. `output_dir` must hold no checkpoint unless `overwrite` (then
-  its checkpoints are replaced). Returns the step directory."""
+  what prottrans-embed --checkpoint_dir and prottrans-convert read like any
+  converted checkpoint. The pre-training heads (T5's decoder, the MLM head)
+  are not part of a fine-tuned network; the fine-tuned head is written
+  beside the encoder as a trained head (`OUTPUT_DIR/head`, the format of
+  prottrans-train-downstream's heads) that prottrans-predict runs on that
+  encoder's embeddings: the head computes on the embedding rows of the
+  residues (per-protein `mlp`: their mean), which are what the fine-tuned
+  network gives it. A full fine-tuning run (no adapters) is written the
+  same way. `output_dir` must hold no checkpoint or head unless `overwrite`
+  (then they are replaced)."""
   from prottrans_jax import checkpoints  # pylint: disable=g-import-not-at-top
   from prottrans_jax import fs  # pylint: disable=g-import-not-at-top
   config, params = load_checkpoint(finetune_checkpoint)
+  finetune_checkpoint = str(checkpoints.step_directory(finetune_checkpoint))
   existing = fs.path(output_dir) / checkpoints.CHECKPOINTS_SUBDIR
-  if existing.exists() and any(existing.iterdir()):
+  head_dir = fs.path(output_dir) / HEAD_SUBDIR
+  taken = [d for d in (existing, head_dir) if d.exists() and any(d.iterdir())]
+  if taken:
     if not overwrite:
       raise FileExistsError(
           f"--output_dir {output_dir} already holds checkpoints "
-          f"({existing}); pass --overwrite to replace them, or choose "
-          f"another directory")
-    existing.rmtree()
+          f"({', '.join(map(str, taken))}); pass --overwrite to replace "
+          f"them, or choose another directory")
+    for directory in taken:
+      directory.rmtree()
   encoder = jax.tree_util.tree_map(
       np.asarray, merged_encoder(config, jax.tree_util.tree_map(
           jnp.asarray, params)))
   family = families.get(config.encoder_family)
-  return checkpoints.write_params_checkpoint(
+  step_dir = checkpoints.write_params_checkpoint(
       output_dir, family.to_canonical(config.encoder, encoder), config.encoder,
       step=step)
+  return Merged(step_dir, write_head(output_dir, config, params[HEAD], step,
+                                    finetune_checkpoint))
+
+
+def write_head(output_dir: str, config: FinetuneConfig, head_params: Any,
+               step: int, fine_tuned_from: str) -> str | None:
+  """Saves a fine-tuned head as a trained head in OUTPUT_DIR/head (the
+  encoder merged into OUTPUT_DIR gives its features); returns that
+  directory, or None for a regression head (logged, not written)."""
+  from prottrans_jax import fs  # pylint: disable=g-import-not-at-top
+  from prottrans_jax.downstream import checkpoints as head_checkpoints  # pylint: disable=g-import-not-at-top
+  if config.head.regression:
+    logger.warning("%s: the regression head is not written (prottrans-"
+                   "predict predicts classes); only the encoder is merged",
+                   fine_tuned_from)
+    return None
+  head_dir = str(fs.path(output_dir) / HEAD_SUBDIR)
+  # Every output the head was trained with: the fine-tuning checkpoint does
+  # not record which tasks had labels (an untrained Q8 output is still what
+  # the fine-tuned network computes).
+  head_checkpoints.save_head(
+      head_dir, config.head, jax.tree_util.tree_map(np.asarray, head_params),
+      step, {"features": "embeddings", "tasks": list(config.head.tasks),
+             "encoder_checkpoint": str(output_dir),
+             "fine_tuned_from": str(fine_tuned_from)})
+  return head_dir
