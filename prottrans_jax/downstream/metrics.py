@@ -9,7 +9,8 @@ residues. The standard error is the replicates' standard deviation and the
 is the usual binomial standard error sqrt(p(1-p)/n) up to sampling noise.
 
 Regression tasks score Spearman's rank correlation of predictions and
-targets over proteins, with the same bootstrap over proteins.
+targets over the items with a target (proteins, or all residues of every
+protein pooled), with the same bootstrap over proteins.
 """
 
 import dataclasses
@@ -21,7 +22,8 @@ from prottrans_jax.downstream import readers
 
 # How the paper names each task's accuracy.
 SCORE_NAMES = {"q3": "Q3", "q8": "Q8", "localization": "Q10",
-               "membrane": "Q2", "target": "Spearman"}
+               "membrane": "Q2", "target": "Spearman",
+               "residue_target": "Spearman"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,19 +102,41 @@ def spearman(predictions: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=-1) / norm
 
 
-def spearman_score(predictions: Sequence[float], targets: Sequence[float],
-                   replicates: int = 1000, seed: int = 0) -> Score:
-  """Spearman's rho over the proteins with a finite target, with a
-  bootstrap over proteins (replicates drawing a constant side are left
-  out of the spread)."""
-  predictions = np.ravel(np.asarray(predictions, np.float64))
-  targets = np.ravel(np.asarray(targets, np.float64))
-  keep = np.isfinite(targets)
-  predictions, targets = predictions[keep], targets[keep]
+def spearman_score(predictions: Sequence[np.ndarray],
+                   targets: Sequence[np.ndarray], replicates: int = 1000,
+                   seed: int = 0) -> Score:
+  """Spearman's rho over every item with a finite target, per protein a
+  scalar (per-protein task) or an (L,) array (per-residue task), pooled;
+  with a bootstrap over proteins, each replicate pooling the items of the
+  proteins it draws (replicates drawing a constant side are left out of
+  the spread)."""
+  pairs = []
+  for predicted, target in zip(predictions, targets, strict=True):
+    predicted = np.ravel(np.asarray(predicted, np.float64))
+    target = np.ravel(np.asarray(target, np.float64))
+    if predicted.shape != target.shape:
+      raise ValueError(f"prediction shape {predicted.shape} != target shape "
+                       f"{target.shape}")
+    keep = np.isfinite(target)
+    if keep.any():
+      pairs.append((predicted[keep], target[keep]))
+  if not pairs:
+    raise ValueError("no finite targets to score")
+  lengths = np.asarray([len(t) for _, t in pairs])
+  starts = np.cumsum(lengths) - lengths
+  predictions = np.concatenate([p for p, _ in pairs])
+  targets = np.concatenate([t for _, t in pairs])
   value = float(spearman(predictions, targets))
   draws = np.random.default_rng(seed).integers(
-      0, len(targets), size=(replicates, len(targets)))
-  samples = spearman(predictions[draws], targets[draws])
+      0, len(pairs), size=(replicates, len(pairs)))
+  samples = []
+  for draw in draws:
+    # The item indices of the drawn proteins, in draw order.
+    counts = lengths[draw]
+    offsets = np.cumsum(counts) - counts
+    items = np.repeat(starts[draw] - offsets, counts) + np.arange(counts.sum())
+    samples.append(spearman(predictions[items], targets[items]))
+  samples = np.asarray(samples)
   samples = samples[np.isfinite(samples)]
   if len(samples) > 1:
     stderr = float(samples.std(ddof=1))
@@ -120,7 +144,7 @@ def spearman_score(predictions: Sequence[float], targets: Sequence[float],
   else:
     stderr, low, high = float("nan"), float("nan"), float("nan")
   return Score(value=value, stderr=stderr, ci_low=float(low),
-               ci_high=float(high), proteins=int(len(targets)),
+               ci_high=float(high), proteins=len(pairs),
                items=int(len(targets)))
 
 

@@ -14,8 +14,9 @@
   head is a pure function of its parameters (no running statistics).
 
 Every head returns {task: logits}; padded residues are marked by `mask`.
-A per-protein head with `regression` has one real output instead, the
-task "target" ([B] predictions, trained on the squared error).
+A head with `regression` has one real output instead: per protein the
+task "target" ([B] predictions), per residue (the CNN) the task
+"residue_target" ([B, L]); both trained on the squared error.
 """
 
 import dataclasses
@@ -42,8 +43,8 @@ class HeadConfig:
     kernel: convolution window of the CNN.
     attention_kernel: convolution window of light attention.
     dropout: rate after the hidden layer (and on light attention's values).
-    regression: per-protein heads only: one real output (task "target")
-      instead of the classification tasks.
+    regression: one real output instead of the classification tasks:
+      task "target" per protein, "residue_target" per residue.
   """
   kind: HeadKind
   input_dim: int
@@ -53,17 +54,13 @@ class HeadConfig:
   dropout: float = 0.25
   regression: bool = False
 
-  def __post_init__(self):
-    if self.regression and self.per_residue_output:
-      raise ValueError(f"regression is a per-protein task; head {self.kind!r} "
-                       "is per residue (use 'mlp' or 'light_attention')")
-
   @property
   def tasks(self) -> tuple[str, ...]:
-    if self.regression:
-      return readers.REGRESSION_TASKS
-    return readers.RESIDUE_TASKS if self.per_residue_output else (
-        readers.PROTEIN_TASKS)
+    if self.per_residue_output:
+      return (readers.RESIDUE_REGRESSION_TASKS if self.regression
+              else readers.RESIDUE_TASKS)
+    return (readers.PROTEIN_REGRESSION_TASKS if self.regression
+            else readers.PROTEIN_TASKS)
 
   @property
   def per_residue_output(self) -> bool:
@@ -81,15 +78,17 @@ class HeadConfig:
     return cls(**record)
 
 
-def _num_classes(task: str) -> int:
+def _num_outputs(task: str) -> int:
+  """Classes of a classification task; 1 for a regression task."""
+  if task in readers.REGRESSION_TASKS:
+    return 1
   return len(readers.TASK_CLASSES[task])
 
 
 def _protein_output(task: str, h: jax.Array) -> jax.Array:
   """Class logits [B, classes], or a regression task's [B] predictions."""
-  if task in readers.REGRESSION_TASKS:
-    return nn.Dense(1, name=task)(h)[..., 0]
-  return nn.Dense(_num_classes(task), name=task)(h)
+  out = nn.Dense(_num_outputs(task), name=task)(h)
+  return out[..., 0] if task in readers.REGRESSION_TASKS else out
 
 
 class SecondaryStructureCNN(nn.Module):
@@ -98,7 +97,8 @@ class SecondaryStructureCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool = False
                ) -> dict[str, jax.Array]:
-    """x: [B, L, d]; mask: [B, L] (1 = residue). Returns [B, L, classes]."""
+    """x: [B, L, d]; mask: [B, L] (1 = residue). Returns [B, L, classes]
+    ([B, L] for a regression task)."""
     c = self.config
     # Zero padding so the windows at a protein's end see what 'SAME'
     # padding shows them for an unpadded protein.
@@ -106,8 +106,10 @@ class SecondaryStructureCNN(nn.Module):
     h = nn.relu(nn.Conv(c.hidden, (c.kernel,), padding="SAME",
                         name="compress")(x))
     h = nn.Dropout(c.dropout, deterministic=not train)(h) * mask[..., None]
-    return {task: nn.Conv(_num_classes(task), (c.kernel,), padding="SAME",
-                          name=task)(h) for task in c.tasks}
+    outputs = {task: nn.Conv(_num_outputs(task), (c.kernel,), padding="SAME",
+                             name=task)(h) for task in c.tasks}
+    return {task: out[..., 0] if task in readers.REGRESSION_TASKS else out
+            for task, out in outputs.items()}
 
 
 class _ProteinOutputs(nn.Module):

@@ -19,6 +19,14 @@ trainer and one set of metrics serve every task.
   target`, one protein per line, a finite real target per protein (task
   "target", a float32 scalar; NaN would mean no label, but the reader
   refuses rows without a finite target rather than dropping them).
+- A per-residue regression TSV (`tsv_residue_regression`, e.g. disorder,
+  pLDDT or solvent accessibility per residue): header `protein_id<TAB>
+  sequence<TAB>targets`, `targets` comma-separated, one value per residue
+  (task "residue_target", float32 (L,)); an empty value or "nan" is a
+  residue without a target (NaN: excluded from loss and metric). A count
+  that differs from the sequence's length, a value that is neither a
+  number nor missing (text, inf), a duplicate id or a missing column is a
+  LabelError naming the file and line.
 
 Files may be local or at a URL (`gs://...`): they are read (and
 `write_fasta` writes) through `prottrans_jax.fs`.
@@ -54,10 +62,13 @@ TASK_CLASSES: Mapping[str, tuple[str, ...]] = {
     "localization": LOCALIZATION_CLASSES, "membrane": MEMBRANE_CLASSES}
 RESIDUE_TASKS = ("q3", "q8")
 PROTEIN_TASKS = ("localization", "membrane")
-# Real-valued per-protein tasks: float32 labels, NaN = no label (a class
-# index's IGNORE of -1 is a legitimate real target).
-REGRESSION_TASKS = ("target",)
+# Real-valued tasks, per protein and per residue: float32 labels, NaN = no
+# label (a class index's IGNORE of -1 is a legitimate real target).
+PROTEIN_REGRESSION_TASKS = ("target",)
+RESIDUE_REGRESSION_TASKS = ("residue_target",)
+REGRESSION_TASKS = PROTEIN_REGRESSION_TASKS + RESIDUE_REGRESSION_TASKS
 REGRESSION_COLUMNS = ("protein_id", "sequence", "target")
+RESIDUE_REGRESSION_COLUMNS = ("protein_id", "sequence", "targets")
 
 # DeepLoc marks proteins found in both compartments "Cytoplasm-Nucleus".
 DUAL_LOCATIONS = {"Cytoplasm-Nucleus": "Cytoplasm"}
@@ -270,6 +281,38 @@ def read_swissprot_sample(
   return proteins[:limit]
 
 
+def _tsv_rows(path: str, columns: Sequence[str], limit: int | None
+              ) -> Iterable[tuple[str, str, str, str]]:
+  """(where, protein_id, sequence, value field) of each row of a
+  three-column regression TSV whose header is `columns`, up to `limit`
+  rows; a wrong header, a missing or empty column and an id seen before
+  are LabelErrors naming the file and line."""
+  seen = {}
+  with fs.open_read(path) as raw, io.TextIOWrapper(
+      raw, encoding="utf-8", newline="") as handle:
+    header = handle.readline().rstrip("\r\n").split("\t")
+    if tuple(h.strip() for h in header) != tuple(columns):
+      raise LabelError(f"{path}:1: header {header}, expected the tab-separated "
+                       f"columns {list(columns)}")
+    for line_number, line in enumerate(handle, start=2):
+      if limit is not None and len(seen) >= limit:
+        return
+      line = line.rstrip("\r\n")
+      if not line.strip():
+        continue
+      where = f"{path}:{line_number}"
+      fields = [f.strip() for f in line.split("\t")]
+      if len(fields) != len(columns) or not all(fields):
+        raise LabelError(f"{where}: {len(fields)} tab-separated fields "
+                         f"{fields}, expected non-empty {list(columns)}")
+      protein_id = fields[0]
+      if protein_id in seen:
+        raise LabelError(f"{where}: duplicate protein_id {protein_id!r} "
+                         f"(first on line {seen[protein_id]})")
+      seen[protein_id] = line_number
+      yield where, protein_id, fields[1], fields[2]
+
+
 def read_tsv_regression(path: str | os.PathLike, limit: int | None = None,
                         policy: fasta.FastaPolicy = fasta.FastaPolicy()
                         ) -> list[LabeledProtein]:
@@ -277,46 +320,67 @@ def read_tsv_regression(path: str | os.PathLike, limit: int | None = None,
   missing column, a target that is not a finite number, or an id seen
   before is a LabelError naming the file and line."""
   path = os.fspath(path)
-  proteins, seen = [], {}
-  with fs.open_read(path) as raw, io.TextIOWrapper(
-      raw, encoding="utf-8", newline="") as handle:
-    header = handle.readline().rstrip("\r\n").split("\t")
-    if tuple(h.strip() for h in header) != REGRESSION_COLUMNS:
-      raise LabelError(f"{path}:1: header {header}, expected the tab-separated "
-                       f"columns {list(REGRESSION_COLUMNS)}")
-    for line_number, line in enumerate(handle, start=2):
-      if limit is not None and len(proteins) >= limit:
-        break
-      line = line.rstrip("\r\n")
-      if not line.strip():
-        continue
-      where = f"{path}:{line_number}"
-      fields = [f.strip() for f in line.split("\t")]
-      if len(fields) != len(REGRESSION_COLUMNS) or not all(fields):
-        raise LabelError(f"{where}: {len(fields)} tab-separated fields "
-                         f"{fields}, expected non-empty "
-                         f"{list(REGRESSION_COLUMNS)}")
-      protein_id, sequence, target = fields
-      if protein_id in seen:
-        raise LabelError(f"{where}: duplicate protein_id {protein_id!r} "
-                         f"(first on line {seen[protein_id]})")
-      seen[protein_id] = line_number
-      try:
-        value = np.float32(float(target))
-      except ValueError:
-        value = np.float32(np.nan)
-      if not np.isfinite(value):
-        raise LabelError(f"{where}: {protein_id!r}: target {target!r} is not "
-                         "a finite number")
-      proteins.append(LabeledProtein(
-          protein_id, fasta.clean_sequence(sequence, protein_id, where, policy),
-          {"target": value}))
+  proteins = []
+  for where, protein_id, sequence, target in _tsv_rows(
+      path, REGRESSION_COLUMNS, limit):
+    try:
+      value = np.float32(float(target))
+    except ValueError:
+      value = np.float32(np.nan)
+    if not np.isfinite(value):
+      raise LabelError(f"{where}: {protein_id!r}: target {target!r} is not "
+                       "a finite number")
+    proteins.append(LabeledProtein(
+        protein_id, fasta.clean_sequence(sequence, protein_id, where, policy),
+        {"target": value}))
+  return proteins
+
+
+# Per-residue values that mean "no target for this residue".
+MISSING_RESIDUE_VALUES = ("", "nan")
+
+
+def _residue_targets(field: str, length: int, where: str) -> np.ndarray:
+  """'0.1,,nan,2' -> float32 (L,), NaN where a residue has no target."""
+  values = [v.strip() for v in field.split(",")]
+  _check_length("targets", values, length, where)
+  targets = np.full(length, np.nan, np.float32)
+  for i, value in enumerate(values):
+    if value.lower() in MISSING_RESIDUE_VALUES:
+      continue
+    try:
+      targets[i] = float(value)
+      finite = bool(np.isfinite(targets[i]))
+    except ValueError:
+      finite = False
+    if not finite:
+      raise LabelError(f"{where}: residue {i + 1}: target {value!r} is not a "
+                       f"finite number (leave it empty or write nan for no "
+                       f"target)")
+  return targets
+
+
+def read_tsv_residue_regression(
+    path: str | os.PathLike, limit: int | None = None,
+    policy: fasta.FastaPolicy = fasta.FastaPolicy()) -> list[LabeledProtein]:
+  """Reads a per-residue regression TSV (see the module docstring); `limit`
+  rows. Errors are LabelErrors naming the file and line (and the residue
+  of a bad value)."""
+  path = os.fspath(path)
+  proteins = []
+  for where, protein_id, sequence, field in _tsv_rows(
+      path, RESIDUE_REGRESSION_COLUMNS, limit):
+    sequence = fasta.clean_sequence(sequence, protein_id, where, policy)
+    proteins.append(LabeledProtein(protein_id, sequence, {
+        "residue_target": _residue_targets(
+            field, len(sequence), f"{where}: {protein_id!r}")}))
   return proteins
 
 
 FORMATS = {"netsurfp": read_netsurfp, "deeploc": read_deeploc,
            "sample": read_swissprot_sample,
-           "tsv_regression": read_tsv_regression}
+           "tsv_regression": read_tsv_regression,
+           "tsv_residue_regression": read_tsv_residue_regression}
 
 
 def read_labels(path: str | os.PathLike, label_format: str,

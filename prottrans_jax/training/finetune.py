@@ -29,7 +29,8 @@ global batch and contributes the rows its devices hold.
 Evaluation on the validation set every `eval_period` steps: Q3/Q8 per
 residue or Q10/Q2 per protein (downstream/metrics.py, the same scores as
 the frozen-embedding heads); Spearman's rho for a regression head (one real
-output per protein, trained on the mean squared error).
+output per protein, or per residue pooled over all validation residues with
+a target, trained on the mean squared error over labelled items).
 """
 
 import dataclasses
@@ -276,7 +277,8 @@ def evaluate(forward: Callable, params: Any, model: finetune_lib.FinetuneModel,
              batch_size: int, mesh: jax.sharding.Mesh,
              rules: partitioning.LogicalRules) -> dict[str, float]:
   """Score per task over `proteins` (accuracy: Q3/Q8 per residue, Q10/Q2
-  per protein; Spearman's rho for a regression task), through
+  per protein; Spearman's rho for a regression task, per residue over all
+  residues with a target), through
   downstream/metrics.py."""
   head = model.config.head
   predictions, labels = [], []
@@ -369,8 +371,8 @@ def make_config(encoder_config: Any, head: str = "ss_cnn",
                 regression: bool = False) -> finetune_lib.FinetuneConfig:
   """The fine-tuning network of a model gin file's config (its family's
   encoder; ProtElectra's joint network: its discriminator), a head kind of
-  downstream/models.py (`regression`: a per-protein head's one real
-  output, task "target"), and adapters (None: full fine-tuning;
+  downstream/models.py (`regression`: one real output, task "target" of a
+  per-protein head, "residue_target" of the per-residue CNN), and adapters (None: full fine-tuning;
   `freeze_encoder` with None: the head alone)."""
   if isinstance(encoder_config, electra.ElectraPretrainingConfig):
     encoder_config = encoder_config.discriminator
@@ -416,7 +418,8 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
     config: encoder, head and adapters (`make_config`).
     train_file, label_format, train_limit: the labelled training set
       (`readers.read_labels` formats: netsurfp, deeploc, sample,
-      tsv_regression; the bundled sample when None); or pass `train_proteins`.
+      tsv_regression, tsv_residue_regression; the bundled sample when
+      None); or pass `train_proteins`.
     validation_file, validation_limit: the validation set; without one,
       the `validation_fraction` of the training file's proteins that
       `data.splits` assigns by id (kept out of training).
@@ -435,7 +438,7 @@ def train(*, model_dir: str, config: finetune_lib.FinetuneConfig,
 
   Returns:
     The last logged training metrics, `eval/<task>` scores (accuracy, or
-    Spearman's rho for "target") if evaluated, and the trainable and total
+    Spearman's rho for "target" and "residue_target") if evaluated, and the trainable and total
     parameter counts.
   """
   loop.check_positive(0, **{"finetune.train.train_steps": train_steps})
