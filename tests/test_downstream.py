@@ -91,6 +91,17 @@ def test_label_length_mismatch_names_the_record(tmp_path):
     readers.read_netsurfp(path)
 
 
+@pytest.mark.parametrize("label_format", readers.REGRESSION_FORMATS)
+def test_heads_on_embeddings_refuse_regression_targets(tmp_path, label_format):
+  # These heads classify: a regression file would otherwise fail later as
+  # "no protein has a label" (its tasks are not the head's), hiding why.
+  with pytest.raises(ValueError, match=rf"{label_format}.*prottrans-finetune"):
+    pipeline.train_from_files("mlp", str(tmp_path / "never_read.tsv"),
+                              label_format, features.ONEHOT,
+                              str(tmp_path / "head"))
+  assert not (tmp_path / "head").exists()
+
+
 def test_unknown_classes_are_errors(tmp_path):
   csv_path = _write(tmp_path / "x.csv",
                     "input, dssp3, dssp8, disorder, test_mask\n"

@@ -33,9 +33,11 @@ _HEAD = flags.DEFINE_enum("head", None, sorted(models.HEADS),
                           "ss_cnn: secondary structure; mlp or "
                           "light_attention: localization + membrane.")
 _LABELS = flags.DEFINE_string("labels", None, "Training labels.")
-_FORMAT = flags.DEFINE_enum("label_format", None, sorted(readers.FORMATS),
+_FORMAT = flags.DEFINE_enum("label_format", None,
+                            sorted(readers.CLASSIFICATION_FORMATS),
                             "netsurfp CSV, deeploc FASTA, or the bundled "
-                            "Swiss-Prot sample's annotation TSV.")
+                            "Swiss-Prot sample's annotation TSV (regression "
+                            "TSVs train with prottrans-finetune).")
 _EMBEDDINGS = flags.DEFINE_string(
     "embeddings", None, "HDF5 from prottrans-embed (per residue).")
 _ONEHOT = flags.DEFINE_bool("onehot", False,

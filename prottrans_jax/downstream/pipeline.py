@@ -119,6 +119,12 @@ def train_from_files(kind: str, labels_path: str, label_format: str,
                      ) -> tuple[TrainedHead, dict[str, metrics.Score] | None]:
   """scripts/train_downstream.py: reads the sets, trains, saves the head in
   `output_dir` and scores it on the test set when one is given."""
+  if label_format in readers.REGRESSION_FORMATS:
+    raise ValueError(
+        f"label format {label_format!r} holds regression targets, and the "
+        "heads trained on embeddings here classify: train a regression head "
+        "with prottrans-finetune (gin REGRESSION = True; for a frozen encoder "
+        "also finetune.make_config.freeze_encoder = True and lora = None)")
   read = lambda path: readers.read_labels(path, label_format, limit)
   head = train_head(kind, read(labels_path), source, train_config,
                     read(validation_path) if validation_path else None,

@@ -381,6 +381,10 @@ FORMATS = {"netsurfp": read_netsurfp, "deeploc": read_deeploc,
            "sample": read_swissprot_sample,
            "tsv_regression": read_tsv_regression,
            "tsv_residue_regression": read_tsv_residue_regression}
+# Real-valued targets: fine-tuning (prottrans-finetune) trains regression
+# heads; the frozen-embedding heads of downstream/pipeline.py classify only.
+REGRESSION_FORMATS = ("tsv_regression", "tsv_residue_regression")
+CLASSIFICATION_FORMATS = tuple(f for f in FORMATS if f not in REGRESSION_FORMATS)
 
 
 def read_labels(path: str | os.PathLike, label_format: str,
