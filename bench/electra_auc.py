@@ -85,16 +85,19 @@ def _train(model_dir: pathlib.Path) -> float:
 
 
 def _report(model_dir: pathlib.Path, wall: float) -> None:
+  """The table; a plain masked-LM model (a control: does a BERT learn
+  context at this budget?) gets its masked-residue accuracy and '-' for the
+  discriminator's columns."""
   evals = _scalars(model_dir / "eval")
   train = _scalars(model_dir / "train")
-  if "discriminator_auc" not in evals:
-    sys.exit(f"no eval/discriminator_auc in {model_dir / 'eval'}: was the model ELECTRA?")
-  col = lambda name: {s: v for s, v, _ in evals[name]}
+  col = lambda name: {s: v for s, v, _ in evals.get(name, [])}
   auc, low, high = col("discriminator_auc"), col("discriminator_auc_ci_low"), col("discriminator_auc_ci_high")
   acc, base = col("masked_residue_accuracy"), col("most_common_residue_baseline")
   replaced, original = col("detection_replaced"), col("detection_original")
+  if not acc:
+    sys.exit(f"no eval/masked_residue_accuracy in {model_dir / 'eval'}: was the model a masked LM?")
   first = min(t for _, _, t in train["loss"])
-  at = {s: t - first for s, _, t in evals["discriminator_auc"]}
+  at = {s: t - first for s, _, t in evals["masked_residue_accuracy"]}
   print(f"{FLAGS.model} {' '.join(FLAGS.gin)}; LAMB peak {FLAGS.learning_rate}, warm-up "
         f"{FLAGS.warmup}, {FLAGS.batch} x {FLAGS.length} tokens a step, seed {FLAGS.seed}; "
         f"corpus {pathlib.Path(FLAGS.fasta).name}, validation {FLAGS.validation_fraction}")
@@ -102,12 +105,15 @@ def _report(model_dir: pathlib.Path, wall: float) -> None:
   print("| step | disc. AUC [95% CI] | residues (replaced) | gen. masked acc. | baseline "
         "| disc. loss (train, mean since last eval) | s since start |")
   print("| --- | --- | --- | --- | --- | --- | --- |")
-  disc = train["discriminator_loss"]
-  for step in sorted(auc):
+  disc = train.get("discriminator_loss", [])
+  for step in sorted(acc):
     window = [v for s, v, _ in disc if step - FLAGS.eval_every < s <= step]
-    print(f"| {step} | {auc[step]:.3f} [{low[step]:.3f}, {high[step]:.3f}] "
-          f"| {replaced[step] + original[step]:.0f} ({replaced[step]:.0f}) "
-          f"| {acc[step]:.3f} | {base[step]:.3f} | {np.mean(window):.4f} | {at[step]:.0f} |")
+    detection = (f"{auc[step]:.3f} [{low[step]:.3f}, {high[step]:.3f}] "
+                 f"| {replaced[step] + original[step]:.0f} ({replaced[step]:.0f}) "
+                 if step in auc else "- | - ")
+    loss = f"{np.mean(window):.4f}" if window else "-"
+    print(f"| {step} | {detection}| {acc[step]:.3f} | {base[step]:.3f} | {loss} "
+          f"| {at[step]:.0f} |")
 
 
 def main(argv):
