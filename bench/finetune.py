@@ -42,7 +42,7 @@ from prottrans_jax.training import finetune as finetune_training
 from prottrans_jax.training import mfu
 from prottrans_jax.training import optimizers
 
-import embed_throughput  # bench/: the CPU description
+import _machine  # bench/: the machine line
 
 _PART = flags.DEFINE_enum("part", "throughput", ["throughput", "q3"],
                           "Which figures.")
@@ -115,7 +115,7 @@ def _throughput(name, encoder, lora_config, peak):
 
 def throughput():
   peak = mfu.peak_tflops_per_device()
-  print(f"machine: {embed_throughput.cpu_description()}; jax "
+  print(f"machine: {_machine.describe(('avx2', 'avx512f', 'amx_tile'))}; jax "
         f"{jax.__version__}; measured float32 matmul peak {peak:.3f} TFLOP/s")
   print(f"batch {_BATCH.value} x {_LENGTH.value} tokens, AdamW, one device, "
         f"float32; mean of {_STEPS.value} steps after the first")
