@@ -28,6 +28,7 @@ from prottrans_jax.inference import run as embed_run
 from prottrans_jax.models import bert
 from prottrans_jax.models import t5
 import prottrans_jax.tasks  # pylint: disable=unused-import  (registers the seqio tasks)
+from prottrans_jax.training import loop
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import trainer
@@ -83,14 +84,14 @@ def _largest_params_file(step_dir):
 
 def test_second_training_run_fails_naming_the_holder(run_dir):
   before = _listing(run_dir)
-  with run_lock.RunLock(run_dir / trainer.LOCK_FILE, "training run"):
+  with run_lock.RunLock(run_dir / loop.LOCK_FILE, "training run"):
     with pytest.raises(run_lock.LockHeldError) as raised:
       _train(run_dir, 4)
   message = str(raised.value)
   assert str(run_dir) in message and f"pid {os.getpid()}" in message
   assert socket.gethostname() in message and "running since" in message
   assert _listing(run_dir) == before  # The first run's checkpoints intact.
-  assert not (run_dir / trainer.LOCK_FILE).exists()  # Released.
+  assert not (run_dir / loop.LOCK_FILE).exists()  # Released.
   _, _, params = checkpoints.restore_params(run_dir)
   assert jax.tree_util.tree_leaves(params)
 
@@ -224,7 +225,7 @@ def test_nan_parameters_stop_the_run_keeping_every_checkpoint(run_dir, caplog):
   before = _listing(run_dir)
 
   with caplog.at_level("INFO"), pytest.raises(
-      trainer.NonFiniteError,
+      loop.NonFiniteError,
       match=r"step 4: the loss \(nan\).*not finite.*without saving.*last "
       r"checkpoint is step 3"):
     _train(run_dir, 6, keep_checkpoints=3)
@@ -232,7 +233,7 @@ def test_nan_parameters_stop_the_run_keeping_every_checkpoint(run_dir, caplog):
   for step in (1, 2):
     _, _, good = checkpoints.restore_params(run_dir / "checkpoints" / str(step))
     assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(good))
-  assert not (run_dir / trainer.LOCK_FILE).exists()
+  assert not (run_dir / loop.LOCK_FILE).exists()
 
 
 # --- settings that would do nothing -------------------------------------------

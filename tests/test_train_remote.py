@@ -21,6 +21,7 @@ from prottrans_jax import partitioning
 import prottrans_jax.tasks  # pylint: disable=unused-import  (registers tasks)
 from prottrans_jax.models import t5
 from prottrans_jax.training import inputs
+from prottrans_jax.training import loop
 from prottrans_jax.training import optimizers
 from prottrans_jax.training import summaries
 from prottrans_jax.training import trainer
@@ -38,8 +39,8 @@ def _relative_files(root: pathlib.Path) -> list[str]:
 def _write_run_files(model_dir: str) -> None:
   """What a run writes besides parameters: config, a checkpoint's JSON and
   data-state items, summaries; then reads them back through the same URL."""
-  model_dir = trainer.prepare_model_dir(model_dir, lambda: "TRAIN_STEPS = 3\n")
-  assert (model_dir / trainer.CONFIG_FILE).read_text() == "TRAIN_STEPS = 3\n"
+  model_dir = loop.prepare_model_dir(model_dir, lambda: "TRAIN_STEPS = 3\n")
+  assert (model_dir / loop.CONFIG_FILE).read_text() == "TRAIN_STEPS = 3\n"
   train_input = inputs.TrainInput(TASK, LENGTHS, inputs.InputShard.whole(2),
                                   seed=0)
   next(train_input)

@@ -20,6 +20,7 @@ import gin
 from prottrans_jax import checkpoints
 from prottrans_jax import gin_utils
 from prottrans_jax import run_lock
+from prottrans_jax.training import loop
 from prottrans_jax.training import trainer
 
 
@@ -32,7 +33,7 @@ def train():
 # file.
 start = gin_utils.gin_command(
     "prottrans-train", __name__, train,
-    (trainer.NonFiniteError, run_lock.LockHeldError,
+    (loop.NonFiniteError, run_lock.LockHeldError,
      checkpoints.DamagedCheckpointError))
 
 

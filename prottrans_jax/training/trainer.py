@@ -16,7 +16,7 @@ latest step (checkpoints.DamagedCheckpointError) is moved aside to
 `<step>.damaged` and the newest intact one restored, with a warning naming
 it; a step without optimizer state is resumed only as an explicit
 params-only start (`initial_checkpoint`); a step whose loss or gradient norm
-is not finite stops the run (`NonFiniteError`) before that state is saved,
+is not finite stops the run (`loop.NonFiniteError`) before that state is saved,
 so keep-N never drops a good checkpoint for a bad one. These pieces live in
 training/loop.py, which the fine-tuning loop (training/finetune.py) uses too.
 """
@@ -45,13 +45,6 @@ from prottrans_jax.training import optimizers
 from prottrans_jax.training import steps
 from prottrans_jax.training import summaries
 from prottrans_jax.training import train_state as train_state_lib
-
-# Shared with fine-tuning (training/loop.py), under the names scripts and
-# tests use.
-CONFIG_FILE = loop.CONFIG_FILE
-LOCK_FILE = loop.LOCK_FILE
-prepare_model_dir = loop.prepare_model_dir
-NonFiniteError = loop.NonFiniteError
 
 
 def init_fn(family: families.ModelFamily, model: nn.Module) -> Callable[[jax.Array], Any]:
@@ -372,7 +365,7 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
     run_lock.LockHeldError: another run holds MODEL_DIR.
     checkpoints.DamagedCheckpointError: no intact step to resume (naming
       the newest damaged one).
-    NonFiniteError: a step's loss or gradient norm was not finite.
+    loop.NonFiniteError: a step's loss or gradient norm was not finite.
   """
   arguments = dict(locals())
   # TRAIN_STEPS=0 sets MODEL_DIR up, compiles the step and stops (logged:
@@ -396,7 +389,7 @@ def train(*, model_dir: str, model_config: Any, task_name: str,
   model_dir = fs.path(model_dir)
   if jax.process_index() == 0:
     model_dir.mkdir(parents=True, exist_ok=True)
-  with run_lock.hold_on_process_zero(model_dir / LOCK_FILE,
+  with run_lock.hold_on_process_zero(model_dir / loop.LOCK_FILE,
                                     f"training run on {model_dir}"):
     return _train_holding_lock(**arguments)
 
@@ -420,7 +413,7 @@ def _train_holding_lock(*, model_dir: str, model_config: Any, task_name: str,
                         ) -> dict[str, float]:
   """`train` once MODEL_DIR is locked (its arguments, checked)."""
   del compilation_cache_dir  # In effect already.
-  model_dir = prepare_model_dir(model_dir, describe_config)
+  model_dir = loop.prepare_model_dir(model_dir, describe_config)
 
   # Measured (on CPU) before the mesh is in effect: the benchmark runs on
   # one device.
